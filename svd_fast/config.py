@@ -1,0 +1,249 @@
+"""Model configurations: one small dataclass per component, presets by name.
+
+Field names follow diffusers' config.json keys where one exists, so a diffusers folder's config
+maps onto these dataclasses directly (see `UNetConfig.from_diffusers`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+# Numerics modes. "sgm" keeps the epsilons of the released training code (every UNet ResBlock
+# GroupNorm at 1e-5); "diffusers" copies diffusers' per-block choices (1e-6 in cross-attention
+# down blocks and all up blocks) so that parity tests can require tight agreement.
+NUMERICS = ("sgm", "diffusers")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The spatiotemporal UNet (sgm VideoUNet / diffusers UNetSpatioTemporalConditionModel)."""
+
+    in_channels: int = 8
+    """noisy latent (4) concatenated with the conditioning-image latent (4)"""
+    out_channels: int = 4
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    """width of each resolution level"""
+    attention_levels: tuple[bool, ...] = (True, True, True, False)
+    """whether each down level (and its mirrored up level) has spatiotemporal transformers"""
+    layers_per_block: int = 2
+    """ResBlocks per down level; up levels get one more"""
+    num_attention_heads: tuple[int, ...] = (5, 10, 20, 20)
+    """heads per level (head dim = width / heads); the middle block uses the last entry"""
+    transformer_layers_per_block: int = 1
+    cross_attention_dim: int = 1024
+    """width of the image-embedding context (CLIP ViT-H projection)"""
+    addition_time_embed_dim: int = 256
+    """sinusoid width of each micro-conditioning scalar (fps_id, motion_bucket_id, cond_aug)"""
+    projection_class_embeddings_input_dim: int = 768
+    """width of the concatenated micro-conditioning vector (3 x 256 for SVD)"""
+    num_frames: int = 25
+    """default clip length the checkpoint was trained for"""
+    norm_num_groups: int = 32
+    numerics: str = "sgm"
+    """'sgm' or 'diffusers' epsilons (see NUMERICS)"""
+
+    def __post_init__(self):
+        levels = len(self.block_out_channels)
+        if len(self.attention_levels) != levels or len(self.num_attention_heads) != levels:
+            raise ValueError(
+                f"block_out_channels, attention_levels and num_attention_heads need one entry per "
+                f"level; got {self.block_out_channels}, {self.attention_levels}, {self.num_attention_heads}"
+            )
+        for width, heads in zip(self.block_out_channels, self.num_attention_heads):
+            if width % heads or width % self.norm_num_groups:
+                raise ValueError(
+                    f"width {width} must be divisible by its head count {heads} and by "
+                    f"{self.norm_num_groups} GroupNorm groups"
+                )
+        if self.numerics not in NUMERICS:
+            raise ValueError(f"numerics must be one of {NUMERICS}, got {self.numerics!r}")
+
+    @property
+    def time_embed_dim(self) -> int:
+        return 4 * self.block_out_channels[0]
+
+    def resnet_eps(self, where: str, level: int = 0) -> float:
+        """GroupNorm epsilon of the ResBlocks in `where` ('down', 'mid', 'up') at `level`."""
+        if self.numerics == "sgm":
+            return 1e-5
+        if where == "down":
+            return 1e-6 if self.attention_levels[level] else 1e-5
+        return 1e-5 if where == "mid" else 1e-6
+
+    @classmethod
+    def from_diffusers(cls, cfg: dict, numerics: str = "sgm") -> "UNetConfig":
+        """Build from a diffusers `unet/config.json` dict; rejects layouts this model cannot express."""
+        down = list(cfg.get("down_block_types", ()))
+        up = list(cfg.get("up_block_types", ()))
+        attention = tuple(t.startswith("CrossAttn") for t in down)
+        expected_up = [
+            ("CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal") for a in reversed(attention)
+        ]
+        known_down = {"CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"}
+        if not down or set(down) - known_down or up != expected_up:
+            raise ValueError(
+                f"unsupported UNet block layout: down={down} up={up}; svd_fast expects spatiotemporal "
+                f"blocks with the up path mirroring the down path"
+            )
+        heads = cfg.get("num_attention_heads", cls.num_attention_heads)
+        heads = (heads,) * len(down) if isinstance(heads, int) else tuple(heads)
+        for key in ("layers_per_block", "transformer_layers_per_block", "cross_attention_dim"):
+            if not isinstance(cfg.get(key, 1), int):
+                raise ValueError(f"unsupported per-level {key}={cfg[key]!r}: svd_fast needs one value")
+        defaults = cls()
+        return cls(
+            in_channels=cfg.get("in_channels", defaults.in_channels),
+            out_channels=cfg.get("out_channels", defaults.out_channels),
+            block_out_channels=tuple(cfg.get("block_out_channels", defaults.block_out_channels)),
+            attention_levels=attention,
+            layers_per_block=cfg.get("layers_per_block", defaults.layers_per_block),
+            num_attention_heads=heads,
+            transformer_layers_per_block=cfg.get("transformer_layers_per_block", 1),
+            cross_attention_dim=cfg.get("cross_attention_dim", defaults.cross_attention_dim),
+            addition_time_embed_dim=cfg.get("addition_time_embed_dim", defaults.addition_time_embed_dim),
+            projection_class_embeddings_input_dim=cfg.get(
+                "projection_class_embeddings_input_dim", defaults.projection_class_embeddings_input_dim
+            ),
+            num_frames=cfg.get("num_frames", defaults.num_frames),
+            numerics=numerics,
+        )
+
+    def to_diffusers(self) -> dict:
+        """The diffusers `unet/config.json` content for this configuration."""
+        down = [("CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal") for a in self.attention_levels]
+        up = [("CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal") for a in reversed(self.attention_levels)]
+        return {
+            "_class_name": "UNetSpatioTemporalConditionModel",
+            "sample_size": 96,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "down_block_types": down,
+            "up_block_types": up,
+            "block_out_channels": list(self.block_out_channels),
+            "addition_time_embed_dim": self.addition_time_embed_dim,
+            "projection_class_embeddings_input_dim": self.projection_class_embeddings_input_dim,
+            "layers_per_block": self.layers_per_block,
+            "cross_attention_dim": self.cross_attention_dim,
+            "transformer_layers_per_block": self.transformer_layers_per_block,
+            "num_attention_heads": list(self.num_attention_heads),
+            "num_frames": self.num_frames,
+        }
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """SD KL-f8 encoder + temporal ('deflickering') decoder (diffusers AutoencoderKLTemporalDecoder)."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    latent_channels: int = 4
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    """ResBlocks per encoder level; decoder levels get one more"""
+    norm_num_groups: int = 32
+    scaling_factor: float = 0.18215
+    """latents seen by the UNet are scaling_factor x encoder mean"""
+    force_upcast: bool = True
+    """decode in fp32 when the model runs in fp16 (fp16 overflows in the decoder)"""
+
+    @classmethod
+    def from_diffusers(cls, cfg: dict) -> "VAEConfig":
+        defaults = cls()
+        return cls(
+            in_channels=cfg.get("in_channels", defaults.in_channels),
+            out_channels=cfg.get("out_channels", defaults.out_channels),
+            latent_channels=cfg.get("latent_channels", defaults.latent_channels),
+            block_out_channels=tuple(cfg.get("block_out_channels", defaults.block_out_channels)),
+            layers_per_block=cfg.get("layers_per_block", defaults.layers_per_block),
+            scaling_factor=cfg.get("scaling_factor", defaults.scaling_factor),
+            force_upcast=cfg.get("force_upcast", defaults.force_upcast),
+        )
+
+    def to_diffusers(self) -> dict:
+        return {
+            "_class_name": "AutoencoderKLTemporalDecoder",
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "down_block_types": ["DownEncoderBlock2D"] * len(self.block_out_channels),
+            "block_out_channels": list(self.block_out_channels),
+            "layers_per_block": self.layers_per_block,
+            "latent_channels": self.latent_channels,
+            "sample_size": 768,
+            "scaling_factor": self.scaling_factor,
+            "force_upcast": self.force_upcast,
+        }
+
+
+@dataclass(frozen=True)
+class ImageEncoderConfig:
+    """CLIP vision tower with projection (OpenCLIP ViT-H/14 for SVD), run by transformers."""
+
+    hidden_size: int = 1280
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 16
+    intermediate_size: int = 5120
+    patch_size: int = 14
+    image_size: int = 224
+    projection_dim: int = 1024
+    hidden_act: str = "gelu"
+    """OpenCLIP ViT-H uses exact GELU; transformers' default quick_gelu would be wrong"""
+    layer_norm_eps: float = 1e-5
+
+    def to_transformers(self):
+        from transformers import CLIPVisionConfig
+
+        return CLIPVisionConfig(**dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class SVDConfig:
+    """A whole image-to-video model plus its sampling defaults."""
+
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    num_frames: int = 14
+    num_inference_steps: int = 25
+    height: int = 576
+    width: int = 1024
+
+    @classmethod
+    def from_name(cls, name: str) -> "SVDConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return PRESETS[name]()
+
+
+def _svd() -> SVDConfig:
+    return SVDConfig(unet=UNetConfig(num_frames=14), num_frames=14)
+
+
+def _svd_xt() -> SVDConfig:
+    return SVDConfig(unet=UNetConfig(num_frames=25), num_frames=25, num_inference_steps=30)
+
+
+def _tiny() -> SVDConfig:
+    """Same architecture at toy width, for tests and the embedded default model's smoke runs."""
+    return SVDConfig(
+        unet=UNetConfig(
+            block_out_channels=(32, 64),
+            attention_levels=(True, False),
+            num_attention_heads=(1, 2),
+            layers_per_block=1,
+            cross_attention_dim=32,
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=24,
+            num_frames=4,
+        ),
+        vae=VAEConfig(block_out_channels=(32, 32), layers_per_block=1),
+        image_encoder=ImageEncoderConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, projection_dim=32
+        ),
+        num_frames=4,
+        num_inference_steps=4,
+        height=64,
+        width=64,
+    )
+
+
+PRESETS = {"svd": _svd, "svd_xt": _svd_xt, "tiny": _tiny}
