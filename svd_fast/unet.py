@@ -1,0 +1,438 @@
+"""The spatiotemporal UNet of Stable Video Diffusion (sgm VideoUNet).
+
+Parameter names and shapes are identical to diffusers' UNetSpatioTemporalConditionModel, so a
+diffusers checkpoint loads as is and the sgm layout is a key mapping (svd_fast.checkpoints.sgm).
+
+Activations stay frame-major, (B*T, C, H, W) in channels_last memory, for the whole network:
+spatial layers treat frames as a batch, temporal layers (GroupNorm pooled over a clip, the (3,1,1)
+conv, attention over frames) reach the time axis through svd_fast.layers without permuted copies,
+and the tokens a transformer sees, (B*T, H*W, C), are a view of the channels_last feature map.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from svd_fast import layers
+from svd_fast.config import UNetConfig
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoid [cos | sin] of t (any shape, flattened) in fp32, as sgm and diffusers embed scalars."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.reshape(-1).float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(emb, (0, dim % 2))
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm whose forward goes through layers.group_norm (fp32 statistics, fused SiLU).
+
+    `per_clip` pools the statistics over all frames of a clip, as sgm's 5-D temporal norms do.
+    """
+
+    def __init__(self, channels: int, eps: float, groups: int = 32):
+        super().__init__(groups, channels, eps=eps)
+
+    def forward(self, x, silu: bool = False, num_frames: int | None = None):
+        return layers.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, silu, num_frames)
+
+
+class TimestepEmbedding(nn.Module):
+    """Linear -> SiLU -> Linear on a sinusoid (diffusers names: linear_1, linear_2)."""
+
+    def __init__(self, in_dim: int, dim: int, out_dim: int | None = None):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, out_dim or dim)
+
+    def forward(self, x):
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class ResnetBlock2D(nn.Module):
+    """Spatial ResBlock: GN-SiLU-conv3x3, + time embedding, GN-SiLU-conv3x3, residual."""
+
+    def __init__(self, c_in: int, c_out: int, temb_dim: int, eps: float):
+        super().__init__()
+        self.norm1 = GroupNorm(c_in, eps)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.time_emb_proj = nn.Linear(temb_dim, c_out)
+        self.norm2 = GroupNorm(c_out, eps)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
+
+    def forward(self, x, emb_act):
+        """emb_act: SiLU of the per-frame embedding, (B*T, temb_dim)."""
+        h = self.conv1(self.norm1(x, silu=True))
+        h = h + self.time_emb_proj(emb_act)[:, :, None, None]
+        h = self.conv2(self.norm2(h, silu=True))
+        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        return skip + h
+
+
+class TemporalResnetBlock(nn.Module):
+    """Temporal ResBlock: (3,1,1) convs over frames; GroupNorm statistics pooled over the clip.
+
+    forward returns only the residual branch h; the caller adds it (blended) to its input.
+    """
+
+    def __init__(self, channels: int, temb_dim: int, eps: float):
+        super().__init__()
+        self.norm1 = GroupNorm(channels, eps)
+        self.conv1 = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+        self.time_emb_proj = nn.Linear(temb_dim, channels)
+        self.norm2 = GroupNorm(channels, eps)
+        self.conv2 = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+
+    def forward(self, x, emb_act, num_frames):
+        h = self.norm1(x, silu=True, num_frames=num_frames)
+        h = layers.temporal_conv(h, self.conv1.weight, self.conv1.bias, num_frames)
+        h = h + self.time_emb_proj(emb_act)[:, :, None, None]
+        h = self.norm2(h, silu=True, num_frames=num_frames)
+        return layers.temporal_conv(h, self.conv2.weight, self.conv2.bias, num_frames)
+
+
+class AlphaBlender(nn.Module):
+    """Learned mix of the spatial and temporal paths ('learned_with_images').
+
+    alpha = sigmoid(mix_factor) weighs the spatial path; frames flagged image-only get alpha = 1,
+    which drops the temporal path exactly (used for image batches in training).
+    """
+
+    def __init__(self, mix_factor: float = 0.5):
+        super().__init__()
+        self.mix_factor = nn.Parameter(torch.tensor([mix_factor]))
+
+    def alpha(self, image_only_indicator: torch.Tensor) -> torch.Tensor:
+        """Per-frame alpha of shape (B*T,) in fp32."""
+        learned = torch.sigmoid(self.mix_factor.float())
+        flags = image_only_indicator.reshape(-1).bool()
+        return torch.where(flags, torch.ones_like(learned), learned)
+
+
+class SpatioTemporalResBlock(nn.Module):
+    """VideoResBlock: spatial ResBlock, temporal ResBlock, learned blend of the two."""
+
+    def __init__(self, c_in: int, c_out: int, temb_dim: int, eps: float):
+        super().__init__()
+        self.spatial_res_block = ResnetBlock2D(c_in, c_out, temb_dim, eps)
+        self.temporal_res_block = TemporalResnetBlock(c_out, temb_dim, eps)
+        self.time_mixer = AlphaBlender()
+
+    def forward(self, x, ctx: "_Context"):
+        x = self.spatial_res_block(x, ctx.emb_act)
+        h = self.temporal_res_block(x, ctx.emb_act, ctx.num_frames)
+        # blend(x, x + h): the temporal block's own residual folded into the blend.
+        return layers.alpha_blend_residual(x, h, self.time_mixer.alpha(ctx.image_only_indicator))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with diffusers' parameter names (to_q, to_k, to_v, to_out.0)."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim or dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim or dim, dim, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+
+    def project_out(self, x):
+        return self.to_out[0](x)
+
+    def single_token(self, context):
+        """Cross-attention output when the context is one token.
+
+        softmax over a single key is 1, so every query receives that token's value: the result is
+        to_out(to_v(c)) whatever the query, and to_q/to_k/softmax are dead work (their weights
+        stay for checkpoint compatibility).
+        """
+        return self.project_out(self.to_v(context))
+
+
+class FeedForward(nn.Module):
+    """GEGLU feed-forward (diffusers names: net.0.proj, net.2)."""
+
+    def __init__(self, dim: int, dim_out: int | None = None, mult: int = 4):
+        super().__init__()
+        inner = dim * mult
+        proj = nn.Module()
+        proj.proj = nn.Linear(dim, 2 * inner)
+        self.net = nn.ModuleList([proj, nn.Identity(), nn.Linear(inner, dim_out or dim)])
+
+    def forward(self, x):
+        return self.net[2](layers.geglu(self.net[0].proj(x)))
+
+
+def cross_attention(attn: Attention, norm: nn.LayerNorm, x, context, group: int):
+    """attn(norm(x), context) for x (N*group, L, C) and context (N, Lc, Dc): `group` consecutive
+    rows of x (the frames of a clip) share one context row."""
+    if context.shape[1] == 1:
+        out = attn.single_token(context)  # (N, 1, C): no query needed
+        return out.repeat_interleave(group, dim=0) if group > 1 else out
+    n, lq, c = x.shape
+    q = attn.to_q(norm(x)).reshape(n // group, group * lq, c)
+    o = layers.spatial_attention(q, attn.to_k(context), attn.to_v(context), attn.heads)
+    return attn.project_out(o.reshape(n, lq, c))
+
+
+class BasicTransformerBlock(nn.Module):
+    """Spatial block: self-attention over the tokens of a frame, cross-attention, GEGLU FF."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = Attention(dim, heads, context_dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim)
+
+    def forward(self, x, context, num_frames):
+        """context: (B, Lc, Dc), one per clip, shared by its frames."""
+        h = self.norm1(x)
+        a = self.attn1
+        x = x + a.project_out(layers.spatial_attention(a.to_q(h), a.to_k(h), a.to_v(h), a.heads))
+        x = x + cross_attention(self.attn2, self.norm2, x, context, group=num_frames)
+        return x + self.ff(self.norm3(x))
+
+
+class TemporalBasicTransformerBlock(nn.Module):
+    """Temporal block: GEGLU FF in, self-attention over frames, cross-attention, GEGLU FF.
+
+    Runs on frame-major tokens (B*T, S, C): LayerNorm and FF act per token, and attention over
+    the frame axis goes through layers.temporal_attention, so no (B*S, T, C) copy is made.
+    """
+
+    def __init__(self, dim: int, heads: int, context_dim: int):
+        super().__init__()
+        self.norm_in = nn.LayerNorm(dim)
+        self.ff_in = FeedForward(dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = Attention(dim, heads, context_dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim)
+
+    def forward(self, x, context, num_frames):
+        """context: (B, Lc, Dc); sgm uses the first frame's context, which every frame shares."""
+        x = x + self.ff_in(self.norm_in(x))
+        h = self.norm1(x)
+        a = self.attn1
+        x = x + a.project_out(layers.temporal_attention(a.to_q(h), a.to_k(h), a.to_v(h), num_frames, a.heads))
+        x = x + cross_attention(self.attn2, self.norm2, x, context, group=num_frames)
+        return x + self.ff(self.norm3(x))
+
+
+class TransformerSpatioTemporalModel(nn.Module):
+    """SpatialVideoTransformer: spatial and temporal transformer blocks blended per layer."""
+
+    def __init__(self, channels: int, heads: int, context_dim: int, depth: int = 1):
+        super().__init__()
+        self.norm = GroupNorm(channels, 1e-6)
+        self.proj_in = nn.Linear(channels, channels)
+        self.transformer_blocks = nn.ModuleList(
+            [BasicTransformerBlock(channels, heads, context_dim) for _ in range(depth)]
+        )
+        self.temporal_transformer_blocks = nn.ModuleList(
+            [TemporalBasicTransformerBlock(channels, heads, context_dim) for _ in range(depth)]
+        )
+        self.time_pos_embed = TimestepEmbedding(channels, 4 * channels, channels)
+        self.time_mixer = AlphaBlender()
+        self.proj_out = nn.Linear(channels, channels)
+
+    def forward(self, x, ctx: "_Context"):
+        n, c, hgt, wid = x.shape
+        t = ctx.num_frames
+        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(n, hgt * wid, c)  # a view when channels_last
+        h = self.proj_in(tokens)
+        # Frame-index positional embedding, the same for every clip: (T, C) -> (B*T, 1, C).
+        frames = torch.arange(t, device=x.device)
+        pos = self.time_pos_embed(timestep_embedding(frames, c).to(h.dtype))
+        pos = pos.repeat(n // t, 1)[:, None]
+        alpha = self.time_mixer.alpha(ctx.image_only_indicator)
+        for spatial, temporal in zip(self.transformer_blocks, self.temporal_transformer_blocks):
+            h = spatial(h, ctx.context, t)
+            h_mix = temporal(h + pos, ctx.context, t)
+            h = layers.alpha_blend(h, h_mix, alpha)
+        h = self.proj_out(h).reshape(n, hgt, wid, c).permute(0, 3, 1, 2)
+        return h + x
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x, size):
+        """Nearest-neighbour upsampling to `size` (the skip connection's size; 2x when even)."""
+        return self.conv(F.interpolate(x, size=size, mode="nearest"))
+
+
+class _Context:
+    """What every block needs besides its input, computed once per forward."""
+
+    def __init__(self, emb_act, context, num_frames, image_only_indicator):
+        self.emb_act = emb_act
+        self.context = context  # (B, Lc, Dc): per clip; the frames of a clip share it
+        self.num_frames = num_frames
+        self.image_only_indicator = image_only_indicator
+
+
+class DownBlock(nn.Module):
+    def __init__(self, c_in, c_out, num_layers, temb_dim, eps, heads, context_dim, depth, attention, downsample):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            [SpatioTemporalResBlock(c_in if i == 0 else c_out, c_out, temb_dim, eps) for i in range(num_layers)]
+        )
+        if attention:
+            self.attentions = nn.ModuleList(
+                [TransformerSpatioTemporalModel(c_out, heads, context_dim, depth) for _ in range(num_layers)]
+            )
+        self.has_attention = attention
+        if downsample:
+            self.downsamplers = nn.ModuleList([Downsample(c_out)])
+        self.has_downsample = downsample
+
+    def forward(self, x, ctx, skips: list):
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(x, ctx)
+            if self.has_attention:
+                x = self.attentions[i](x, ctx)
+            skips.append(x)
+        if self.has_downsample:
+            x = self.downsamplers[0](x)
+            skips.append(x)
+        return x
+
+
+class UpBlock(nn.Module):
+    def __init__(self, c_in, c_prev, c_out, num_layers, temb_dim, eps, heads, context_dim, depth, attention, upsample):
+        super().__init__()
+        resnets = []
+        for i in range(num_layers):
+            skip_channels = c_in if i == num_layers - 1 else c_out
+            resnets.append(SpatioTemporalResBlock((c_prev if i == 0 else c_out) + skip_channels, c_out, temb_dim, eps))
+        self.resnets = nn.ModuleList(resnets)
+        if attention:
+            self.attentions = nn.ModuleList(
+                [TransformerSpatioTemporalModel(c_out, heads, context_dim, depth) for _ in range(num_layers)]
+            )
+        self.has_attention = attention
+        if upsample:
+            self.upsamplers = nn.ModuleList([Upsample(c_out)])
+        self.has_upsample = upsample
+
+    def forward(self, x, ctx, skips: list):
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(torch.cat([x, skips.pop()], dim=1), ctx)
+            if self.has_attention:
+                x = self.attentions[i](x, ctx)
+        if self.has_upsample:
+            x = self.upsamplers[0](x, skips[-1].shape[-2:])
+        return x
+
+
+class MidBlock(nn.Module):
+    def __init__(self, channels, temb_dim, eps, heads, context_dim, depth):
+        super().__init__()
+        self.resnets = nn.ModuleList([SpatioTemporalResBlock(channels, channels, temb_dim, eps) for _ in range(2)])
+        self.attentions = nn.ModuleList([TransformerSpatioTemporalModel(channels, heads, context_dim, depth)])
+
+    def forward(self, x, ctx):
+        x = self.resnets[0](x, ctx)
+        x = self.attentions[0](x, ctx)
+        return self.resnets[1](x, ctx)
+
+
+class VideoUNet(nn.Module):
+    """Image-to-video UNet. forward(sample (B,T,8,h,w), c_noise, context (B,L,D), added_time_ids (B,3))."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = config
+        cfg = config
+        widths, temb = cfg.block_out_channels, cfg.time_embed_dim
+        levels = len(widths)
+        self.conv_in = nn.Conv2d(cfg.in_channels, widths[0], 3, padding=1)
+        self.time_embedding = TimestepEmbedding(widths[0], temb)
+        self.add_embedding = TimestepEmbedding(cfg.projection_class_embeddings_input_dim, temb)
+
+        common = dict(temb_dim=temb, context_dim=cfg.cross_attention_dim, depth=cfg.transformer_layers_per_block)
+        self.down_blocks = nn.ModuleList()
+        for i in range(levels):
+            self.down_blocks.append(
+                DownBlock(
+                    widths[max(i - 1, 0)], widths[i], cfg.layers_per_block, eps=cfg.resnet_eps("down", i),
+                    heads=cfg.num_attention_heads[i], attention=cfg.attention_levels[i],
+                    downsample=i < levels - 1, **common,
+                )
+            )
+        self.mid_block = MidBlock(widths[-1], eps=cfg.resnet_eps("mid"), heads=cfg.num_attention_heads[-1], **common)
+        self.up_blocks = nn.ModuleList()
+        rev = list(reversed(widths))
+        for i in range(levels):
+            level = levels - 1 - i
+            self.up_blocks.append(
+                UpBlock(
+                    rev[min(i + 1, levels - 1)], rev[max(i - 1, 0)], rev[i], cfg.layers_per_block + 1,
+                    eps=cfg.resnet_eps("up", level), heads=cfg.num_attention_heads[level],
+                    attention=cfg.attention_levels[level], upsample=i < levels - 1, **common,
+                )
+            )
+        self.conv_norm_out = GroupNorm(widths[0], 1e-5)
+        self.conv_out = nn.Conv2d(widths[0], cfg.out_channels, 3, padding=1)
+
+    def embed(self, timesteps, added_time_ids, dtype):
+        """Per-video embedding: time embedding of c_noise plus the micro-conditioning embedding."""
+        cfg = self.config
+        emb = self.time_embedding(timestep_embedding(timesteps, cfg.block_out_channels[0]).to(dtype))
+        ids = timestep_embedding(added_time_ids, cfg.addition_time_embed_dim)
+        ids = ids.reshape(added_time_ids.shape[0], -1).to(dtype)
+        return emb + self.add_embedding(ids)
+
+    def forward(self, sample, timestep, encoder_hidden_states, added_time_ids, image_only_indicator=None):
+        b, t, c, hgt, wid = sample.shape
+        if c != self.config.in_channels:
+            raise ValueError(f"VideoUNet expects {self.config.in_channels} input channels, got sample {tuple(sample.shape)}")
+        if encoder_hidden_states.shape[0] != b or added_time_ids.shape[0] != b:
+            raise ValueError(
+                f"batch mismatch: sample {b}, encoder_hidden_states {encoder_hidden_states.shape[0]}, "
+                f"added_time_ids {added_time_ids.shape[0]}"
+            )
+        dtype = sample.dtype
+        timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
+        emb = self.embed(timesteps, added_time_ids, dtype)
+        if image_only_indicator is None:
+            image_only_indicator = torch.zeros(b, t, device=sample.device)
+        ctx = _Context(
+            emb_act=F.silu(emb).repeat_interleave(t, dim=0),  # every ResBlock applies SiLU first
+            context=encoder_hidden_states,
+            num_frames=t,
+            image_only_indicator=image_only_indicator,
+        )
+        x = sample.reshape(b * t, c, hgt, wid).contiguous(memory_format=torch.channels_last)
+        x = self.conv_in(x)
+        skips = [x]
+        for block in self.down_blocks:
+            x = block(x, ctx, skips)
+        x = self.mid_block(x, ctx)
+        for block in self.up_blocks:
+            x = block(x, ctx, skips)
+        x = self.conv_out(self.conv_norm_out(x, silu=True))
+        return x.reshape(b, t, -1, hgt, wid)
