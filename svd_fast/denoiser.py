@@ -1,0 +1,123 @@
+"""EDM preconditioning of the v-prediction UNet (sgm VScalingWithEDMcNoise, sigma_data = 1).
+
+D(x; sigma) = c_skip * x + c_out * F([c_in * x | z_cond], c_noise, context, added_time_ids)
+with c_skip = 1/(sigma^2+1), c_out = -sigma/sqrt(sigma^2+1), c_in = 1/sqrt(sigma^2+1),
+c_noise = 0.25 ln(sigma). The conditioning latent is concatenated after the c_in scaling.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def v_scalings(sigma: torch.Tensor):
+    """(c_skip, c_out, c_in, c_noise) for noise level(s) sigma, in sigma's dtype."""
+    c_skip = 1.0 / (sigma**2 + 1.0)
+    c_out = -sigma / (sigma**2 + 1.0) ** 0.5
+    c_in = 1.0 / (sigma**2 + 1.0) ** 0.5
+    c_noise = 0.25 * sigma.log()
+    return c_skip, c_out, c_in, c_noise
+
+
+@dataclass
+class Conditioning:
+    """Everything the UNet is conditioned on, already batched like the latents it goes with.
+
+    image_latents: (B, T, 4, h, w) VAE mean of the noise-augmented image, copied over frames.
+    context: (B, L, D) CLIP image embedding(s). added_time_ids: (B, 3) [fps_id, motion, cond_aug].
+    image_only_indicator: optional (B, T), 1 for frames of image-only samples.
+    """
+
+    image_latents: torch.Tensor
+    context: torch.Tensor
+    added_time_ids: torch.Tensor
+    image_only_indicator: torch.Tensor | None = None
+
+    def cat(self, other: "Conditioning") -> "Conditioning":
+        """Stack two conditionings along the batch (used for [uncond, cond] guidance batches)."""
+        ind = None
+        if self.image_only_indicator is not None or other.image_only_indicator is not None:
+            ind = torch.cat([_indicator(self), _indicator(other)])
+        return Conditioning(
+            torch.cat([self.image_latents, other.image_latents]),
+            torch.cat([self.context, other.context]),
+            torch.cat([self.added_time_ids, other.added_time_ids]),
+            ind,
+        )
+
+    def unconditional(self) -> "Conditioning":
+        """Zero image embedding and zero conditioning latent; micro-conditioning kept (sgm/diffusers)."""
+        return Conditioning(
+            torch.zeros_like(self.image_latents), torch.zeros_like(self.context), self.added_time_ids, self.image_only_indicator
+        )
+
+
+def _indicator(c: Conditioning) -> torch.Tensor:
+    if c.image_only_indicator is not None:
+        return c.image_only_indicator
+    b, t = c.image_latents.shape[:2]
+    return torch.zeros(b, t, device=c.image_latents.device)
+
+
+class Denoiser:
+    """Wraps the UNet into D(x, sigma, cond): the denoised estimate of the clean latents.
+
+    x: (B, T, 4, h, w) noisy latents (any float dtype; the UNet runs in its own dtype);
+    sigma: scalar or (B,) noise level. Returns D in x's dtype.
+    """
+
+    def __init__(self, unet):
+        self.unet = unet
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def model_output(self, x, sigma, cond: Conditioning) -> torch.Tensor:
+        """The raw v-prediction F for noisy latents x at noise level sigma."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
+        _, _, c_in, c_noise = v_scalings(sigma)
+        c_in = c_in.reshape(-1, 1, 1, 1, 1)
+        x_in = torch.cat([(x.float() * c_in).to(self.dtype), cond.image_latents.to(self.dtype)], dim=2)
+        return self.unet(
+            x_in, c_noise, cond.context.to(self.dtype), cond.added_time_ids.to(self.dtype), cond.image_only_indicator
+        )
+
+    def denoised_from_output(self, x, sigma, v):
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1, 1)
+        c_skip, c_out, _, _ = v_scalings(sigma)
+        return (c_skip * x.float() + c_out * v.float()).to(x.dtype)
+
+    def __call__(self, x, sigma, cond: Conditioning) -> torch.Tensor:
+        return self.denoised_from_output(x, sigma, self.model_output(x, sigma, cond))
+
+
+class LinearGuidedDenoiser:
+    """Per-frame linear classifier-free guidance (sgm LinearPredictionGuider).
+
+    The scale rises linearly from min_scale on the first frame to max_scale on the last; the
+    unconditional and conditional halves run as one UNet batch [uncond, cond]. Guidance is applied
+    to the v output, which equals guiding D (D is affine in v with the same c_skip x in both halves).
+    """
+
+    def __init__(self, denoiser: Denoiser, cond: Conditioning, min_scale: float, max_scale: float, num_frames: int):
+        self.denoiser = denoiser
+        self.batch_cond = cond.unconditional().cat(cond)
+        self.scale = torch.linspace(min_scale, max_scale, num_frames).reshape(1, num_frames, 1, 1, 1)
+
+    def __call__(self, x, sigma) -> torch.Tensor:
+        v = self.denoiser.model_output(torch.cat([x, x]), sigma, self.batch_cond)
+        v_uncond, v_cond = v.float().chunk(2)
+        scale = self.scale.to(x.device)
+        return self.denoiser.denoised_from_output(x, sigma, v_uncond + scale * (v_cond - v_uncond))
+
+
+class UnguidedDenoiser:
+    """D(x, sigma) without guidance (max guidance scale <= 1)."""
+
+    def __init__(self, denoiser: Denoiser, cond: Conditioning):
+        self.denoiser, self.cond = denoiser, cond
+
+    def __call__(self, x, sigma) -> torch.Tensor:
+        return self.denoiser(x, sigma, self.cond)

@@ -1,0 +1,99 @@
+"""Noise schedules and ODE samplers over a denoiser D(x, sigma) (k-diffusion's interface).
+
+Samplers take the initial noisy latents (noise * init_noise_scale(sigmas)) and the descending
+sigmas ending in 0, and return the denoised latents. Their state is kept in at least fp32.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+def _state(x: torch.Tensor) -> torch.Tensor:
+    """Sampler state is at least fp32, whatever dtype the model runs in."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def get_sigmas_karras(n: int, sigma_min: float = 0.002, sigma_max: float = 700.0, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022) schedule of n noise levels, then a final 0 (float32, computed in float64)."""
+    if n < 1:
+        raise ValueError(f"number of steps must be >= 1, got {n}")
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    min_inv, max_inv = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (max_inv + ramp * (min_inv - max_inv)) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
+
+
+def init_noise_scale(sigmas: torch.Tensor) -> torch.Tensor:
+    """sqrt(sigma_max^2 + 1): the scale of the initial noise (sgm's and diffusers' 'leading' choice)."""
+    return (sigmas.max() ** 2 + 1) ** 0.5
+
+
+def sample_euler(denoise: Denoise, x, sigmas, callback: StepCallback | None = None, s_churn: float = 0.0,
+                 generator: torch.Generator | None = None):
+    """EDM Euler (Karras Alg. 2 without the second-order correction); deterministic when s_churn = 0."""
+    x = _state(x)
+    n = len(sigmas) - 1
+    for i in range(n):
+        sigma = sigmas[i]
+        gamma = min(s_churn / n, math.sqrt(2) - 1) if s_churn > 0 else 0.0
+        sigma_hat = sigma * (1 + gamma)
+        if gamma > 0:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + noise * (sigma_hat**2 - sigma**2) ** 0.5
+        denoised = _state(denoise(x, sigma_hat))
+        d = (x - denoised) / sigma_hat
+        x = x + d * (sigmas[i + 1] - sigma_hat)
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+def sample_heun(denoise: Denoise, x, sigmas, callback: StepCallback | None = None):
+    """EDM Heun (Karras Alg. 1 with s_churn = 0): Euler step, then trapezoidal correction."""
+    x = _state(x)
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = _state(denoise(x, sigma))
+        d = (x - denoised) / sigma
+        x_euler = x + d * (sigma_next - sigma)
+        if sigma_next == 0:
+            x = x_euler  # the last step goes to sigma = 0: Euler, as in EDM
+        else:
+            d_next = (x_euler - _state(denoise(x_euler, sigma_next))) / sigma_next
+            x = x + (d + d_next) / 2 * (sigma_next - sigma)
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+def sample_dpmpp_2m(denoise: Denoise, x, sigmas, callback: StepCallback | None = None):
+    """DPM-Solver++(2M) (Lu et al. 2022), multistep second order in log-sigma time."""
+    x = _state(x)
+    old_denoised = None
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = _state(denoise(x, sigma))
+        if sigma_next == 0:
+            x = denoised
+        else:
+            t, t_next = -sigma.log(), -sigma_next.log()
+            h = t_next - t
+            if old_denoised is None or sigmas[i - 1] == 0:
+                correction = denoised
+            else:
+                r = (t - (-sigmas[i - 1].log())) / h
+                correction = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+            x = (sigma_next / sigma) * x - torch.expm1(-h) * correction
+        old_denoised = denoised
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+SAMPLERS = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}
