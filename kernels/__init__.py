@@ -6,6 +6,12 @@ uses for an op.
 """
 from __future__ import annotations
 
+if __name__ != "svd_fast.kernels":
+    # Reached as a top-level `kernels` because the repository root is on sys.path. That name belongs
+    # to another library (Hugging Face `kernels`), which diffusers and bitsandbytes probe for:
+    # refusing here makes their probes see it as absent instead of calling into this package.
+    raise ImportError("this is svd_fast.kernels (import it as `svd_fast.kernels`), not the `kernels` library")
+
 import os
 
 from . import reference
