@@ -194,6 +194,18 @@ class ImageEncoderConfig:
 
         return CLIPVisionConfig(**dataclasses.asdict(self))
 
+    @classmethod
+    def from_transformers(cls, cfg: dict) -> "ImageEncoderConfig":
+        """Build from an `image_encoder/config.json` dict (a CLIPVisionConfig, or a full CLIPConfig's
+        `vision_config`); missing entries take transformers' defaults, as transformers would load them."""
+        from transformers import CLIPVisionConfig
+
+        cfg = cfg.get("vision_config", cfg)
+        vision = CLIPVisionConfig(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+        if vision.num_channels != 3:
+            raise ValueError(f"unsupported CLIP vision config: num_channels={vision.num_channels}, expected 3")
+        return cls(**{f.name: getattr(vision, f.name) for f in dataclasses.fields(cls)})
+
 
 @dataclass(frozen=True)
 class SVDConfig:
