@@ -1,0 +1,170 @@
+"""The diffusers pipeline-folder layout (what StableVideoDiffusionPipeline.save_pretrained writes).
+
+    model_index.json
+    unet/            config.json + diffusion_pytorch_model.safetensors   (UNetSpatioTemporalConditionModel)
+    vae/             config.json + diffusion_pytorch_model.safetensors   (AutoencoderKLTemporalDecoder)
+    image_encoder/   config.json + model.safetensors                     (transformers CLIPVisionModelWithProjection)
+    feature_extractor/preprocessor_config.json                           (CLIPImageProcessor)
+    scheduler/       scheduler_config.json                               (EulerDiscreteScheduler)
+    unet_ema/        optional: EMA weights of the UNet, as diffusers' training scripts save them
+
+Our modules use diffusers' parameter names, so weights load with an identity mapping.
+This module never imports diffusers: the configs are plain JSON handled by svd_fast.config.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from svd_fast.checkpoints.io import CheckpointError, TensorSource, open_tensors, save_safetensors, write_json, write_text
+from svd_fast.conditioner import CLIP_MEAN, CLIP_STD
+from svd_fast.config import ImageEncoderConfig, SVDConfig, UNetConfig, VAEConfig
+
+PIPELINE_CLASS = "StableVideoDiffusionPipeline"
+DIFFUSERS_VERSION = "0.24.0"  # first release with SVD; written into the configs we save
+MODEL_INDEX = {
+    "_class_name": PIPELINE_CLASS,
+    "_diffusers_version": DIFFUSERS_VERSION,
+    "feature_extractor": ["transformers", "CLIPImageProcessor"],
+    "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+    "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+    "unet": ["diffusers", "UNetSpatioTemporalConditionModel"],
+    "vae": ["diffusers", "AutoencoderKLTemporalDecoder"],
+}
+# SVD's scheduler: EDM Karras sigmas in [0.002, 700], v-prediction with continuous timesteps (svd_facts 5).
+DEFAULT_SCHEDULER_CONFIG = {
+    "_class_name": "EulerDiscreteScheduler",
+    "_diffusers_version": DIFFUSERS_VERSION,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "sigma_max": 700.0,
+    "sigma_min": 0.002,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "timestep_type": "continuous",
+    "trained_betas": None,
+    "use_karras_sigmas": True,
+}
+FEATURE_EXTRACTOR_CONFIG = {
+    "crop_size": {"height": 224, "width": 224},
+    "do_center_crop": True,
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": list(CLIP_MEAN),
+    "image_processor_type": "CLIPImageProcessor",
+    "image_std": list(CLIP_STD),
+    "resample": 3,
+    "rescale_factor": 1 / 255,
+    "size": {"shortest_edge": 224},
+}
+# weights file names diffusers / transformers use, with an optional variant ("fp16") and shard index
+_WEIGHTS = re.compile(r"(diffusion_pytorch_model|model|pytorch_model)(?:\.([\w-]+))?\.(safetensors|bin)(\.index\.json)?")
+
+
+def is_pipeline_folder(path: Path) -> bool:
+    return (path / "model_index.json").is_file()
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def find_weights(folder: Path) -> Path:
+    """The weights file of a component folder: no variant before a variant, safetensors before
+    .bin, a single file before a shard index."""
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: missing component folder")
+    found = [(m, p) for p in sorted(folder.iterdir()) if (m := _WEIGHTS.fullmatch(p.name))]
+    if not found:
+        raise CheckpointError(f"{folder}: no weights file (diffusion_pytorch_model/model[.variant].safetensors or .bin)")
+    variants = {m[2] for m, _ in found}
+    if None not in variants and len(variants) > 1:
+        raise CheckpointError(f"{folder}: only variant weights, several of them ({sorted(variants)}); keep one")
+    ranked = sorted(found, key=lambda mp: (mp[0][2] is not None, mp[0][3] == "bin", mp[0][4] is not None))
+    return ranked[0][1]
+
+
+def _check_class(cfg: dict, expected: str, where: Path, hint: str = "") -> None:
+    name = cfg.get("_class_name", expected)
+    if name != expected:
+        raise CheckpointError(f"{where}: is a {name}, expected {expected}{hint}")
+
+
+def read_config(folder: Path, numerics: str) -> tuple[SVDConfig, dict]:
+    """(SVDConfig, scheduler config dict) of a pipeline folder, with clear errors for other pipelines."""
+    index = read_json(folder / "model_index.json")
+    _check_class(index, PIPELINE_CLASS, folder / "model_index.json", ": svd_fast loads Stable Video Diffusion pipelines")
+    unet_cfg = read_json(folder / "unet" / "config.json")
+    _check_class(unet_cfg, "UNetSpatioTemporalConditionModel", folder / "unet" / "config.json")
+    vae_cfg = read_json(folder / "vae" / "config.json")
+    _check_class(vae_cfg, "AutoencoderKLTemporalDecoder", folder / "vae" / "config.json",
+                 " (the per-frame AutoencoderKL of SVD's image-decoder variant is not supported)")
+    clip_cfg = read_json(folder / "image_encoder" / "config.json")
+    architectures = clip_cfg.get("architectures") or ["CLIPVisionModelWithProjection"]
+    if "CLIPVisionModelWithProjection" not in architectures:
+        raise CheckpointError(f"{folder / 'image_encoder' / 'config.json'}: is {architectures}, expected CLIPVisionModelWithProjection")
+    scheduler_path = folder / "scheduler" / "scheduler_config.json"
+    scheduler = read_json(scheduler_path) if scheduler_path.exists() else dict(DEFAULT_SCHEDULER_CONFIG)
+    parts = {}
+    for name, build in (
+        ("unet", lambda: UNetConfig.from_diffusers(unet_cfg, numerics=numerics)),
+        ("vae", lambda: VAEConfig.from_diffusers(vae_cfg)),
+        ("image_encoder", lambda: ImageEncoderConfig.from_transformers(clip_cfg)),
+    ):
+        try:
+            parts[name] = build()
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{folder / name / 'config.json'}: {exc}") from exc
+    return SVDConfig(**parts, num_frames=parts["unet"].num_frames), scheduler
+
+
+def open_component(folder: Path, name: str) -> TensorSource:
+    return open_tensors(find_weights(folder / name))
+
+
+def _clip_config_json(config: ImageEncoderConfig, dtype: str) -> str:
+    cfg = config.to_transformers()
+    cfg.architectures = ["CLIPVisionModelWithProjection"]
+    data = json.loads(cfg.to_json_string(use_diff=False))
+    data["dtype"] = dtype
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def write_folder(folder: Path, config: SVDConfig, unet: dict, vae: dict, image_encoder: dict,
+                 scheduler_config: dict, ema_unet: dict | None = None) -> None:
+    """Write every file of a pipeline folder into `folder` (an empty, temporary folder)."""
+    unet_config = {**config.unet.to_diffusers(), "_diffusers_version": DIFFUSERS_VERSION}
+    vae_config = {**config.vae.to_diffusers(), "_diffusers_version": DIFFUSERS_VERSION}
+    models = [("unet", unet_config, unet), ("vae", vae_config, vae)]
+    if ema_unet is not None:
+        models.append(("unet_ema", unet_config, ema_unet))
+    for name, cfg, state in models:
+        (folder / name).mkdir()
+        write_json(folder / name / "config.json", cfg)
+        save_safetensors(state, folder / name / "diffusion_pytorch_model.safetensors")
+    (folder / "image_encoder").mkdir()
+    dtype = str(next(iter(image_encoder.values())).dtype).removeprefix("torch.")
+    write_text(folder / "image_encoder" / "config.json", _clip_config_json(config.image_encoder, dtype))
+    save_safetensors(image_encoder, folder / "image_encoder" / "model.safetensors")
+    for name, file, content in (
+        ("feature_extractor", "preprocessor_config.json", FEATURE_EXTRACTOR_CONFIG),
+        ("scheduler", "scheduler_config.json", scheduler_config),
+    ):
+        (folder / name).mkdir()
+        write_json(folder / name / file, content)
+    write_json(folder / "model_index.json", MODEL_INDEX)
