@@ -201,7 +201,10 @@ class ImageEncoderConfig:
         from transformers import CLIPVisionConfig
 
         cfg = cfg.get("vision_config", cfg)
-        vision = CLIPVisionConfig(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+        try:
+            vision = CLIPVisionConfig(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+        except Exception as exc:  # transformers validates with its own exception types
+            raise ValueError(f"invalid CLIP vision config: {exc}") from exc
         if vision.num_channels != 3:
             raise ValueError(f"unsupported CLIP vision config: num_channels={vision.num_channels}, expected 3")
         return cls(**{f.name: getattr(vision, f.name) for f in dataclasses.fields(cls)})

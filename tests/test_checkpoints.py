@@ -396,6 +396,10 @@ def test_pickles_are_never_executed(folder):
     torch.save({"weight": torch.zeros(1), "payload": _NotATensor()}, folder / "vae" / "diffusion_pytorch_model.bin")
     message = _fails_cleanly(folder, "refused to unpickle")
     assert "diffusion_pytorch_model.bin" in message
+    weights = folder / "vae" / "diffusion_pytorch_model.bin"
+    torch.save({"weight": torch.zeros(1000)}, weights)
+    weights.write_bytes(weights.read_bytes()[:-300])
+    _fails_cleanly(folder, "cannot read torch file")
 
 
 def test_wrong_architecture_says_what_it_looks_like(folder, tmp_path):
@@ -417,6 +421,19 @@ def test_wrong_architecture_says_what_it_looks_like(folder, tmp_path):
     (folder / "vae" / "config.json").write_text(json.dumps({**vae_config, "_class_name": "AutoencoderKL"}))
     _fails_cleanly(folder, "image-decoder variant is not supported")
     _fails_cleanly(folder / "unet", "no model_index.json")
+
+
+def test_bad_config_files_name_the_file(folder):
+    unet_config = folder / "unet" / "config.json"
+    original = unet_config.read_text()
+    unet_config.write_text("{ not json")
+    assert str(unet_config) in _fails_cleanly(folder, "not valid JSON")
+    unet_config.write_text(json.dumps({**json.loads(original), "up_block_types": ["UpBlockSpatioTemporal"] * 2}))
+    assert str(unet_config) in _fails_cleanly(folder, "unsupported UNet block layout")
+    unet_config.write_text(original)
+    clip_config = folder / "image_encoder" / "config.json"
+    clip_config.write_text(json.dumps({**json.loads(clip_config.read_text()), "hidden_size": 31}))  # not divisible by its 2 heads
+    assert str(clip_config) in _fails_cleanly(folder, "invalid CLIP vision config")
 
 
 def test_missing_unexpected_and_misshapen_tensors_are_listed(folder):
