@@ -1,0 +1,95 @@
+"""Counts per stage (summary.json) and score histograms with the filter thresholds (summary.png)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections import Counter
+
+import numpy as np
+
+from .filters import Rule
+
+HISTOGRAMS = [("motion", "motion score (Farneback, px)"), ("text_area", "text area (fraction of frame)"),
+              ("aesthetic", "aesthetic score"), ("clip_score", "CLIP text-image similarity"),
+              ("duration", "clip duration (s)")]
+SCORED = ("motion", "text_area", "aesthetic", "clip_score")
+EARLY_REASONS = ("too_short", "decode_error")  # set before scoring; the clip never reaches the filters
+
+
+class StageCounter:
+    """Accumulates per-stage counts while the manifest streams past."""
+
+    def __init__(self, num_sources: int):
+        self.sources = {"found": num_sources, "unreadable": 0, "with_clips": 0}
+        self.clips = 0
+        self.early = Counter()  # reasons set before filtering: too_short, decode_error
+        self.scored = Counter()
+        self.captioned = 0
+        self.filters = Counter()
+        self.kept = 0
+
+    def add_error(self) -> None:
+        self.sources["unreadable"] += 1
+
+    def add_source(self, rows: list[dict]) -> None:
+        self.sources["with_clips"] += 1
+        for row in rows:
+            self.clips += 1
+            early = row["reason"].split(":")[0]
+            if early in EARLY_REASONS:
+                self.early[early] += 1
+                continue
+            self.scored.update(name for name in SCORED if not math.isnan(row[name]))
+            self.captioned += bool(row["caption"])
+            self.filters.update(reason for reason in row["reason"].split(";") if reason)
+            self.kept += bool(row["kept"])
+
+    def as_dict(self, shards: dict) -> dict:
+        return {"sources": self.sources,
+                "cuts": {"clips": self.clips, "too_short": self.early["too_short"],
+                         "decode_error": self.early["decode_error"]},
+                "scored": {name: self.scored[name] for name in SCORED},
+                "captioned": self.captioned,
+                "filters": dict(sorted(self.filters.items())),
+                "kept": self.kept,
+                "shards": shards}
+
+
+def plot_histograms(scores: dict[str, np.ndarray], rules: list[Rule], path: str) -> None:
+    """One histogram per score over the candidate clips, thresholds as dashed red lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(HISTOGRAMS), figsize=(4 * len(HISTOGRAMS), 3.2))
+    for axis, (column, title) in zip(axes, HISTOGRAMS):
+        values = np.asarray(scores.get(column, []), dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if values.size:
+            axis.hist(values, bins=min(50, max(5, values.size // 4)), color="#4878a8")
+        else:
+            axis.text(0.5, 0.5, "stage off", ha="center", va="center", transform=axis.transAxes)
+        for rule in rules:
+            if rule.column == column:
+                axis.axvline(rule.threshold, color="#c03030", linestyle="--", label=rule.reason)
+                axis.legend(fontsize=7)
+        axis.set_title(title, fontsize=9)
+        axis.set_ylabel("clips")
+    figure.tight_layout()
+    partial = path + ".partial.png"
+    figure.savefig(partial, dpi=90)
+    plt.close(figure)
+    os.replace(partial, path)
+
+
+def write_summary(out_dir: str, counts: dict, rules: list[Rule], scores: dict[str, np.ndarray]) -> dict:
+    summary = {"counts": counts, "thresholds": [dataclasses.asdict(rule) for rule in rules]}
+    partial = os.path.join(out_dir, "summary.json.partial")
+    with open(partial, "w") as handle:
+        json.dump(summary, handle, indent=2)
+    os.replace(partial, os.path.join(out_dir, "summary.json"))
+    plot_histograms(scores, rules, os.path.join(out_dir, "summary.png"))
+    return summary
