@@ -146,6 +146,11 @@ class VAEConfig:
     force_upcast: bool = True
     """decode in fp32 when the model runs in fp16 (fp16 overflows in the decoder)"""
 
+    @property
+    def downsample_factor(self) -> int:
+        """Pixels per latent pixel along each side (8 for the released KL-f8 VAE)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
     @classmethod
     def from_diffusers(cls, cfg: dict) -> "VAEConfig":
         defaults = cls()
@@ -250,7 +255,7 @@ def _tiny() -> SVDConfig:
             projection_class_embeddings_input_dim=24,
             num_frames=4,
         ),
-        vae=VAEConfig(block_out_channels=(32, 32), layers_per_block=1),
+        vae=VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1),  # 4 levels: the 8x factor diffusers assumes
         image_encoder=ImageEncoderConfig(
             hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, projection_dim=32
         ),

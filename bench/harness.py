@@ -1,0 +1,147 @@
+"""Measurement helpers shared by the benchmarks: timing, peak memory, machine facts, JSON output."""
+from __future__ import annotations
+
+import ctypes
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_repeats(fn, repeat: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of `repeat` calls of fn after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def summary(times: list[float]) -> dict:
+    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times), "all_s": times}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _release_free_heap():
+    """Return freed heap pages to the OS (glibc malloc_trim), so RSS growth measures new peaks."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+
+
+class PeakMemory:
+    """Peak memory above the level at entry while the block runs.
+
+    GPU: torch.cuda.max_memory_allocated. CPU: resident set size sampled every 2 ms by a thread
+    (ru_maxrss cannot be reset, and two models measured in one process need separate peaks).
+    """
+
+    def __init__(self, interval: float = 0.002):
+        self.interval = interval
+        self.peak_bytes = 0
+
+    def __enter__(self):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+            return self
+        _release_free_heap()
+        self._base = self._peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.is_set():
+            self._peak = max(self._peak, _rss_bytes())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            self.peak_bytes = torch.cuda.max_memory_allocated() - self._base
+            return False
+        self._stop.set()
+        self._thread.join()
+        self.peak_bytes = max(self._peak, _rss_bytes()) - self._base
+        return False
+
+
+def gpu_info() -> dict | None:
+    """GPU name, memory and clocks through NVML when present; None without a GPU or NVML."""
+    if not torch.cuda.is_available():
+        return None
+    info = {"name": torch.cuda.get_device_name(), "capability": list(torch.cuda.get_device_capability())}
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        info["sm_clock_mhz"] = pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM)
+        info["mem_clock_mhz"] = pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM)
+        info["memory_total_bytes"] = pynvml.nvmlDeviceGetMemoryInfo(handle).total
+    except Exception as err:  # ImportError, NVMLError_LibraryNotFound, driver mismatch: report, carry on
+        info["nvml"] = f"unavailable: {type(err).__name__}"
+    return info
+
+
+def machine_info() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host_cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": gpu_info(),
+    }
+
+
+def matmul_peak_tflops(dtype=torch.bfloat16, n: int = 2048, repeat: int = 5) -> float:
+    """Measured dense matmul throughput of this device in `dtype` (the denominator for utilisation)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = min(time_repeats(lambda: a @ b, repeat, warmup=2))
+    return 2 * n**3 / best / 1e12
+
+
+def write_json(path, data: dict) -> Path:
+    """Atomic JSON write (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One-step set-up on a fresh machine: creates .venv in the repository root and installs svd_fast.
+#   bash scripts/setup.sh          # what sampling needs
+#   bash scripts/setup.sh --dev    # + tests, benchmarks, training and curation extras
+# torch is pinned to its CPU build through constraints.txt: an unpinned torch pulls GBs of CUDA wheels.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+py=.venv/bin/python
+pip_install() { "$py" -m pip install --quiet --disable-pip-version-check -c constraints.txt "$@"; }
+
+"$py" -c "import torch" 2>/dev/null || pip_install torch
+if [ "$dev" = 1 ]; then
+  # DeepSpeed's optional C++ ops are compiled on first use, not at install time.
+  DS_BUILD_OPS=0 pip_install -e ".[test,bench,train,curate]"
+  if ! command -v tesseract >/dev/null 2>&1; then
+    # OCR text detection of the curation pipeline (Debian package; needs root, as on CI).
+    (apt-get update -qq && apt-get install -y -qq tesseract-ocr tesseract-ocr-eng) >/dev/null
+  fi
+else
+  pip_install -e .
+fi
+echo "svd_fast is set up in .venv ($("$py" -c 'import torch; print("torch", torch.__version__)'))"

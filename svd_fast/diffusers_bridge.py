@@ -1,0 +1,58 @@
+"""Moving models between svd_fast and a diffusers StableVideoDiffusionPipeline in memory.
+
+The parameter names are identical on both sides, so this is a state-dict copy plus the diffusers
+scheduler and feature-extractor settings the released checkpoints ship with (svd_facts §5).
+"""
+from __future__ import annotations
+
+import torch
+
+# scheduler/scheduler_config.json of the released image-to-video checkpoints
+SVD_SCHEDULER_CONFIG = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
+    num_train_timesteps=1000, prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002,
+    steps_offset=1, timestep_spacing="leading", timestep_type="continuous", use_karras_sigmas=True,
+)
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def diffusers_kwargs(config_dict: dict) -> dict:
+    """A diffusers config dict without its bookkeeping keys, ready for the model constructor."""
+    return {k: v for k, v in config_dict.items() if not k.startswith("_")}
+
+
+def to_diffusers_pipeline(pipe):
+    """A diffusers StableVideoDiffusionPipeline with the same weights as an svd_fast SVDPipeline.
+
+    No weights are copied: the diffusers modules are built on the meta device and take the very
+    tensors of `pipe` (the CLIP encoder, already a transformers module, is the same object).
+    """
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        EulerDiscreteScheduler,
+        StableVideoDiffusionPipeline,
+        UNetSpatioTemporalConditionModel,
+    )
+    from transformers import CLIPImageProcessor
+
+    with torch.device("meta"):
+        unet = UNetSpatioTemporalConditionModel(**diffusers_kwargs(pipe.config.unet.to_diffusers()))
+        vae = AutoencoderKLTemporalDecoder(**diffusers_kwargs(pipe.config.vae.to_diffusers()))
+    unet.load_state_dict(pipe.unet.state_dict(), strict=True, assign=True)
+    vae.load_state_dict(pipe.vae.state_dict(), strict=True, assign=True)
+    size = pipe.config.image_encoder.image_size
+    extractor = CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+        image_mean=CLIP_MEAN, image_std=CLIP_STD, do_convert_rgb=True,
+    )
+    scheduler = EulerDiscreteScheduler(**{**SVD_SCHEDULER_CONFIG, **_sigma_range(pipe)})
+    out = StableVideoDiffusionPipeline(
+        vae=vae, image_encoder=pipe.image_encoder, unet=unet, scheduler=scheduler, feature_extractor=extractor
+    )
+    out.set_progress_bar_config(disable=not pipe.progress)
+    return out
+
+
+def _sigma_range(pipe) -> dict:
+    return {k: pipe.scheduler_config[k] for k in ("sigma_min", "sigma_max") if k in pipe.scheduler_config}

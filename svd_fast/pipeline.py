@@ -1,0 +1,248 @@
+"""Image-to-video sampling: SVDPipeline, with diffusers' StableVideoDiffusionPipeline arguments.
+
+Random numbers are drawn in diffusers' order (noise augmentation of the image first, then the
+initial latents), so the same torch.Generator seed gives the same video as diffusers.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from svd_fast import conditioner
+from svd_fast.config import SVDConfig
+from svd_fast.denoiser import Conditioning, Denoiser, LinearGuidedDenoiser, UnguidedDenoiser
+from svd_fast.sampling import SAMPLERS, get_sigmas_karras, init_noise_scale
+
+# Sampling defaults of the released scheduler config (svd_facts §5).
+DEFAULT_SCHEDULER = {"sigma_min": 0.002, "sigma_max": 700.0}
+
+
+@dataclass
+class SVDPipelineOutput:
+    """frames: list of lists of PIL images, an array (B, T, H, W, 3) or a tensor (B, T, 3, H, W)."""
+
+    frames: Any
+    timings: dict = field(default_factory=dict)
+
+
+def randn(shape, generator, device, dtype) -> torch.Tensor:
+    """Gaussian noise drawn exactly as diffusers' randn_tensor draws it (one generator per sample allowed)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+        parts = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
+        return torch.cat(parts).to(device)
+    rand_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype).to(device)
+
+
+class SVDPipeline:
+    """Stable Video Diffusion image-to-video pipeline on svd_fast's UNet, VAE and CLIP conditioner."""
+
+    def __init__(self, unet, vae, image_encoder, config: SVDConfig, scheduler_config: dict | None = None):
+        self.unet, self.vae, self.image_encoder = unet, vae, image_encoder
+        self.config = config
+        self.scheduler_config = {**DEFAULT_SCHEDULER, **(scheduler_config or {})}
+        self.progress = True
+        for module in (unet, vae, image_encoder):
+            module.eval().requires_grad_(False)
+
+    # ----------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, path, torch_dtype=None, device=None, numerics: str = "sgm", use_ema: bool = False):
+        """Load a diffusers folder or an sgm single-file checkpoint (detected automatically)."""
+        from svd_fast.checkpoints import load_components
+
+        parts = load_components(path, dtype=torch_dtype, device=device, numerics=numerics, use_ema=use_ema)
+        return cls(parts["unet"], parts["vae"], parts["image_encoder"], parts["config"], parts.get("scheduler_config"))
+
+    @classmethod
+    def from_config(cls, config: SVDConfig | str, torch_dtype=None, device=None, seed: int = 0):
+        """Random-weight pipeline of a given architecture (tests, benchmarks, training from scratch)."""
+        from svd_fast.unet import VideoUNet
+        from svd_fast.vae import TemporalVAE
+
+        if isinstance(config, str):
+            config = SVDConfig.from_name(config)
+        torch.manual_seed(seed)
+        pipe = cls(VideoUNet(config.unet), TemporalVAE(config.vae), conditioner.build_image_encoder(config.image_encoder), config)
+        return pipe.to(device=device, dtype=torch_dtype)
+
+    def to(self, device=None, dtype=None) -> "SVDPipeline":
+        for module in (self.unet, self.vae, self.image_encoder):
+            module.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def set_progress_bar_config(self, disable: bool = False):
+        self.progress = not disable
+
+    # ------------------------------------------------------------------------------- the stages
+    def encode_image(self, image, height: int, width: int, noise_aug_strength: float, generator):
+        """CLIP embedding (B, 1, D) of the clean image and VAE mean latent (B, 4, h, w) of the
+        noise-augmented one, resized to (height, width). Draws the augmentation noise first."""
+        embeddings = conditioner.encode_image(self.image_encoder, image).to(self.device, self.dtype)
+        pixels = conditioner.preprocess_image(image, height, width).to(self.device)
+        pixels = pixels + noise_aug_strength * randn(pixels.shape, generator, self.device, pixels.dtype)
+        return embeddings, self.vae.encode(pixels).to(self.dtype)
+
+    def decode(self, latents, decode_chunk_size: int):
+        """Frames (B, T, 3, H, W) in [-1, 1], fp32, from sampler latents (B, T, 4, h, w).
+
+        Chunks run over the flattened B*T frames like diffusers' decode_latents; each chunk is
+        decoded as a clip of its own length.
+        """
+        b, t = latents.shape[:2]
+        z = latents.flatten(0, 1) / self.vae.config.scaling_factor
+        starts = range(0, z.shape[0], decode_chunk_size)
+        chunks = [
+            self.vae.decode(z[i : i + decode_chunk_size], num_frames=len(z[i : i + decode_chunk_size])).float()
+            for i in tqdm(starts, desc="decode", disable=not self.progress, leave=False)
+        ]
+        frames = torch.cat(chunks)
+        return frames.reshape(b, t, *frames.shape[1:])
+
+    # -------------------------------------------------------------------------------- __call__
+    @torch.no_grad()
+    def __call__(
+        self,
+        image,
+        height: int = 576,
+        width: int = 1024,
+        num_frames: int | None = None,
+        num_inference_steps: int = 25,
+        min_guidance_scale: float = 1.0,
+        max_guidance_scale: float = 3.0,
+        fps: int = 7,
+        motion_bucket_id: int = 127,
+        noise_aug_strength: float = 0.02,
+        decode_chunk_size: int | None = None,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
+        sampler: str = "euler",
+        sigmas: list[float] | torch.Tensor | None = None,
+        return_dict: bool = True,
+    ):
+        """Sample a video from a conditioning image (PIL, array or tensor; a list or batch of them).
+
+        Arguments and defaults follow diffusers' StableVideoDiffusionPipeline; `fps` is the frame
+        rate (the model sees fps - 1). Extra: `sampler` ('euler', 'heun', 'dpmpp_2m') and explicit
+        `sigmas` (descending, ending in 0).
+        """
+        num_frames = num_frames if num_frames is not None else self.unet.config.num_frames
+        decode_chunk_size = decode_chunk_size if decode_chunk_size is not None else num_frames
+        self._check_arguments(height, width, num_frames, num_inference_steps, decode_chunk_size, output_type, sampler)
+        if num_videos_per_prompt < 1:
+            raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
+        timings: dict = {}
+        device = self.device
+
+        start = time.perf_counter()
+        embeddings, image_latents = self.encode_image(image, height, width, noise_aug_strength, generator)
+        timings["image_encode"] = time.perf_counter() - start
+        batch = image_latents.shape[0]
+        embeddings = embeddings.repeat_interleave(num_videos_per_prompt, dim=0)
+        image_latents = image_latents.repeat_interleave(num_videos_per_prompt, dim=0)
+        batch *= num_videos_per_prompt
+
+        cond = Conditioning(
+            image_latents=image_latents.unsqueeze(1).repeat(1, num_frames, 1, 1, 1),
+            context=embeddings,
+            added_time_ids=conditioner.added_time_ids(fps, motion_bucket_id, noise_aug_strength, batch, self.dtype, device),
+        )
+        sigma_schedule = self._sigmas(num_inference_steps, sigmas).to(device)
+        f = self.vae.config.downsample_factor
+        shape = (batch, num_frames, self.vae.config.latent_channels, height // f, width // f)
+        if latents is None:
+            latents = randn(shape, generator, device, self.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        x = latents.to(device) * init_noise_scale(sigma_schedule)
+
+        denoiser = Denoiser(self.unet)
+        if max_guidance_scale > 1:
+            denoise = LinearGuidedDenoiser(denoiser, cond, min_guidance_scale, max_guidance_scale, num_frames)
+        else:
+            denoise = UnguidedDenoiser(denoiser, cond)
+
+        steps = len(sigma_schedule) - 1
+        bar = tqdm(total=steps, desc="denoise", disable=not self.progress, leave=False)
+        step_times: list[float] = []
+        step_start = [time.perf_counter()]
+
+        def on_step(i, x_next, denoised):
+            step_times.append(time.perf_counter() - step_start[0])
+            bar.update()
+            if callback_on_step_end is not None:
+                values = {"latents": x_next, "denoised": denoised}
+                out = callback_on_step_end(self, i, sigma_schedule[i], {k: values[k] for k in callback_on_step_end_tensor_inputs})
+                if out and "latents" in out:
+                    x_next.copy_(out["latents"])
+            step_start[0] = time.perf_counter()
+
+        x = SAMPLERS[sampler](denoise, x, sigma_schedule, callback=on_step)
+        bar.close()
+        timings["unet_steps"] = step_times
+
+        if output_type == "latent":
+            frames = x.to(self.dtype)
+        else:
+            start = time.perf_counter()
+            video = self.decode(x.to(self.dtype), decode_chunk_size)
+            timings["vae_decode"] = time.perf_counter() - start
+            frames = postprocess_video(video, output_type)
+        if not return_dict:
+            return frames
+        return SVDPipelineOutput(frames=frames, timings=timings)
+
+    def _sigmas(self, steps: int, sigmas) -> torch.Tensor:
+        if sigmas is None:
+            return get_sigmas_karras(steps, self.scheduler_config["sigma_min"], self.scheduler_config["sigma_max"])
+        sigmas = torch.as_tensor(sigmas, dtype=torch.float32).flatten()
+        if len(sigmas) < 2 or sigmas[-1] != 0 or (sigmas[1:] >= sigmas[:-1]).any():
+            raise ValueError("sigmas must be strictly decreasing and end with 0")
+        return sigmas
+
+    @staticmethod
+    def _check_arguments(height, width, num_frames, steps, chunk, output_type, sampler):
+        if height % 8 or width % 8 or height < 8 or width < 8:
+            raise ValueError(f"height and width must be positive multiples of 8, got {height}x{width}")
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
+        if chunk < 1:
+            raise ValueError(f"decode_chunk_size must be >= 1, got {chunk}")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+
+
+def postprocess_video(video: torch.Tensor, output_type: str):
+    """(B, T, 3, H, W) in [-1, 1] -> diffusers' output formats, values in [0, 1]."""
+    video = (video / 2 + 0.5).clamp(0, 1)
+    if output_type == "pt":
+        return video
+    array = video.permute(0, 1, 3, 4, 2).cpu().float().numpy()
+    if output_type == "np":
+        return array
+    from PIL import Image
+
+    return [[Image.fromarray((frame * 255).round().astype(np.uint8)) for frame in clip] for clip in array]

@@ -1,0 +1,100 @@
+"""Command line: sample a video from an image.
+
+    python -m svd_fast.sample --image IN.png --out OUT.mp4 [--model PATH] [--frames N] [--steps N]
+        [--seed S] [--fps F] [--motion-bucket M] [--dtype bf16|fp16|fp32] [--decode-chunk N]
+
+Without --model the embedded default model (svd_fast/assets/default_model) is used.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m svd_fast.sample", description="Image-to-video with Stable Video Diffusion.")
+    p.add_argument("--image", required=True, help="conditioning image (png, jpg, ...)")
+    p.add_argument("--out", required=True, help="output: .mp4/.webm, .gif, or .png (one file per frame)")
+    p.add_argument("--model", help="diffusers folder or sgm .safetensors file (default: the embedded model)")
+    p.add_argument("--frames", type=int, help="number of frames (default: the model's)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the model's preset, 25 for SVD)")
+    p.add_argument("--seed", type=int, default=23)
+    p.add_argument("--fps", type=int, default=7, help="frame rate of the output and the fps conditioning")
+    p.add_argument("--motion-bucket", type=int, default=127, help="motion conditioning (higher = more motion)")
+    p.add_argument("--noise-aug", type=float, default=0.02, help="noise added to the conditioning image")
+    p.add_argument("--min-cfg", type=float, default=1.0, help="guidance scale on the first frame")
+    p.add_argument("--max-cfg", type=float, default=3.0, help="guidance scale on the last frame")
+    p.add_argument("--height", type=int, help="output height, a multiple of 8 (default: the model's)")
+    p.add_argument("--width", type=int, help="output width, a multiple of 8 (default: the model's)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16" if not torch.cuda.is_available() else "fp16")
+    p.add_argument("--decode-chunk", type=int, help="frames decoded at once (less memory; default: all)")
+    p.add_argument("--sampler", choices=["euler", "heun", "dpmpp_2m"], default="euler")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--ema", action="store_true", help="use EMA weights when the checkpoint has them")
+    return p.parse_args(argv)
+
+
+def resolve_model(model: str | None) -> Path:
+    if model is not None:
+        path = Path(model)
+        if not path.exists():
+            raise SystemExit(f"error: model not found: {path}")
+        return path
+    if not (DEFAULT_MODEL / "model_index.json").is_file():
+        raise SystemExit(
+            f"error: no embedded default model is present at {DEFAULT_MODEL}.\n"
+            "Pass a checkpoint with --model PATH (a diffusers folder such as "
+            "stable-video-diffusion-img2vid-xt, or an sgm file such as svd_xt.safetensors)."
+        )
+    return DEFAULT_MODEL
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from svd_fast.pipeline import SVDPipeline
+    from svd_fast.video_io import load_image, save_video
+
+    model = resolve_model(args.model)
+    image = load_image(args.image)
+    start = time.perf_counter()
+    pipe = SVDPipeline.from_pretrained(model, torch_dtype=DTYPES[args.dtype], device=args.device, use_ema=args.ema)
+    load_time = time.perf_counter() - start
+    cfg = pipe.config
+    result = pipe(
+        image,
+        height=args.height or cfg.height,
+        width=args.width or cfg.width,
+        num_frames=args.frames or cfg.num_frames,
+        num_inference_steps=args.steps or cfg.num_inference_steps,
+        min_guidance_scale=args.min_cfg,
+        max_guidance_scale=args.max_cfg,
+        fps=args.fps,
+        motion_bucket_id=args.motion_bucket,
+        noise_aug_strength=args.noise_aug,
+        decode_chunk_size=args.decode_chunk,
+        generator=torch.Generator("cpu").manual_seed(args.seed),
+        output_type="np",
+        sampler=args.sampler,
+    )
+    start = time.perf_counter()
+    written = save_video(result.frames[0], args.out, fps=args.fps)
+    write_time = time.perf_counter() - start
+    t = result.timings
+    steps = t["unet_steps"]
+    print(f"wrote {len(result.frames[0])} frames to {', '.join(str(w) for w in written[:1])}"
+          + (f" (+{len(written) - 1} more)" if len(written) > 1 else ""))
+    print(f"load {load_time:.2f}s | image encode {t['image_encode']:.2f}s | denoise {sum(steps):.2f}s "
+          f"({len(steps)} steps, {sum(steps) / max(len(steps), 1):.2f}s/step) | decode {t['vae_decode']:.2f}s | "
+          f"write {write_time:.2f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

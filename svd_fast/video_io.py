@@ -1,0 +1,108 @@
+"""Reading conditioning images and writing videos (mp4/webm via ffmpeg, gif, png frames).
+
+Every write is atomic: the file is written next to its destination under a temporary name and
+renamed into place, so an interrupted run never leaves a half-written video behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv"}
+
+
+def load_image(path) -> Image.Image:
+    """Open an image as RGB (grayscale, palette and RGBA images are converted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"conditioning image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except OSError as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def to_uint8(frames) -> np.ndarray:
+    """(T, H, W, 3) floats in [0, 1], uint8 arrays, or a list of PIL images -> (T, H, W, 3) uint8."""
+    if isinstance(frames, (list, tuple)) and frames and isinstance(frames[0], Image.Image):
+        return np.stack([np.asarray(f.convert("RGB")) for f in frames])
+    array = np.asarray(frames)
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise ValueError(f"expected frames of shape (T, H, W, 3), got {array.shape}")
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    return array
+
+
+def _atomic_target(path: Path, suffix: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
+def save_video(frames, path, fps: float = 7.0) -> list[Path]:
+    """Write frames to `path` by its extension; returns the files written.
+
+    .mp4/.webm/.mov/.mkv: H.264 (VP9 for webm) through imageio-ffmpeg; .gif: animated GIF;
+    .png: one file per frame, `<stem>_0000.png`, ... next to `path`.
+    """
+    path = Path(path)
+    frames = to_uint8(frames)
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        written = []
+        for i, frame in enumerate(frames):
+            target = path.with_name(f"{path.stem}_{i:04d}.png")
+            tmp = _atomic_target(target, ".png")
+            Image.fromarray(frame).save(tmp, format="PNG")
+            os.replace(tmp, target)
+            written.append(target)
+        return written
+    tmp = _atomic_target(path, suffix)
+    try:
+        if suffix == ".gif":
+            images = [Image.fromarray(f) for f in frames]
+            images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+        elif suffix in VIDEO_SUFFIXES:
+            _write_ffmpeg(frames, tmp, fps, codec="libvpx-vp9" if suffix == ".webm" else "libx264")
+        else:
+            raise ValueError(f"unsupported output format {suffix!r} for {path}; use .mp4, .webm, .gif or .png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return [path]
+
+
+def _write_ffmpeg(frames: np.ndarray, path: str, fps: float, codec: str):
+    import imageio.v2 as imageio
+
+    # yuv420p needs even sizes: pad by edge replication rather than resize, so pixels stay exact.
+    h, w = frames.shape[1:3]
+    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    writer = imageio.get_writer(
+        path, format="FFMPEG", fps=fps, codec=codec, quality=8, pixelformat="yuv420p", macro_block_size=1
+    )
+    try:
+        for frame in frames:
+            writer.append_data(frame)
+    finally:
+        writer.close()
+
+
+def read_video(path) -> tuple[np.ndarray, float]:
+    """All frames of a video file as (T, H, W, 3) uint8, and its frame rate."""
+    import imageio.v2 as imageio
+
+    reader = imageio.get_reader(str(path), format="FFMPEG")
+    try:
+        fps = float(reader.get_meta_data().get("fps", 0.0))
+        return np.stack([np.asarray(f) for f in reader]), fps
+    finally:
+        reader.close()
