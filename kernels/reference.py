@@ -19,13 +19,13 @@ def group_norm(x, num_groups, weight, bias, eps, silu=False, num_frames=None):
     ResBlock's norm, which sgm runs on a (B, C, T, H, W) tensor).
     """
     dtype = x.dtype
-    xf = x.float()
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # fp32 (or fp64) statistics
     if num_frames is not None:
         n, c = x.shape[:2]
         # (B*T, C, S) -> (B, C, T, S): one GroupNorm sample per clip.
         xf = xf.reshape(n // num_frames, num_frames, c, -1).transpose(1, 2)
-    w = None if weight is None else weight.float()
-    b = None if bias is None else bias.float()
+    w = None if weight is None else weight.to(xf.dtype)
+    b = None if bias is None else bias.to(xf.dtype)
     y = F.group_norm(xf, num_groups, w, b, eps)
     if silu:
         y = F.silu(y)

@@ -1,0 +1,225 @@
+"""Op wrappers around torch.ops.svd_fast_native (the C++ kernels of svd_fast._C).
+
+Imported only once svd_fast._C is loaded (see `load()` in this package). Each op: a fake (meta)
+implementation so torch.compile can trace it, an autograd.Function whose backward calls the
+native backward kernel, and a wrapper with the reference signature that hands inputs the C++
+kernels do not take (non-CPU tensors, float64, NCHW input to the temporal conv) to the reference.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import reference
+
+NATIVE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_ops = torch.ops.svd_fast_native
+
+
+def _native_ok(*tensors) -> bool:
+    return all(t.device.type == "cpu" and t.dtype in NATIVE_DTYPES for t in tensors)
+
+
+# ---- fake implementations (shapes, dtypes and layouts of the C++ outputs) ----
+
+
+@torch.library.register_fake("svd_fast_native::group_norm_fwd")
+def _group_norm_fwd_fake(x, groups, weight, bias, eps, silu, frames_per_unit):
+    units = x.shape[0] // frames_per_unit
+    return (
+        torch.empty_like(x),
+        x.new_empty((units, groups), dtype=torch.float32),
+        x.new_empty((units, groups), dtype=torch.float32),
+    )
+
+
+@torch.library.register_fake("svd_fast_native::group_norm_bwd")
+def _group_norm_bwd_fake(grad, x, mean, rstd, weight, bias, silu, groups, frames_per_unit):
+    c = x.shape[1]
+    return torch.empty_like(x), x.new_empty((c,), dtype=torch.float32), x.new_empty((c,), dtype=torch.float32)
+
+
+@torch.library.register_fake("svd_fast_native::temporal_attention_fwd")
+def _temporal_attention_fwd_fake(q, k, v, num_frames, heads):
+    return q.new_empty(q.shape)
+
+
+@torch.library.register_fake("svd_fast_native::temporal_attention_bwd")
+def _temporal_attention_bwd_fake(grad, q, k, v, num_frames, heads):
+    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+
+
+def _channels_last_empty(like, channels):
+    n, _, h, w = like.shape
+    return torch.empty((n, channels, h, w), dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("svd_fast_native::temporal_conv_fwd")
+def _temporal_conv_fwd_fake(x, weight, bias, num_frames):
+    return _channels_last_empty(x, weight.shape[0])
+
+
+@torch.library.register_fake("svd_fast_native::temporal_conv_bwd")
+def _temporal_conv_bwd_fake(grad, x, weight, num_frames):
+    return (
+        _channels_last_empty(x, x.shape[1]),
+        weight.new_empty(weight.shape),
+        weight.new_empty((weight.shape[0],), dtype=torch.float32),
+    )
+
+
+@torch.library.register_fake("svd_fast_native::geglu_fwd")
+def _geglu_fwd_fake(x):
+    return x.new_empty(x.shape[:-1] + (x.shape[-1] // 2,))
+
+
+@torch.library.register_fake("svd_fast_native::geglu_bwd")
+def _geglu_bwd_fake(grad, x):
+    return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("svd_fast_native::blend_fwd")
+def _blend_fwd_fake(a, b, p, q):
+    return torch.empty_like(a)
+
+
+# ---- autograd ----
+
+
+def _cast_like(grad, like):
+    return None if like is None else grad.to(like.dtype)
+
+
+class _GroupNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, num_groups, eps, silu, frames):
+        y, mean, rstd = _ops.group_norm_fwd(x, num_groups, weight, bias, eps, silu, frames)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.args = (num_groups, silu, frames)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        num_groups, silu, frames = ctx.args
+        dx, dweight, dbias = _ops.group_norm_bwd(grad, x, mean, rstd, weight, bias, silu, num_groups, frames)
+        return dx, _cast_like(dweight, weight), _cast_like(dbias, bias), None, None, None, None
+
+
+class _TemporalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, num_frames, heads):
+        ctx.save_for_backward(q, k, v)
+        ctx.args = (num_frames, heads)
+        return _ops.temporal_attention_fwd(q, k, v, num_frames, heads)
+
+    @staticmethod
+    def backward(ctx, grad):
+        dq, dk, dv = _ops.temporal_attention_bwd(grad, *ctx.saved_tensors, *ctx.args)
+        return dq, dk, dv, None, None
+
+
+class _TemporalConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, num_frames):
+        ctx.save_for_backward(x, weight)
+        ctx.num_frames, ctx.has_bias = num_frames, bias is not None
+        return _ops.temporal_conv_fwd(x, weight, bias, num_frames)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        dx, dweight, dbias = _ops.temporal_conv_bwd(grad, x, weight, ctx.num_frames)
+        return dx, dweight, dbias.to(weight.dtype) if ctx.has_bias else None, None
+
+
+class _Geglu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return _ops.geglu_fwd(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return _ops.geglu_bwd(grad, x)
+
+
+class _Blend(torch.autograd.Function):
+    """out = p[n] * a + q[n] * b with fp32 per-sample coefficients p, q."""
+
+    @staticmethod
+    def forward(ctx, a, b, p, q):
+        ctx.save_for_backward(a, b, p, q)
+        return _ops.blend_fwd(a, b, p, q)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, p, q = ctx.saved_tensors
+        g = grad.float()
+        per_sample = (-1,) + (1,) * (a.ndim - 1)
+        need = ctx.needs_input_grad
+        da = (g * p.reshape(per_sample)).to(a.dtype) if need[0] else None
+        db = (g * q.reshape(per_sample)).to(b.dtype) if need[1] else None
+        dp = (g * a.float()).flatten(1).sum(1) if need[2] else None
+        dq = (g * b.float()).flatten(1).sum(1) if need[3] else None
+        return da, db, dp, dq
+
+
+# ---- the ops, with the reference signatures ----
+
+
+def group_norm(x, num_groups, weight, bias, eps, silu=False, num_frames=None):
+    if not _native_ok(x):
+        return reference.group_norm(x, num_groups, weight, bias, eps, silu, num_frames)
+    return _GroupNorm.apply(x, weight, bias, num_groups, float(eps), bool(silu), num_frames or 1)
+
+
+def temporal_attention(q, k, v, num_frames, heads):
+    if not _native_ok(q, k, v) or num_frames > 64 or len({q.dtype, k.dtype, v.dtype}) > 1:
+        return reference.temporal_attention(q, k, v, num_frames, heads)
+    return _TemporalAttention.apply(q, k, v, num_frames, heads)
+
+
+def temporal_conv(x, weight, bias, num_frames):
+    # The shifted GEMMs need channels-last activations (what the UNet runs); for NCHW input the
+    # reference's conv3d reads the layout in place while this path would copy it twice.
+    channels_last = x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    if not (_native_ok(x) and channels_last and weight.shape[2] % 2 == 1):
+        return reference.temporal_conv(x, weight, bias, num_frames)
+    bias = None if bias is None else bias.to(x.dtype)
+    return _TemporalConv.apply(x, weight.to(x.dtype), bias, num_frames)
+
+
+def geglu(x):
+    if not _native_ok(x):
+        return reference.geglu(x)
+    return _Geglu.apply(x)
+
+
+def _blend(a, b, p, q, fallback):
+    if not _native_ok(a, b) or a.shape != b.shape or a.dtype != b.dtype:
+        return fallback()
+    return _Blend.apply(a, b, p, q)
+
+
+def alpha_blend(x_spatial, x_temporal, alpha):
+    a = alpha.float().reshape(-1)
+    return _blend(x_spatial, x_temporal, a, 1 - a, lambda: reference.alpha_blend(x_spatial, x_temporal, alpha))
+
+
+def alpha_blend_residual(x_spatial, delta, alpha):
+    a = alpha.float().reshape(-1)
+    return _blend(
+        x_spatial, delta, torch.ones_like(a), 1 - a, lambda: reference.alpha_blend_residual(x_spatial, delta, alpha)
+    )
+
+
+OPS = {
+    "group_norm": group_norm,
+    "temporal_conv": temporal_conv,
+    "temporal_attention": temporal_attention,
+    "spatial_attention": reference.spatial_attention,
+    "alpha_blend": alpha_blend,
+    "alpha_blend_residual": alpha_blend_residual,
+    "geglu": geglu,
+}

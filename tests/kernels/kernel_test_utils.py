@@ -1,0 +1,72 @@
+"""Helpers shared by the kernel tests: the implementations under test and the accuracy rule."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import pytest
+import torch
+
+from svd_fast import kernels
+
+IMPLEMENTATIONS = ("native", "triton")
+
+
+def native_ops():
+    """svd_fast.kernels.native.ops, or skip the test saying why the extension is absent."""
+    from svd_fast.kernels.native import load
+
+    try:
+        return load()
+    except ImportError as err:
+        pytest.skip(f"native extension not built: {err}")
+
+
+def implementation(impl: str, op: str):
+    """The callable of `op` in backend `impl` ('native' or 'triton'), or skip with the reason."""
+    if impl == "native":
+        return getattr(native_ops(), op)
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    if not (torch.cuda.is_available() or kernels.triton_interpreted()):
+        pytest.skip("no CUDA device and TRITON_INTERPRET is not 1")
+    return getattr(importlib.import_module(f"svd_fast.kernels.{kernels.TRITON_MODULES[op]}"), op)
+
+
+def device_for(impl: str) -> str:
+    """Triton kernels run on the GPU when there is one (the same tests then check the real kernels)."""
+    return "cuda" if impl == "triton" and torch.cuda.is_available() else "cpu"
+
+
+def run_and_check_custom_op(impl: str, fn):
+    """Run fn() under the profiler and assert one of impl's own ops ran (no silent reference fallback)."""
+    namespace = {"native": "svd_fast_native::", "triton": "svd_fast_triton::"}[impl]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = fn()
+    names = {e.key for e in prof.key_averages()}
+    assert any(n.startswith(namespace) for n in names), f"no {namespace}* op ran; ops seen: {sorted(names)[:20]}"
+    return out
+
+
+def assert_close_to_fp32(out, expected32, lowp_reference, atol, rtol, what):
+    """out vs the fp32 reference within (atol, rtol); for 16-bit dtypes also at most 2x PyTorch's own
+    error (the reference run in the same dtype) plus atol."""
+    assert out.shape == expected32.shape, f"{what}: shape {tuple(out.shape)} != {tuple(expected32.shape)}"
+    assert not out.isnan().any(), f"{what}: NaN in output (an element was not written?)"
+    torch.testing.assert_close(out.float(), expected32.float(), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
+    if out.dtype != torch.float32 and lowp_reference is not None:
+        ours = (out.float() - expected32.float()).abs().max().item()
+        theirs = (lowp_reference.float() - expected32.float()).abs().max().item()
+        assert ours <= 2 * theirs + atol, f"{what}: error {ours:.3g} > 2 x PyTorch's {theirs:.3g} + {atol}"
+
+
+def leaves(*tensors, dtype=None, device="cpu"):
+    """Fresh leaf copies (requires_grad) of the tensors, optionally cast; None stays None."""
+    out = []
+    for t in tensors:
+        if t is None:
+            out.append(None)
+            continue
+        # .to() keeps the memory format (channels-last stays channels-last); clone() makes a leaf.
+        out.append(t.detach().to(device=device, dtype=dtype or t.dtype).clone().requires_grad_())
+    return out
