@@ -25,8 +25,9 @@ def diffusers_kwargs(config_dict: dict) -> dict:
 def to_diffusers_pipeline(pipe):
     """A diffusers StableVideoDiffusionPipeline with the same weights as an svd_fast SVDPipeline.
 
-    No weights are copied: the diffusers modules are built on the meta device and take the very
-    tensors of `pipe` (the CLIP encoder, already a transformers module, is the same object).
+    Weights are shared, not copied: the diffusers modules are built on the meta device and take the
+    very tensors of `pipe` (the CLIP encoder, a transformers module, is the same object), except the
+    channels-last conv weights, which diffusers gets as contiguous copies.
     """
     from diffusers import (
         AutoencoderKLTemporalDecoder,
@@ -39,8 +40,10 @@ def to_diffusers_pipeline(pipe):
     with torch.device("meta"):
         unet = UNetSpatioTemporalConditionModel(**diffusers_kwargs(pipe.config.unet.to_diffusers()))
         vae = AutoencoderKLTemporalDecoder(**diffusers_kwargs(pipe.config.vae.to_diffusers()))
-    unet.load_state_dict(pipe.unet.state_dict(), strict=True, assign=True)
-    vae.load_state_dict(pipe.vae.state_dict(), strict=True, assign=True)
+    # diffusers runs contiguous (NCHW) activations: give it contiguous conv weights too (a copy of
+    # those only), else oneDNN would reorder its inputs on every call and slow it down unfairly.
+    unet.load_state_dict(_contiguous(pipe.unet.state_dict()), strict=True, assign=True)
+    vae.load_state_dict(_contiguous(pipe.vae.state_dict()), strict=True, assign=True)
     size = pipe.config.image_encoder.image_size
     extractor = CLIPImageProcessor(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size},
@@ -56,3 +59,7 @@ def to_diffusers_pipeline(pipe):
 
 def _sigma_range(pipe) -> dict:
     return {k: pipe.scheduler_config[k] for k in ("sigma_min", "sigma_max") if k in pipe.scheduler_config}
+
+
+def _contiguous(state_dict: dict) -> dict:
+    return {k: v.contiguous() for k, v in state_dict.items()}

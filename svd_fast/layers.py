@@ -64,3 +64,16 @@ def geglu(x):
     if x.shape[-1] % 2:
         raise ValueError(f"geglu: last dimension {x.shape[-1]} is odd")
     return get_op("geglu")(x)
+
+
+def channels_last_(module: torch.nn.Module) -> torch.nn.Module:
+    """Store every conv weight in channels-last order (4-D: channels_last, 5-D: channels_last_3d).
+
+    The UNet and VAE run on channels-last activations; oneDNN would otherwise reorder each
+    contiguous weight on every call (a full copy of the weight per conv). In place; returns module.
+    """
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    for param in module.parameters():
+        if param.dim() in formats:
+            param.data = param.data.contiguous(memory_format=formats[param.dim()])
+    return module

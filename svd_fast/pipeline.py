@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from svd_fast import conditioner
 from svd_fast.config import SVDConfig
+from svd_fast.layers import channels_last_
 from svd_fast.denoiser import Conditioning, Denoiser, LinearGuidedDenoiser, UnguidedDenoiser
 from svd_fast.sampling import SAMPLERS, get_sigmas_karras, init_noise_scale
 
@@ -51,6 +52,8 @@ class SVDPipeline:
         self.progress = True
         for module in (unet, vae, image_encoder):
             module.eval().requires_grad_(False)
+        channels_last_(unet)  # activations are channels-last; see layers.channels_last_
+        channels_last_(vae)
 
     # ----------------------------------------------------------------------------------- loading
     @classmethod
