@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 
 from svd_fast import conditioner
 from svd_fast.config import SVDConfig
-from svd_fast.layers import channels_last_
 from svd_fast.denoiser import Conditioning, Denoiser, LinearGuidedDenoiser, UnguidedDenoiser
+from svd_fast.layers import channels_last_
 from svd_fast.sampling import SAMPLERS, get_sigmas_karras, init_noise_scale
 
 # Sampling defaults of the released scheduler config (svd_facts §5).
@@ -75,6 +75,14 @@ class SVDPipeline:
         torch.manual_seed(seed)
         pipe = cls(VideoUNet(config.unet), TemporalVAE(config.vae), conditioner.build_image_encoder(config.image_encoder), config)
         return pipe.to(device=device, dtype=torch_dtype)
+
+    def save_pretrained(self, path, layout: str = "diffusers", overwrite: bool = False) -> None:
+        """Write the weights as a diffusers folder or an sgm single .safetensors file (atomic)."""
+        from svd_fast.checkpoints import save_components
+
+        components = {"config": self.config, "unet": self.unet, "vae": self.vae, "image_encoder": self.image_encoder,
+                      "scheduler_config": self.scheduler_config}
+        save_components(components, path, layout=layout, overwrite=overwrite)
 
     def to(self, device=None, dtype=None) -> "SVDPipeline":
         for module in (self.unet, self.vae, self.image_encoder):

@@ -59,8 +59,9 @@ def resolve_model(model: str | None) -> Path:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from svd_fast.pipeline import SVDPipeline
-    from svd_fast.video_io import load_image, save_video
+    from svd_fast.video_io import check_output_path, load_image, save_video
 
+    check_output_path(args.out)
     model = resolve_model(args.model)
     image = load_image(args.image)
     start = time.perf_counter()

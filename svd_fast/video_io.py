@@ -13,6 +13,15 @@ import numpy as np
 from PIL import Image
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv"}
+OUTPUT_SUFFIXES = VIDEO_SUFFIXES | {".gif", ".png"}
+
+
+def check_output_path(path) -> Path:
+    """Fail early (before any sampling) on an output format save_video cannot write."""
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"unsupported output format {path.suffix!r} for {path}; use one of {sorted(OUTPUT_SUFFIXES)}")
+    return path
 
 
 def load_image(path) -> Image.Image:
@@ -52,7 +61,7 @@ def save_video(frames, path, fps: float = 7.0) -> list[Path]:
     .mp4/.webm/.mov/.mkv: H.264 (VP9 for webm) through imageio-ffmpeg; .gif: animated GIF;
     .png: one file per frame, `<stem>_0000.png`, ... next to `path`.
     """
-    path = Path(path)
+    path = check_output_path(path)
     frames = to_uint8(frames)
     suffix = path.suffix.lower()
     if suffix == ".png":
@@ -69,10 +78,8 @@ def save_video(frames, path, fps: float = 7.0) -> list[Path]:
         if suffix == ".gif":
             images = [Image.fromarray(f) for f in frames]
             images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-        elif suffix in VIDEO_SUFFIXES:
+        else:  # one of VIDEO_SUFFIXES (checked above)
             _write_ffmpeg(frames, tmp, fps, codec="libvpx-vp9" if suffix == ".webm" else "libx264")
-        else:
-            raise ValueError(f"unsupported output format {suffix!r} for {path}; use .mp4, .webm, .gif or .png")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,75 @@
+"""python -m svd_fast.sample end to end on a saved tiny model, and its error messages."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from svd_fast import sample
+from svd_fast.pipeline import SVDPipeline
+from svd_fast.video_io import read_video
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    SVDPipeline.from_config("tiny", seed=0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def image_path(tmp_path):
+    path = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _args(model_dir, image_path, out, *extra):
+    return ["--model", str(model_dir), "--image", str(image_path), "--out", str(out), "--frames", "3", "--steps", "2",
+            "--height", "64", "--width", "64", "--dtype", "fp32", *extra]
+
+
+def test_mp4_written_with_the_pipeline_frames(model_dir, image_path, tmp_path, capsys):
+    out = tmp_path / "video.mp4"
+    assert sample.main(_args(model_dir, image_path, out, "--seed", "5", "--fps", "8")) == 0
+    frames, fps = read_video(out)
+    assert frames.shape == (3, 64, 64, 3) and fps == pytest.approx(8)
+    pipe = SVDPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(Image.open(image_path).convert("RGB"), height=64, width=64, num_frames=3, num_inference_steps=2, fps=8,
+                    generator=torch.Generator().manual_seed(5), output_type="np").frames[0]
+    assert np.abs(frames.astype(np.float32) / 255 - expected).mean() < 0.05  # lossy H.264
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "s/step" in printed and "decode" in printed
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".png"])
+def test_gif_and_png_frames(model_dir, image_path, tmp_path, suffix):
+    out = tmp_path / f"clip{suffix}"
+    assert sample.main(_args(model_dir, image_path, out)) == 0
+    if suffix == ".gif":
+        with Image.open(out) as gif:
+            assert gif.n_frames == 3 and gif.size == (64, 64)
+    else:
+        assert sorted(p.name for p in tmp_path.glob("clip_*.png")) == ["clip_0000.png", "clip_0001.png", "clip_0002.png"]
+
+
+def test_missing_default_model_says_how_to_pass_one(monkeypatch, image_path, tmp_path):
+    monkeypatch.setattr(sample, "DEFAULT_MODEL", tmp_path / "nothing")
+    with pytest.raises(SystemExit, match="--model"):
+        sample.main(["--image", str(image_path), "--out", str(tmp_path / "o.mp4")])
+
+
+def test_missing_image_and_bad_format(model_dir, tmp_path, image_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        sample.main(_args(model_dir, tmp_path / "missing.png", tmp_path / "o.mp4"))
+    with pytest.raises(ValueError, match="unsupported output format"):
+        sample.main(_args(model_dir, image_path, tmp_path / "o.xyz"))
+    assert not list(tmp_path.glob("*.xyz")) and not list(tmp_path.glob(".o.*"))  # nothing half-written
+
+
+def test_module_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "svd_fast.sample", "--help"], capture_output=True, text=True, check=True)
+    assert "--motion-bucket" in out.stdout and "--decode-chunk" in out.stdout
