@@ -68,18 +68,23 @@ def _normal_cdf(x):
 
 
 @triton.jit
+def _geglu_offsets(F, total, BLOCK: tl.constexpr):
+    """Flat output indices i of this program (over rows * F) and their value offsets in x (rows, 2F)."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return i, (i // F) * 2 * F + i % F, i < total
+
+
+@triton.jit
 def _geglu_kernel(
-    x_ptr,    # (rows, 2F) input, row stride 2F (contiguous)
+    x_ptr,    # (rows, 2F) input, contiguous; value = x[:, :F], gate = x[:, F:]
     out_ptr,  # (rows, F) output, contiguous
-    F,
+    F, total,  # total = rows * F
     BLOCK: tl.constexpr,
 ):
-    r, blk = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    f = blk * BLOCK + tl.arange(0, BLOCK)
-    mask = f < F
-    value = tl.load(x_ptr + r * 2 * F + f, mask=mask, other=0.0).to(tl.float32)
-    gate = tl.load(x_ptr + r * 2 * F + F + f, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + r * F + f, (value * gate * _normal_cdf(gate)).to(out_ptr.dtype.element_ty), mask=mask)
+    i, offs, mask = _geglu_offsets(F, total, BLOCK)
+    value = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    gate = tl.load(x_ptr + offs + F, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + i, (value * gate * _normal_cdf(gate)).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -87,19 +92,17 @@ def _geglu_bwd_kernel(
     g_ptr,   # (rows, F) upstream gradient, contiguous
     x_ptr,   # (rows, 2F) forward input, contiguous
     dx_ptr,  # (rows, 2F) output: [dvalue | dgate]
-    F,
+    F, total,
     BLOCK: tl.constexpr,
 ):
-    r, blk = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    f = blk * BLOCK + tl.arange(0, BLOCK)
-    mask = f < F
-    g = tl.load(g_ptr + r * F + f, mask=mask, other=0.0).to(tl.float32)
-    value = tl.load(x_ptr + r * 2 * F + f, mask=mask, other=0.0).to(tl.float32)
-    gate = tl.load(x_ptr + r * 2 * F + F + f, mask=mask, other=0.0).to(tl.float32)
+    i, offs, mask = _geglu_offsets(F, total, BLOCK)
+    g = tl.load(g_ptr + i, mask=mask, other=0.0).to(tl.float32)
+    value = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    gate = tl.load(x_ptr + offs + F, mask=mask, other=0.0).to(tl.float32)
     cdf = _normal_cdf(gate)
     pdf = tl.exp(-0.5 * gate * gate) * 0.3989422804014327  # standard normal density
-    tl.store(dx_ptr + r * 2 * F + f, (g * gate * cdf).to(dx_ptr.dtype.element_ty), mask=mask)
-    tl.store(dx_ptr + r * 2 * F + F + f, (g * value * (cdf + gate * pdf)).to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dx_ptr + offs, (g * gate * cdf).to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dx_ptr + offs + F, (g * value * (cdf + gate * pdf)).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 # ---- launchers ----
@@ -150,9 +153,9 @@ def geglu_forward(x):
     x = x.contiguous()
     f = x.shape[-1] // 2
     out = x.new_empty(x.shape[:-1] + (f,))
-    rows = x.numel() // max(1, 2 * f)
-    if rows and f:
-        _geglu_kernel[(rows, triton.cdiv(f, BLOCK))](x, out, f, BLOCK=BLOCK)
+    total = out.numel()
+    if total:
+        _geglu_kernel[(triton.cdiv(total, BLOCK),)](x, out, f, total, BLOCK=BLOCK)
     return out
 
 
@@ -161,9 +164,9 @@ def geglu_backward(grad, x):
     grad = grad.to(x.dtype).contiguous()
     f = x.shape[-1] // 2
     dx = torch.empty_like(x)
-    rows = x.numel() // max(1, 2 * f)
-    if rows and f:
-        _geglu_bwd_kernel[(rows, triton.cdiv(f, BLOCK))](grad, x, dx, f, BLOCK=BLOCK)
+    total = grad.numel()
+    if total:
+        _geglu_bwd_kernel[(triton.cdiv(total, BLOCK),)](grad, x, dx, f, total, BLOCK=BLOCK)
     return dx
 
 
