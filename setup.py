@@ -5,7 +5,37 @@ top-level `kernels` package: that name belongs to another library that diffusers
 The optional native extension `svd_fast._C` is built with CMake (CMakeLists.txt) when
 SVD_FAST_BUILD_NATIVE=1; the package works without it.
 """
-from setuptools import find_packages, setup
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+
+class NativeBuild(build_ext):
+    """Builds svd_fast._C with CMake (kernels/native/build.py) against the torch of the build
+    environment, so install with --no-build-isolation. A failed build is reported and skipped:
+    svd_fast then runs its PyTorch reference ops."""
+
+    def build_extension(self, ext):
+        spec = importlib.util.spec_from_file_location("svd_fast_native_build", Path(__file__).parent / "kernels/native/build.py")
+        native_build = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(native_build)
+        try:
+            native_build.build(output_dir=Path(self.get_ext_fullpath(ext.name)).parent,
+                               build_dir=Path(self.build_temp) / "native")
+        except Exception as err:  # any failure (no torch, no cmake, compiler error) leaves a working package
+            print(f"warning: svd_fast._C not built ({err}); svd_fast falls back to PyTorch ops", file=sys.stderr)
+            self.extensions = [e for e in self.extensions if e is not ext]
+
+    def get_outputs(self):
+        return [path for path in super().get_outputs() if os.path.exists(path)]
+
+
+# SVD_FAST_BUILD_NATIVE=1 pip install -c constraints.txt --no-build-isolation -e .
+NATIVE = [Extension("svd_fast._C", sources=[])] if os.environ.get("SVD_FAST_BUILD_NATIVE") == "1" else []
 
 packages = find_packages(include=["svd_fast", "svd_fast.*"])
 packages += ["svd_fast.kernels"] + [
@@ -39,4 +69,6 @@ setup(
         "gpu": ["triton", "flash-attn"],
     },
     entry_points={"console_scripts": ["svd-fast-sample=svd_fast.sample:main"]},
+    ext_modules=NATIVE,
+    cmdclass={"build_ext": NativeBuild},
 )
