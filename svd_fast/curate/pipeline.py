@@ -43,6 +43,7 @@ MANIFEST_SCHEMA = pa.schema([
 ERRORS_SCHEMA = pa.schema([("source", pa.string()), ("reason", pa.string())])
 MANIFEST_ROWS_PER_GROUP = 8192
 SHARDS_PER_BATCH = 8  # shards encoded per Ray Data job: bounds the clip list held by the driver
+SOURCES_PER_JOB = 2000  # one Ray Data block per source; jobs of this many keep the driver's block list small
 
 
 def log(message: str) -> None:
@@ -194,7 +195,8 @@ def score_sources(todo: list[Source], config: CurateConfig, cache: WorkCache, ex
     by_name = {s.name: s for s in todo}
     pending: dict[str, list[dict]] = {}
     done, started = 0, time.time()
-    for row in executor.clip_rows(todo, config):
+    chunks = (todo[i: i + SOURCES_PER_JOB] for i in range(0, len(todo), SOURCES_PER_JOB))
+    for row in (row for chunk in chunks for row in executor.clip_rows(chunk, config)):
         source = by_name[row["source"]]
         if row["error"]:
             cache.save(source.key, {"source": source.name, "error": row["error"], "rows": []})

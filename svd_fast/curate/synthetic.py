@@ -110,9 +110,14 @@ class _SceneRenderer:
         texture = _texture(rng, width, height)
         self.base = np.clip(np.array(PALETTE[scene.background], np.float32) + texture, 0, 255).astype(np.uint8)
         self.side = max(4, min(width, height) // 4)
-        # Moving squares start at the left/top, still ones sit bottom right (away from the text).
-        self.origin = np.array([width * 0.1, height * 0.45]) if any(scene.velocity) else \
-            np.array([width - 1.5 * self.side, height - 1.5 * self.side])
+        # Moving squares start on the side they move away from (so they travel before bouncing);
+        # still ones sit bottom right, away from the text.
+        if any(scene.velocity):
+            vx, vy = scene.velocity
+            self.origin = np.array([width * 0.1 if vx >= 0 else width * 0.9 - self.side,
+                                    height * 0.45 if vy >= 0 else height - self.side - 1])
+        else:
+            self.origin = np.array([width - 1.5 * self.side, height - 1.5 * self.side])
         self.square_colour = np.array(PALETTE[scene.square], np.uint8)
         self.text_layout = _word_layout(scene.text, scene.text_scale, (4, int(height * 0.3))) if scene.text else []
 

@@ -1,0 +1,167 @@
+"""The whole run on Ray Data: manifest, errors, shards, summary; resume after kill -9; CLI errors."""
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import av
+import io
+import numpy as np
+import pandas as pd
+import pytest
+
+from svd_fast.curate.__main__ import build_config, main, parse_args
+from svd_fast.curate.pipeline import run
+from svd_fast.curate.probe import probe_video
+from svd_fast.curate.shards import iter_shards
+
+REQUIRED = ["source", "start_frame", "end_frame", "fps", "motion", "text_area", "aesthetic", "clip_score", "caption",
+            "kept", "reason"]
+
+
+def cli_settings(tiny_clip):
+    model, head = tiny_clip
+    return ["--set", f"clip.model_path={model}", "--set", f"clip.aesthetic_head={head}",
+            "--set", "text.ocr_short_side=240", "--set", "cuts.min_clip_seconds=1.5",
+            "--set", "shards.clips_per_shard=2"]
+
+
+def config_for(tiny_clip, *extra):
+    return build_config(parse_args(["unused", "--out", "unused", *cli_settings(tiny_clip), *extra]))
+
+
+@pytest.fixture(scope="module")
+def full_run(pipeline_inputs, tiny_clip, ray_address, tmp_path_factory):
+    """One uninterrupted run on the session's Ray cluster."""
+    out = str(tmp_path_factory.mktemp("full_run"))
+    summary = run(pipeline_inputs[0], out, config_for(tiny_clip))
+    return out, summary
+
+
+def test_manifest_matches_the_videos(full_run, pipeline_inputs):
+    out, _ = full_run
+    folder, truth, broken = pipeline_inputs
+    manifest = pd.read_parquet(os.path.join(out, "manifest.parquet"))
+    assert set(REQUIRED) <= set(manifest.columns)
+    assert sorted(manifest["source"].unique()) == sorted(truth)
+    for name, video in truth.items():
+        rows = manifest[manifest["source"] == name].sort_values("start_frame")
+        keyframes = probe_video(os.path.join(folder, name)).keyframes
+        assert len(rows) == len(video.clips)
+        for (_, row), clip in zip(rows.iterrows(), video.clips):
+            assert abs(row["end_frame"] - clip.end) <= 2 and row["fps"] == 12.0
+            # The start is the cut itself or the first keyframe within half a second after it.
+            snapped = row["start_frame"] in keyframes and clip.start - 2 <= row["start_frame"] <= clip.start + 6
+            assert abs(row["start_frame"] - clip.start) <= 2 or snapped
+    short = manifest[manifest["reason"] == "too_short"]
+    assert list(short["source"]) == ["b.mp4"] and short[["motion", "clip_score"]].isna().all(axis=None)
+    scored = manifest[manifest["reason"] != "too_short"]
+    assert np.isfinite(scored[["motion", "text_area", "aesthetic", "clip_score"]].to_numpy()).all()
+    assert (scored["caption"].str.len() > 0).all()
+    text_clip = manifest[(manifest["source"] == "b.mp4") & (manifest["clip_index"] == 0)].iloc[0]
+    assert text_clip["text_area"] > 0.07 and "text_over_max" in text_clip["reason"]
+    assert (manifest["kept"] == (manifest["reason"] == "")).all() and manifest["kept"].any()
+    errors = pd.read_parquet(os.path.join(out, "errors.parquet"))
+    assert dict(zip(errors["source"], errors["reason"])).keys() == broken.keys()
+    for _, error in errors.iterrows():
+        assert broken[error["source"]] in error["reason"]
+
+
+def test_kept_clips_pass_every_threshold(full_run):
+    out, summary = full_run
+    manifest = pd.read_parquet(os.path.join(out, "manifest.parquet"))
+    kept = manifest[manifest["kept"]]
+    for rule in summary["thresholds"]:
+        values = kept[rule["column"]]
+        assert (values >= rule["threshold"]).all() if rule["keep_above"] else (values <= rule["threshold"]).all()
+    dropped = manifest[~manifest["kept"] & (manifest["reason"] != "too_short")]
+    assert len(dropped) and all(r in {"low_motion", "low_aesthetic", "low_clip_score", "much_text", "text_over_max"}
+                                for reasons in dropped["reason"] for r in reasons.split(";"))
+
+
+def test_shards_hold_the_kept_clips(full_run):
+    out, summary = full_run
+    manifest = pd.read_parquet(os.path.join(out, "manifest.parquet"))
+    kept = manifest[manifest["kept"]]
+    paths = sorted(glob.glob(os.path.join(out, "shards", "*.tar")))
+    assert len(paths) == summary["counts"]["shards"]["shards"] == -(-len(kept) // 2)
+    samples = list(iter_shards(paths))
+    assert [s["__key__"] for s in samples] == list(kept["key"])
+    for sample, (_, row) in zip(samples, kept.iterrows()):
+        assert sample["json"]["source"] == row["source"] and sample["json"]["caption"] == row["caption"]
+        with av.open(io.BytesIO(sample["mp4"])) as container:
+            assert sum(1 for _ in container.decode(video=0)) == row["end_frame"] - row["start_frame"]
+
+
+def test_summary_counts_and_histograms(full_run, pipeline_inputs):
+    out, summary = full_run
+    manifest = pd.read_parquet(os.path.join(out, "manifest.parquet"))
+    counts = summary["counts"]
+    assert counts["sources"] == {"found": 8, "unreadable": 4, "with_clips": 4}
+    assert counts["cuts"]["clips"] == len(manifest) and counts["cuts"]["too_short"] == 1
+    assert counts["kept"] == manifest["kept"].sum()
+    assert counts["scored"]["motion"] == counts["scored"]["clip_score"] == len(manifest) - 1
+    assert json.load(open(os.path.join(out, "summary.json"))) == summary
+    with open(os.path.join(out, "summary.png"), "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_new_thresholds_reuse_the_scores(full_run, pipeline_inputs, tiny_clip, tmp_path):
+    """Changing only a filter re-uses every cached score: no Ray job, same scores, more clips kept."""
+    out = str(tmp_path / "out")
+    shutil.copytree(os.path.join(full_run[0], ".work"), os.path.join(out, ".work"))
+    summary = run(pipeline_inputs[0], out, config_for(tiny_clip, "--set", "filters.clip_score_drop_lowest=0",
+                                                      "--disable", "shards"), use_ray=False)
+    before = pd.read_parquet(os.path.join(full_run[0], "manifest.parquet"))
+    after = pd.read_parquet(os.path.join(out, "manifest.parquet"))
+    pd.testing.assert_frame_equal(before.drop(columns=["kept", "reason"]), after.drop(columns=["kept", "reason"]))
+    assert "low_clip_score" not in summary["counts"]["filters"] and after["kept"].sum() > before["kept"].sum()
+
+
+def test_resume_after_kill_gives_the_same_manifest(full_run, pipeline_inputs, tiny_clip, ray_address, tmp_path):
+    folder = pipeline_inputs[0]
+    out = str(tmp_path / "out")
+    command = [sys.executable, "-m", "svd_fast.curate", folder, "--out", out, "--address", ray_address,
+               *cli_settings(tiny_clip)]
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=log, start_new_session=True)
+    finished = []
+    deadline = time.time() + 150
+    while time.time() < deadline and process.poll() is None:
+        finished = [p for p in glob.glob(os.path.join(out, ".work", "*.json")) if json.load(open(p))["rows"]]
+        if finished:
+            break
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and anything it started: a hard crash
+    process.wait()
+    assert finished, open(tmp_path / "killed.log").read()[-3000:]
+    cached = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(out, ".work", "*.json"))}
+    videos_cached = sum(bool(json.load(open(p))["rows"]) for p in cached)
+    assert 1 <= videos_cached < 4 and not os.path.exists(os.path.join(out, "manifest.parquet"))
+
+    run(folder, out, config_for(tiny_clip))
+    for path, mtime in cached.items():
+        assert os.stat(path).st_mtime_ns == mtime  # finished sources were not redone
+    with open(os.path.join(full_run[0], "manifest.parquet"), "rb") as a, open(os.path.join(out, "manifest.parquet"), "rb") as b:
+        assert a.read() == b.read()
+    pd.testing.assert_frame_equal(pd.read_parquet(os.path.join(full_run[0], "errors.parquet")),
+                                  pd.read_parquet(os.path.join(out, "errors.parquet")))
+
+
+def test_cli_errors(tmp_path, capsys, pipeline_inputs, tiny_clip):
+    assert main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "INPUT_DIR" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main([pipeline_inputs[0], "--out", str(blocker / "sub")]) == 2
+    assert "is not writable" in capsys.readouterr().err
+    assert main([pipeline_inputs[0], "--out", str(tmp_path / "o")]) == 2
+    assert "clip.model_path is required" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty), "--out", str(tmp_path / "o"), "--disable", "clip"]) == 2
+    assert "holds no videos" in capsys.readouterr().err
