@@ -4,7 +4,8 @@ Each score is judged on its own (as in the paper's ablations): a percentile of t
 all candidate clips (clips not already dropped as too short or undecodable) gives its
 threshold, unless an absolute threshold is configured. The text area has both a percentile and
 the absolute 7 % cap of LVD-F. A clip failing several filters lists every reason, ';'-joined.
-Scores that are NaN (stage switched off) are not filtered.
+Scores that are NaN (stage switched off) are not filtered. Ties keep a clip: when most clips
+show no text at all, the text percentile is 0 and any detected text drops a clip.
 
 Only the score arrays are needed to build the rules, so the manifest itself can be streamed.
 """

@@ -165,7 +165,7 @@ class RayExecutor:
         for stage in clip_stages(config):
             if stage.actor:
                 dataset = dataset.map(stage.fn, fn_constructor_kwargs={"config": config, "threads": threads},
-                                      concurrency=1, num_cpus=config.ray.model_actor_cpus)
+                                      compute=ray.data.ActorPoolStrategy(size=1), num_cpus=config.ray.model_actor_cpus)
             else:
                 dataset = dataset.map(stage.fn, fn_kwargs={"config": config})
         for row in dataset.map(drop_payload).iter_rows():

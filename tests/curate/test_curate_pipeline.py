@@ -1,5 +1,6 @@
 """The whole run on Ray Data: manifest, errors, shards, summary; resume after kill -9; CLI errors."""
 import glob
+import io
 import json
 import os
 import shutil
@@ -9,13 +10,13 @@ import sys
 import time
 
 import av
-import io
 import numpy as np
 import pandas as pd
 import pytest
 
 from svd_fast.curate.__main__ import build_config, main, parse_args
-from svd_fast.curate.pipeline import run
+from svd_fast.curate.config import CurateConfig
+from svd_fast.curate.pipeline import list_sources, run
 from svd_fast.curate.probe import probe_video
 from svd_fast.curate.shards import iter_shards
 
@@ -120,6 +121,24 @@ def test_new_thresholds_reuse_the_scores(full_run, pipeline_inputs, tiny_clip, t
     after = pd.read_parquet(os.path.join(out, "manifest.parquet"))
     pd.testing.assert_frame_equal(before.drop(columns=["kept", "reason"]), after.drop(columns=["kept", "reason"]))
     assert "low_clip_score" not in summary["counts"]["filters"] and after["kept"].sum() > before["kept"].sum()
+
+
+def test_without_ray_the_scores_are_the_same(full_run, pipeline_inputs, tiny_clip, tmp_path):
+    """--no-ray runs the same per-clip functions in-process: identical scores and captions."""
+    out = str(tmp_path / "local")
+    run(pipeline_inputs[0], out, config_for(tiny_clip, "--disable", "shards"), limit=1, use_ray=False)
+    local = pd.read_parquet(os.path.join(out, "manifest.parquet"))
+    full = pd.read_parquet(os.path.join(full_run[0], "manifest.parquet"))
+    assert list(local["source"].unique()) == ["a.mp4"]  # --limit 1: the first source in sorted order
+    columns = ["start_frame", "end_frame", "motion", "text_area", "aesthetic", "clip_score", "caption", "caption_video"]
+    pd.testing.assert_frame_equal(local[columns], full[full["source"] == "a.mp4"][columns].reset_index(drop=True))
+
+
+def test_sources_are_listed_recursively_by_extension(pipeline_inputs):
+    sources = list_sources(pipeline_inputs[0], CurateConfig(), limit=None)
+    assert [s.name for s in sources] == ["a.mp4", "audio_only.mp4", "b.mp4", "d.mp4", "empty.mp4", "garbage.mp4",
+                                         "nested/c.mp4", "truncated.mp4"]
+    assert [s.name for s in list_sources(pipeline_inputs[0], CurateConfig(), limit=2)] == ["a.mp4", "audio_only.mp4"]
 
 
 def test_resume_after_kill_gives_the_same_manifest(full_run, pipeline_inputs, tiny_clip, ray_address, tmp_path):
