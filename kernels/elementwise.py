@@ -12,11 +12,23 @@ import torch
 import triton
 import triton.language as tl
 
-from . import reference
+from . import autograd, reference
 
 # Elements per program.
 BLOCK = 1024
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _sample_block(a_ptr, b_ptr, per_sample, BLOCK: tl.constexpr):
+    """(sample n, flat offsets, mask, a, b as fp32) of this program's block of one sample."""
+    n, blk = tl.program_id(0), tl.program_id(1)
+    i = blk * BLOCK + tl.arange(0, BLOCK)
+    mask = i < per_sample
+    offs = n.to(tl.int64) * per_sample + i
+    a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return n, offs, mask, a, b
 
 
 @triton.jit
@@ -27,12 +39,7 @@ def _blend_kernel(
     per_sample,
     BLOCK: tl.constexpr,
 ):
-    n, blk = tl.program_id(0), tl.program_id(1)
-    i = blk * BLOCK + tl.arange(0, BLOCK)
-    mask = i < per_sample
-    offs = n.to(tl.int64) * per_sample + i
-    a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    n, offs, mask, a, b = _sample_block(a_ptr, b_ptr, per_sample, BLOCK)
     out = tl.load(p_ptr + n) * a + tl.load(q_ptr + n) * b
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -47,16 +54,11 @@ def _blend_bwd_kernel(
     per_sample, blocks,
     BLOCK: tl.constexpr,
 ):
-    n, blk = tl.program_id(0), tl.program_id(1)
-    i = blk * BLOCK + tl.arange(0, BLOCK)
-    mask = i < per_sample
-    offs = n.to(tl.int64) * per_sample + i
+    n, offs, mask, a, b = _sample_block(a_ptr, b_ptr, per_sample, BLOCK)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(da_ptr + offs, (tl.load(p_ptr + n) * g).to(da_ptr.dtype.element_ty), mask=mask)
     tl.store(db_ptr + offs, (tl.load(q_ptr + n) * g).to(db_ptr.dtype.element_ty), mask=mask)
-    part = part_ptr + (n * blocks + blk) * 2
+    part = part_ptr + (n * blocks + tl.program_id(1)) * 2
     tl.store(part, tl.sum(g * a, axis=0))
     tl.store(part + 1, tl.sum(g * b, axis=0))
 
@@ -170,7 +172,7 @@ def geglu_backward(grad, x):
     return dx
 
 
-# ---- torch custom ops and autograd ----
+# ---- torch custom ops; autograd in kernels/autograd.py ----
 
 
 @torch.library.custom_op("svd_fast_triton::blend_fwd", mutates_args=())
@@ -214,29 +216,6 @@ def _(grad, x):
     return x.new_empty(x.shape)
 
 
-class BlendFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a, b, p, q):
-        ctx.save_for_backward(a, b, p, q)
-        return blend_fwd(a, b, p, q)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return blend_bwd(grad, *ctx.saved_tensors)
-
-
-class GegluFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return geglu_fwd(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return geglu_bwd(grad, x)
-
-
 def _triton_ok(*tensors) -> bool:
     return all(t.dtype in _DTYPES for t in tensors) and len({(t.shape, t.dtype) for t in tensors}) == 1
 
@@ -246,7 +225,7 @@ def alpha_blend(x_spatial, x_temporal, alpha):
     if not _triton_ok(x_spatial, x_temporal):
         return reference.alpha_blend(x_spatial, x_temporal, alpha)
     a = alpha.float().reshape(-1)
-    return BlendFunction.apply(x_spatial, x_temporal, a, 1 - a)
+    return autograd.Blend.apply(blend_fwd, blend_bwd, x_spatial, x_temporal, a, 1 - a)
 
 
 def alpha_blend_residual(x_spatial, delta, alpha):
@@ -254,11 +233,11 @@ def alpha_blend_residual(x_spatial, delta, alpha):
     if not _triton_ok(x_spatial, delta):
         return reference.alpha_blend_residual(x_spatial, delta, alpha)
     a = alpha.float().reshape(-1)
-    return BlendFunction.apply(x_spatial, delta, torch.ones_like(a), 1 - a)
+    return autograd.Blend.apply(blend_fwd, blend_bwd, x_spatial, delta, torch.ones_like(a), 1 - a)
 
 
 def geglu(x):
     """svd_fast.layers.geglu contract; float64 goes to the reference."""
     if x.dtype not in _DTYPES:
         return reference.geglu(x)
-    return GegluFunction.apply(x)
+    return autograd.Geglu.apply(geglu_fwd, geglu_bwd, x)

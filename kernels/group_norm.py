@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import reference
+from . import autograd, reference
 
 # Elements in one (rows x groups x channels) tile: bounds the registers a program holds.
 TILE_ELEMENTS = 4096
@@ -345,7 +345,7 @@ def group_norm_backward(grad, x, mean, rstd, weight, bias, silu, groups, frames)
     return dx, chan[:, :, :, 0].sum(dim=(0, 2)).reshape(-1), chan[:, :, :, 1].sum(dim=(0, 2)).reshape(-1)
 
 
-# ---- torch custom ops (traceable by torch.compile / CUDA graphs) and autograd ----
+# ---- torch custom ops (traceable by torch.compile / CUDA graphs); autograd in kernels/autograd.py ----
 
 
 @torch.library.custom_op("svd_fast_triton::group_norm_fwd", mutates_args=())
@@ -373,24 +373,9 @@ def _(grad, x, mean, rstd, weight, bias, silu, groups, frames):
     return _dense_like(x), x.new_empty((c,), dtype=torch.float32), x.new_empty((c,), dtype=torch.float32)
 
 
-class GroupNormFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, groups, eps, silu, frames):
-        y, mean, rstd = group_norm_fwd(x, groups, weight, bias, eps, silu, frames)
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.args = (silu, groups, frames)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, bias, mean, rstd = ctx.saved_tensors
-        dx, dweight, dbias = group_norm_bwd(grad, x, mean, rstd, weight, bias, *ctx.args)
-        return (dx, None if weight is None else dweight.to(weight.dtype),
-                None if bias is None else dbias.to(bias.dtype), None, None, None, None)
-
-
 def group_norm(x, num_groups, weight, bias, eps, silu=False, num_frames=None):
     """svd_fast.layers.group_norm contract; float64 goes to the reference."""
     if x.dtype not in _DTYPES:
         return reference.group_norm(x, num_groups, weight, bias, eps, silu, num_frames)
-    return GroupNormFunction.apply(x, weight, bias, num_groups, float(eps), bool(silu), num_frames or 1)
+    return autograd.GroupNorm.apply(group_norm_fwd, group_norm_bwd, x, weight, bias, num_groups, float(eps),
+                                    bool(silu), num_frames or 1)

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import reference
+from . import autograd, reference
 
 # Longest clip one program holds (its T x T scores live in registers).
 MAX_FRAMES = 64
@@ -45,6 +45,18 @@ def _store_head(ptr, tile, frame0, s, h, T, D, stride_n, stride_s, BLOCK_T: tl.c
 
 
 @triton.jit
+def _program_qkv(q_ptr, k_ptr, v_ptr, S, T, D, stride_n, stride_s, k_stride_n, k_stride_s, v_stride_n, v_stride_s,
+                 BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr):
+    """(frame0, s, h, q, k, v) of this program's (clip, position, head)."""
+    bs, h = tl.program_id(0), tl.program_id(1)
+    frame0, s = (bs // S) * T, bs % S
+    q = _load_head(q_ptr, frame0, s, h, T, D, stride_n, stride_s, BLOCK_T, BLOCK_D, DOT_FP32)
+    k = _load_head(k_ptr, frame0, s, h, T, D, k_stride_n, k_stride_s, BLOCK_T, BLOCK_D, DOT_FP32)
+    v = _load_head(v_ptr, frame0, s, h, T, D, v_stride_n, v_stride_s, BLOCK_T, BLOCK_D, DOT_FP32)
+    return frame0, s, h, q, k, v
+
+
+@triton.jit
 def _probabilities(q, k, T, scale, BLOCK_T: tl.constexpr, PRECISION: tl.constexpr):
     """softmax(q k^T * scale) over the first T columns, fp32 (BLOCK_T, BLOCK_T); padded columns are 0."""
     scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
@@ -62,11 +74,8 @@ def _fwd_kernel(
     stride_n, stride_s, k_stride_n, k_stride_s, v_stride_n, v_stride_s, o_stride_n, o_stride_s,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    bs, h = tl.program_id(0), tl.program_id(1)
-    frame0, s = (bs // S) * T, bs % S
-    q = _load_head(q_ptr, frame0, s, h, T, D, stride_n, stride_s, BLOCK_T, BLOCK_D, DOT_FP32)
-    k = _load_head(k_ptr, frame0, s, h, T, D, k_stride_n, k_stride_s, BLOCK_T, BLOCK_D, DOT_FP32)
-    v = _load_head(v_ptr, frame0, s, h, T, D, v_stride_n, v_stride_s, BLOCK_T, BLOCK_D, DOT_FP32)
+    frame0, s, h, q, k, v = _program_qkv(q_ptr, k_ptr, v_ptr, S, T, D, stride_n, stride_s, k_stride_n, k_stride_s,
+                                         v_stride_n, v_stride_s, BLOCK_T, BLOCK_D, DOT_FP32)
     p = _probabilities(q, k, T, scale, BLOCK_T, PRECISION)
     o = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     _store_head(o_ptr, o, frame0, s, h, T, D, o_stride_n, o_stride_s, BLOCK_T, BLOCK_D)
@@ -81,11 +90,8 @@ def _bwd_kernel(
     stride_n, stride_s, k_stride_n, k_stride_s, v_stride_n, v_stride_s, do_stride_n, do_stride_s,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    bs, h = tl.program_id(0), tl.program_id(1)
-    frame0, s = (bs // S) * T, bs % S
-    q = _load_head(q_ptr, frame0, s, h, T, D, stride_n, stride_s, BLOCK_T, BLOCK_D, DOT_FP32)
-    k = _load_head(k_ptr, frame0, s, h, T, D, k_stride_n, k_stride_s, BLOCK_T, BLOCK_D, DOT_FP32)
-    v = _load_head(v_ptr, frame0, s, h, T, D, v_stride_n, v_stride_s, BLOCK_T, BLOCK_D, DOT_FP32)
+    frame0, s, h, q, k, v = _program_qkv(q_ptr, k_ptr, v_ptr, S, T, D, stride_n, stride_s, k_stride_n, k_stride_s,
+                                         v_stride_n, v_stride_s, BLOCK_T, BLOCK_D, DOT_FP32)
     do = _load_head(do_ptr, frame0, s, h, T, D, do_stride_n, do_stride_s, BLOCK_T, BLOCK_D, DOT_FP32)
     p = _probabilities(q, k, T, scale, BLOCK_T, PRECISION)
     dv = tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
@@ -148,7 +154,7 @@ def temporal_attention_backward(grad, q, k, v, num_frames, heads):
     return dq, dk, dv
 
 
-# ---- torch custom ops and autograd ----
+# ---- torch custom ops; autograd in kernels/autograd.py ----
 
 
 @torch.library.custom_op("svd_fast_triton::temporal_attention_fwd", mutates_args=())
@@ -173,21 +179,8 @@ def _(grad, q, k, v, num_frames, heads):
     return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
 
 
-class TemporalAttentionFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, num_frames, heads):
-        ctx.save_for_backward(q, k, v)
-        ctx.args = (num_frames, heads)
-        return temporal_attention_fwd(q, k, v, num_frames, heads)
-
-    @staticmethod
-    def backward(ctx, grad):
-        dq, dk, dv = temporal_attention_bwd(grad, *ctx.saved_tensors, *ctx.args)
-        return dq, dk, dv, None, None
-
-
 def temporal_attention(q, k, v, num_frames, heads):
     """svd_fast.layers.temporal_attention contract; float64 and T > MAX_FRAMES go to the reference."""
     if q.dtype not in _DTYPES or num_frames > MAX_FRAMES or len({q.dtype, k.dtype, v.dtype}) > 1:
         return reference.temporal_attention(q, k, v, num_frames, heads)
-    return TemporalAttentionFunction.apply(q, k, v, num_frames, heads)
+    return autograd.TemporalAttention.apply(temporal_attention_fwd, temporal_attention_bwd, q, k, v, num_frames, heads)

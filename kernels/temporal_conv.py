@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import reference
+from . import autograd, reference
 
 # Output tile (rows x output channels) and reduction step (input channels) of the GEMMs.
 BLOCK_M = 64
@@ -156,7 +156,7 @@ def temporal_conv_backward(grad, x, weight, num_frames):
     return dx, dweight.contiguous(), dbias
 
 
-# ---- torch custom ops and autograd ----
+# ---- torch custom ops; autograd in kernels/autograd.py ----
 
 
 @torch.library.custom_op("svd_fast_triton::temporal_conv_fwd", mutates_args=())
@@ -182,23 +182,9 @@ def _(grad, x, weight, num_frames):
                                                                                       dtype=torch.float32)
 
 
-class TemporalConvFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, num_frames):
-        ctx.save_for_backward(x, weight)
-        ctx.num_frames, ctx.has_bias = num_frames, bias is not None
-        return temporal_conv_fwd(x, weight, bias, num_frames)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        dx, dweight, dbias = temporal_conv_bwd(grad, x, weight, ctx.num_frames)
-        return dx, dweight, dbias.to(weight.dtype) if ctx.has_bias else None, None
-
-
 def temporal_conv(x, weight, bias, num_frames):
     """svd_fast.layers.temporal_conv contract; float64 and even kernels go to the reference."""
     if x.dtype not in _DTYPES or weight.shape[2] % 2 == 0:
         return reference.temporal_conv(x, weight, bias, num_frames)
     bias = None if bias is None else bias.to(x.dtype)
-    return TemporalConvFunction.apply(x, weight.to(x.dtype), bias, num_frames)
+    return autograd.TemporalConv.apply(temporal_conv_fwd, temporal_conv_bwd, x, weight.to(x.dtype), bias, num_frames)

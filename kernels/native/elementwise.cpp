@@ -13,17 +13,22 @@ constexpr float kInvSqrt2 = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 
 // Standard normal CDF Phi(g) = 0.5 * (1 + erf(g / sqrt(2))), so exact GELU(g) = g * Phi(g).
-inline fVec normal_cdf(const fVec& g) { return fVec(0.5f) * (fVec(1.f) + (g * fVec(kInvSqrt2)).erf()); }
+inline fVec normal_cdf(const fVec& g) { return fVec(0.5f) * (fVec(1.f) + fast_erf(g * fVec(kInvSqrt2))); }
 
 // N outermost and dense: sample n is the contiguous block [n * numel/N, (n+1) * numel/N).
 bool sample_major_dense(const at::Tensor& t) {
   return t.is_non_overlapping_and_dense() && (t.size(0) <= 1 || t.stride(0) * t.size(0) == t.numel());
 }
 
-// Calls f(begin, end) on [0, rows) split in tasks of about kGrain elements (row_len each).
+// Calls f(r, i, n) for every chunk [i, i + n) (n <= kLanes) of columns [0, width) of every row r
+// of [0, rows), rows split over threads in tasks of about kGrain elements.
 template <typename F>
-void for_rows(int64_t rows, int64_t row_len, const F& f) {
-  at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, row_len)), f);
+void for_row_chunks(int64_t rows, int64_t width, const F& f) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, width)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t r = begin; r < end; ++r)
+                       for (int64_t i = 0; i < width; i += kLanes) f(r, i, std::min(kLanes, width - i));
+                   });
 }
 
 }  // namespace
@@ -41,15 +46,10 @@ at::Tensor geglu_fwd(const at::Tensor& x_in) {
   SVD_FAST_DISPATCH_ACTIVATION(x.scalar_type(), "geglu_fwd", [&] {
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    for_rows(rows, 2 * F, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const scalar_t *value = in + r * 2 * F, *gate = value + F;
-        for (int64_t f = 0; f < F; f += kLanes) {
-          const int64_t n = std::min(kLanes, F - f);
-          const fVec g = load_float(gate + f, n);
-          store_float(o + r * F + f, load_float(value + f, n) * g * normal_cdf(g), n);
-        }
-      }
+    for_row_chunks(rows, F, [&](int64_t r, int64_t f, int64_t n) {
+      const scalar_t *value = in + r * 2 * F, *gate = value + F;
+      const fVec g = load_float(gate + f, n);
+      store_float(o + r * F + f, load_float(value + f, n) * g * normal_cdf(g), n);
     });
   });
   return out;
@@ -68,18 +68,13 @@ at::Tensor geglu_bwd(const at::Tensor& grad_in, const at::Tensor& x_in) {
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     const scalar_t* dy = grad.const_data_ptr<scalar_t>();
     scalar_t* d = dx.mutable_data_ptr<scalar_t>();
-    for_rows(rows, 2 * F, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const scalar_t *value = in + r * 2 * F, *gate = value + F;
-        for (int64_t f = 0; f < F; f += kLanes) {
-          const int64_t n = std::min(kLanes, F - f);
-          const fVec g = load_float(gate + f, n), v = load_float(value + f, n), gy = load_float(dy + r * F + f, n);
-          const fVec cdf = normal_cdf(g);
-          const fVec pdf = (g * g * fVec(-0.5f)).exp_u20() * fVec(kInvSqrt2Pi);
-          store_float(d + r * 2 * F + f, gy * g * cdf, n);
-          store_float(d + r * 2 * F + F + f, gy * v * (cdf + g * pdf), n);
-        }
-      }
+    for_row_chunks(rows, F, [&](int64_t r, int64_t f, int64_t n) {
+      const scalar_t *value = in + r * 2 * F, *gate = value + F;
+      const fVec g = load_float(gate + f, n), v = load_float(value + f, n), gy = load_float(dy + r * F + f, n);
+      const fVec cdf = normal_cdf(g);
+      const fVec pdf = (g * g * fVec(-0.5f)).exp_u20() * fVec(kInvSqrt2Pi);
+      store_float(d + r * 2 * F + f, gy * g * cdf, n);
+      store_float(d + r * 2 * F + F + f, gy * v * (cdf + g * pdf), n);
     });
   });
   return dx;

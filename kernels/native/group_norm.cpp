@@ -78,6 +78,42 @@ inline float hsum(const fVec& v) {
   return at::vec::vec_reduce_all<float>([](fVec a, fVec b) { return a + b; }, v);
 }
 
+template <typename T>
+inline fVec load_or_zero(const T* p, int64_t offset, int64_t n) {
+  return p ? load_float(p + offset, n) : fVec(0.f);
+}
+
+// The P parameters of one (unit, channel) broadcast to all lanes (NCHW: a run shares its channel).
+template <int P>
+inline ParamVecs<P> broadcast_params(const ParamPtrs<P>& params, int64_t index) {
+  ParamVecs<P> p;
+  for (int i = 0; i < P; ++i) p[i] = fVec(params[i][index]);
+  return p;
+}
+
+// The P parameters of n <= kLanes adjacent channels (channels-last: lanes are channels).
+template <int P>
+inline ParamVecs<P> load_params(const ParamPtrs<P>& params, int64_t index, int64_t n) {
+  ParamVecs<P> p;
+  for (int i = 0; i < P; ++i) p[i] = fVec::loadu(params[i] + index, n);
+  return p;
+}
+
+int64_t row_blocks(const Geometry& g) { return (g.unit_rows() + kRowsPerTask - 1) / kRowsPerTask; }
+
+// Channels-last work split: body(task, u, r0, r1) for every block of kRowsPerTask rows of every
+// unit, in parallel (a unit is unit_rows() rows of C contiguous channels).
+template <typename F>
+void for_each_row_block(const Geometry& g, const F& body) {
+  const int64_t blocks = row_blocks(g), rows = g.unit_rows();
+  at::parallel_for(0, g.units * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t r0 = (task % blocks) * kRowsPerTask;
+      body(task, task / blocks, r0, std::min(rows, r0 + kRowsPerTask));
+    }
+  });
+}
+
 // sum1[u*C + c] / sum2[u*C + c] = sums over the frames and positions of unit u, channel c, of the
 // two values f(x, dy, params at (u, c)) returns. dy may be null (forward).
 template <typename T, int P, typename F>
@@ -88,19 +124,15 @@ void reduce_per_channel(const Geometry& g, const T* x, const T* dy, const ParamP
     // NCHW: each (frame, channel) is one contiguous run of HW values.
     at::parallel_for(0, g.units * C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t uc = begin; uc < end; ++uc) {
-        const int64_t u = uc / C, c = uc % C;
-        ParamVecs<P> p;
-        for (int i = 0; i < P; ++i) p[i] = fVec(params[i][uc]);
+        const ParamVecs<P> p = broadcast_params<P>(params, uc);
         double s1 = 0, s2 = 0;
         for (int64_t t = 0; t < g.frames; ++t) {
-          const int64_t base = ((u * g.frames + t) * C + c) * HW;
+          const int64_t base = (((uc / C) * g.frames + t) * C + uc % C) * HW;
           for (int64_t s0 = 0; s0 < HW; s0 += kFlushEvery) {
             fVec a1(0.f), a2(0.f);
             for (int64_t s = s0; s < std::min(HW, s0 + kFlushEvery); s += kLanes) {
               const int64_t n = std::min(kLanes, HW - s);
-              const fVec xv = load_float(x + base + s, n);
-              const fVec dv = dy ? load_float(dy + base + s, n) : fVec(0.f);
-              auto [f1, f2] = f(xv, dv, p);
+              auto [f1, f2] = f(load_float(x + base + s, n), load_or_zero(dy, base + s, n), p);
               a1 += first_lanes(f1, n);
               a2 += first_lanes(f2, n);
             }
@@ -114,36 +146,26 @@ void reduce_per_channel(const Geometry& g, const T* x, const T* dy, const ParamP
     });
     return;
   }
-  // Channels-last: a unit is unit_rows() rows of C contiguous channels. Tasks take a block of rows
-  // of one unit and write per-channel partial sums, added up per unit afterwards.
-  const int64_t rows = g.unit_rows();
-  const int64_t blocks = (rows + kRowsPerTask - 1) / kRowsPerTask;
+  // Channels-last: tasks write per-channel partial sums of their row block, added up per unit after.
+  const int64_t blocks = row_blocks(g);
   std::vector<double> part1(g.units * blocks * C), part2(g.units * blocks * C);
-  at::parallel_for(0, g.units * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t u = task / blocks, r0 = (task % blocks) * kRowsPerTask;
-      const int64_t r1 = std::min(rows, r0 + kRowsPerTask);
-      const int64_t base = u * rows * C;
-      for (int64_t c = 0; c < C; c += kLanes) {
-        const int64_t n = std::min(kLanes, C - c);
-        ParamVecs<P> p;
-        for (int i = 0; i < P; ++i) p[i] = fVec::loadu(params[i] + u * C + c, n);
-        fVec a1(0.f), a2(0.f);
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t off = base + r * C + c;
-          const fVec xv = load_float(x + off, n);
-          const fVec dv = dy ? load_float(dy + off, n) : fVec(0.f);
-          auto [f1, f2] = f(xv, dv, p);
-          a1 += f1;
-          a2 += f2;
-        }
-        float b1[kLanes], b2[kLanes];
-        a1.store(b1);
-        a2.store(b2);
-        for (int64_t i = 0; i < n; ++i) {
-          part1[task * C + c + i] = b1[i];
-          part2[task * C + c + i] = b2[i];
-        }
+  for_each_row_block(g, [&](int64_t task, int64_t u, int64_t r0, int64_t r1) {
+    for (int64_t c = 0; c < C; c += kLanes) {
+      const int64_t n = std::min(kLanes, C - c);
+      const ParamVecs<P> p = load_params<P>(params, u * C + c, n);
+      fVec a1(0.f), a2(0.f);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t off = (u * g.unit_rows() + r) * C + c;
+        auto [f1, f2] = f(load_float(x + off, n), load_or_zero(dy, off, n), p);
+        a1 += f1;
+        a2 += f2;
+      }
+      float b1[kLanes], b2[kLanes];
+      a1.store(b1);
+      a2.store(b2);
+      for (int64_t i = 0; i < n; ++i) {
+        part1[task * C + c + i] = b1[i];
+        part2[task * C + c + i] = b2[i];
       }
     }
   });
@@ -167,38 +189,23 @@ void map_per_channel(const Geometry& g, const T* x, const T* dy, const ParamPtrs
   const int64_t C = g.channels, HW = g.spatial;
   if (!g.channels_last) {
     at::parallel_for(0, g.units * g.frames * C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t fc = begin; fc < end; ++fc) {
-        const int64_t uc = (fc / C / g.frames) * C + fc % C;
-        ParamVecs<P> p;
-        for (int i = 0; i < P; ++i) p[i] = fVec(params[i][uc]);
-        const int64_t base = fc * HW;
+      for (int64_t fc = begin; fc < end; ++fc) {  // fc = frame * C + channel
+        const ParamVecs<P> p = broadcast_params<P>(params, (fc / C / g.frames) * C + fc % C);
         for (int64_t s = 0; s < HW; s += kLanes) {
-          const int64_t n = std::min(kLanes, HW - s);
-          const fVec xv = load_float(x + base + s, n);
-          const fVec dv = dy ? load_float(dy + base + s, n) : fVec(0.f);
-          store_float(out + base + s, f(xv, dv, p), n);
+          const int64_t n = std::min(kLanes, HW - s), off = fc * HW + s;
+          store_float(out + off, f(load_float(x + off, n), load_or_zero(dy, off, n), p), n);
         }
       }
     });
     return;
   }
-  const int64_t rows = g.unit_rows();
-  const int64_t blocks = (rows + kRowsPerTask - 1) / kRowsPerTask;
-  at::parallel_for(0, g.units * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t u = task / blocks, r0 = (task % blocks) * kRowsPerTask;
-      const int64_t r1 = std::min(rows, r0 + kRowsPerTask);
-      const int64_t base = u * rows * C;
-      for (int64_t c = 0; c < C; c += kLanes) {
-        const int64_t n = std::min(kLanes, C - c);
-        ParamVecs<P> p;
-        for (int i = 0; i < P; ++i) p[i] = fVec::loadu(params[i] + u * C + c, n);
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t off = base + r * C + c;
-          const fVec xv = load_float(x + off, n);
-          const fVec dv = dy ? load_float(dy + off, n) : fVec(0.f);
-          store_float(out + off, f(xv, dv, p), n);
-        }
+  for_each_row_block(g, [&](int64_t, int64_t u, int64_t r0, int64_t r1) {
+    for (int64_t c = 0; c < C; c += kLanes) {
+      const int64_t n = std::min(kLanes, C - c);
+      const ParamVecs<P> p = load_params<P>(params, u * C + c, n);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t off = (u * g.unit_rows() + r) * C + c;
+        store_float(out + off, f(load_float(x + off, n), load_or_zero(dy, off, n), p), n);
       }
     }
   });

@@ -1,15 +1,16 @@
 """Op wrappers around torch.ops.svd_fast_native (the C++ kernels of svd_fast._C).
 
 Imported only once svd_fast._C is loaded (see `load()` in this package). Each op: a fake (meta)
-implementation so torch.compile can trace it, an autograd.Function whose backward calls the
-native backward kernel, and a wrapper with the reference signature that hands inputs the C++
-kernels do not take (non-CPU tensors, float64, NCHW input to the temporal conv) to the reference.
+implementation so torch.compile can trace it, the shared autograd.Function (kernels/autograd.py)
+around the native forward and backward kernels, and a wrapper with the reference signature that
+hands inputs the C++ kernels do not take (non-CPU tensors, float64, NCHW input to the temporal
+conv) to the reference.
 """
 from __future__ import annotations
 
 import torch
 
-from .. import reference
+from .. import autograd, reference
 
 NATIVE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ops = torch.ops.svd_fast_native
@@ -82,102 +83,21 @@ def _blend_fwd_fake(a, b, p, q):
     return torch.empty_like(a)
 
 
-# ---- autograd ----
-
-
-def _cast_like(grad, like):
-    return None if like is None else grad.to(like.dtype)
-
-
-class _GroupNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, num_groups, eps, silu, frames):
-        y, mean, rstd = _ops.group_norm_fwd(x, num_groups, weight, bias, eps, silu, frames)
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.args = (num_groups, silu, frames)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, bias, mean, rstd = ctx.saved_tensors
-        num_groups, silu, frames = ctx.args
-        dx, dweight, dbias = _ops.group_norm_bwd(grad, x, mean, rstd, weight, bias, silu, num_groups, frames)
-        return dx, _cast_like(dweight, weight), _cast_like(dbias, bias), None, None, None, None
-
-
-class _TemporalAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, num_frames, heads):
-        ctx.save_for_backward(q, k, v)
-        ctx.args = (num_frames, heads)
-        return _ops.temporal_attention_fwd(q, k, v, num_frames, heads)
-
-    @staticmethod
-    def backward(ctx, grad):
-        dq, dk, dv = _ops.temporal_attention_bwd(grad, *ctx.saved_tensors, *ctx.args)
-        return dq, dk, dv, None, None
-
-
-class _TemporalConv(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, num_frames):
-        ctx.save_for_backward(x, weight)
-        ctx.num_frames, ctx.has_bias = num_frames, bias is not None
-        return _ops.temporal_conv_fwd(x, weight, bias, num_frames)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        dx, dweight, dbias = _ops.temporal_conv_bwd(grad, x, weight, ctx.num_frames)
-        return dx, dweight, dbias.to(weight.dtype) if ctx.has_bias else None, None
-
-
-class _Geglu(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return _ops.geglu_fwd(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return _ops.geglu_bwd(grad, x)
-
-
-class _Blend(torch.autograd.Function):
-    """out = p[n] * a + q[n] * b with fp32 per-sample coefficients p, q."""
-
-    @staticmethod
-    def forward(ctx, a, b, p, q):
-        ctx.save_for_backward(a, b, p, q)
-        return _ops.blend_fwd(a, b, p, q)
-
-    @staticmethod
-    def backward(ctx, grad):
-        a, b, p, q = ctx.saved_tensors
-        g = grad.float()
-        per_sample = (-1,) + (1,) * (a.ndim - 1)
-        need = ctx.needs_input_grad
-        da = (g * p.reshape(per_sample)).to(a.dtype) if need[0] else None
-        db = (g * q.reshape(per_sample)).to(b.dtype) if need[1] else None
-        dp = (g * a.float()).flatten(1).sum(1) if need[2] else None
-        dq = (g * b.float()).flatten(1).sum(1) if need[3] else None
-        return da, db, dp, dq
-
-
 # ---- the ops, with the reference signatures ----
 
 
 def group_norm(x, num_groups, weight, bias, eps, silu=False, num_frames=None):
     if not _native_ok(x):
         return reference.group_norm(x, num_groups, weight, bias, eps, silu, num_frames)
-    return _GroupNorm.apply(x, weight, bias, num_groups, float(eps), bool(silu), num_frames or 1)
+    return autograd.GroupNorm.apply(_ops.group_norm_fwd, _ops.group_norm_bwd, x, weight, bias, num_groups, float(eps),
+                                    bool(silu), num_frames or 1)
 
 
 def temporal_attention(q, k, v, num_frames, heads):
     if not _native_ok(q, k, v) or num_frames > 64 or len({q.dtype, k.dtype, v.dtype}) > 1:
         return reference.temporal_attention(q, k, v, num_frames, heads)
-    return _TemporalAttention.apply(q, k, v, num_frames, heads)
+    return autograd.TemporalAttention.apply(_ops.temporal_attention_fwd, _ops.temporal_attention_bwd, q, k, v,
+                                            num_frames, heads)
 
 
 def temporal_conv(x, weight, bias, num_frames):
@@ -187,19 +107,20 @@ def temporal_conv(x, weight, bias, num_frames):
     if not (_native_ok(x) and channels_last and weight.shape[2] % 2 == 1):
         return reference.temporal_conv(x, weight, bias, num_frames)
     bias = None if bias is None else bias.to(x.dtype)
-    return _TemporalConv.apply(x, weight.to(x.dtype), bias, num_frames)
+    return autograd.TemporalConv.apply(_ops.temporal_conv_fwd, _ops.temporal_conv_bwd, x, weight.to(x.dtype), bias,
+                                       num_frames)
 
 
 def geglu(x):
     if not _native_ok(x):
         return reference.geglu(x)
-    return _Geglu.apply(x)
+    return autograd.Geglu.apply(_ops.geglu_fwd, _ops.geglu_bwd, x)
 
 
 def _blend(a, b, p, q, fallback):
     if not _native_ok(a, b) or a.shape != b.shape or a.dtype != b.dtype:
         return fallback()
-    return _Blend.apply(a, b, p, q)
+    return autograd.Blend.apply(_ops.blend_fwd, autograd.blend_backward_torch, a, b, p, q)
 
 
 def alpha_blend(x_spatial, x_temporal, alpha):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from svd_fast import kernels
+from svd_fast.kernels import reference
 
 IMPLEMENTATIONS = ("native", "triton")
 
@@ -69,4 +70,26 @@ def leaves(*tensors, dtype=None, device="cpu"):
             continue
         # .to() keeps the memory format (channels-last stays channels-last); clone() makes a leaf.
         out.append(t.detach().to(device=device, dtype=dtype or t.dtype).clone().requires_grad_())
+    return out
+
+
+def check_against_reference(impl, op, call, tensors, dtype, tolerances, grad_tolerances, names):
+    """Run `op` of backend `impl` as call(fn, *tensors) and compare output and the gradients of every
+    tensor input with the reference run in fp32 on the same (rounded) inputs. tensors are leaves
+    (or None) in `dtype` on the implementation's device; returns our output for layout checks."""
+    fn = implementation(impl, op)
+    out = run_and_check_custom_op(impl, lambda: call(fn, *tensors))
+    exact_inputs = leaves(*tensors, dtype=torch.float32)
+    expected = call(reference.OPS[op], *exact_inputs)
+    same_dtype = None
+    if dtype != torch.float32:
+        same_dtype = call(reference.OPS[op], *(None if t is None else t.detach().cpu() for t in tensors))
+    assert out.dtype == dtype
+    assert_close_to_fp32(out.cpu(), expected, same_dtype, *tolerances[dtype], "output")
+    grad = torch.randn(expected.shape)
+    out.backward(grad.to(device=out.device, dtype=dtype))
+    expected.backward(grad.to(dtype).float())
+    for name, ours, exact in zip(names, tensors, exact_inputs):
+        if ours is not None:
+            assert_close_to_fp32(ours.grad.cpu(), exact.grad, None, *grad_tolerances[dtype], f"grad {name}")
     return out

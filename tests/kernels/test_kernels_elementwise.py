@@ -1,14 +1,7 @@
 """Fused elementwise kernels (AlphaBlender mixes, GEGLU), native C++ and Triton, against the reference."""
 import pytest
 import torch
-from kernel_test_utils import (
-    IMPLEMENTATIONS,
-    assert_close_to_fp32,
-    device_for,
-    implementation,
-    leaves,
-    run_and_check_custom_op,
-)
+from kernel_test_utils import IMPLEMENTATIONS, check_against_reference, device_for, implementation, leaves
 
 from svd_fast.kernels import reference
 
@@ -43,29 +36,13 @@ GEGLU_SHAPES = {
 @pytest.mark.parametrize("case", list(BLEND_SHAPES))
 def test_blend_matches_reference(impl, dtype, op, case):
     shape, layout = BLEND_SHAPES[case]
-    fn, device = implementation(impl, op), device_for(impl)
-    a, b = torch.randn(shape), torch.randn(shape)
-    if layout == "channels_last":
-        a, b = a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last)
-    alpha = torch.rand(shape[0])  # one sigmoid(mix_factor) per frame
-    x1, x2, al = leaves(a, b, alpha, device=device)
-    x1, x2 = x1.detach().to(dtype).requires_grad_(), x2.detach().to(dtype).requires_grad_()
-    out = run_and_check_custom_op(impl, lambda: fn(x1, x2, al))
-
-    r1, r2, ra = leaves(x1, x2, al, dtype=torch.float32)
-    expected = getattr(reference, op)(r1, r2, ra)
-    same_dtype = None if dtype == torch.float32 else getattr(reference, op)(
-        x1.detach().cpu(), x2.detach().cpu(), al.detach().cpu())
-    assert out.dtype == dtype
-    if layout == "channels_last":
-        assert out.is_contiguous(memory_format=torch.channels_last)
-    assert_close_to_fp32(out.cpu(), expected, same_dtype, *TOLERANCES[dtype], "output")
-
-    grad = torch.randn(shape)
-    out.backward(grad.to(device=device, dtype=dtype))
-    expected.backward(grad.to(dtype).float())
-    for name, ours, ref in (("x_spatial", x1, r1), ("second input", x2, r2), ("alpha", al, ra)):
-        assert_close_to_fp32(ours.grad.cpu(), ref.grad, None, *GRAD_TOLERANCES[dtype], f"grad {name}")
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    a, b = (torch.randn(shape).contiguous(memory_format=fmt) for _ in range(2))
+    x1, x2 = leaves(a, b, dtype=dtype, device=device_for(impl))
+    (alpha,) = leaves(torch.rand(shape[0]), device=device_for(impl))  # one sigmoid(mix_factor) per frame
+    out = check_against_reference(impl, op, lambda fn, *t: fn(*t), [x1, x2, alpha], dtype, TOLERANCES,
+                                  GRAD_TOLERANCES, ("x_spatial", "second input", "alpha"))
+    assert out.is_contiguous(memory_format=fmt)
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
@@ -82,18 +59,5 @@ def test_blend_mixed_layouts(impl):
 @pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
 @pytest.mark.parametrize("case", list(GEGLU_SHAPES))
 def test_geglu_matches_reference(impl, dtype, case):
-    shape = GEGLU_SHAPES[case]
-    fn, device = implementation(impl, "geglu"), device_for(impl)
-    (x,) = leaves(torch.randn(shape) * 2, dtype=dtype, device=device)
-    out = run_and_check_custom_op(impl, lambda: fn(x))
-
-    (xr,) = leaves(x, dtype=torch.float32)
-    expected = reference.geglu(xr)
-    same_dtype = None if dtype == torch.float32 else reference.geglu(x.detach().cpu())
-    assert out.dtype == dtype
-    assert_close_to_fp32(out.cpu(), expected, same_dtype, *TOLERANCES[dtype], "output")
-
-    grad = torch.randn(expected.shape)
-    out.backward(grad.to(device=device, dtype=dtype))
-    expected.backward(grad.to(dtype).float())
-    assert_close_to_fp32(x.grad.cpu(), xr.grad, None, *GRAD_TOLERANCES[dtype], "grad x")
+    x = leaves(torch.randn(GEGLU_SHAPES[case]) * 2, dtype=dtype, device=device_for(impl))
+    check_against_reference(impl, "geglu", lambda fn, x: fn(x), x, dtype, TOLERANCES, GRAD_TOLERANCES, ("x",))

@@ -1,14 +1,7 @@
 """GroupNorm (+ SiLU) kernels, native C++ and Triton, against the plain-PyTorch reference."""
 import pytest
 import torch
-from kernel_test_utils import (
-    IMPLEMENTATIONS,
-    assert_close_to_fp32,
-    device_for,
-    implementation,
-    leaves,
-    run_and_check_custom_op,
-)
+from kernel_test_utils import IMPLEMENTATIONS, check_against_reference, device_for, implementation, leaves
 
 from svd_fast.kernels import reference
 
@@ -52,27 +45,12 @@ def _inputs(shape, affine, layout, dtype, device):
 @pytest.mark.parametrize("case", list(CASES))
 def test_group_norm_matches_reference(impl, dtype, layout, case):
     shape, groups, frames, silu, affine = CASES[case]
-    fn, device = implementation(impl, "group_norm"), device_for(impl)
-    x, w, b = _inputs(shape, affine, layout, dtype, device)
-    out = run_and_check_custom_op(impl, lambda: fn(x, groups, w, b, 1e-5, silu, frames))
-
-    # The reference on the same (already rounded) inputs: in fp32 (the target) and in dtype.
-    xr, wr, br = leaves(x, w, b, dtype=torch.float32)
-    expected = reference.group_norm(xr, groups, wr, br, 1e-5, silu, frames)
-    same_dtype = None if dtype == torch.float32 else reference.group_norm(
-        x.detach().cpu(), groups, None if w is None else w.detach().cpu(),
-        None if b is None else b.detach().cpu(), 1e-5, silu, frames)
-    assert out.dtype == dtype
+    out = check_against_reference(
+        impl, "group_norm", lambda fn, x, w, b: fn(x, groups, w, b, 1e-5, silu, frames),
+        _inputs(shape, affine, layout, dtype, device_for(impl)), dtype, TOLERANCES, GRAD_TOLERANCES,
+        ("x", "weight", "bias"))
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     assert out.is_contiguous(memory_format=fmt), "the output keeps the input's memory format"
-    assert_close_to_fp32(out.cpu(), expected, same_dtype, *TOLERANCES[dtype], "output")
-
-    grad = torch.randn(shape)
-    out.backward(grad.to(device=device, dtype=dtype))
-    expected.backward(grad.to(dtype).float())
-    for name, ours, ref in (("x", x, xr), ("weight", w, wr), ("bias", b, br)):
-        if ours is not None:
-            assert_close_to_fp32(ours.grad.cpu(), ref.grad, None, *GRAD_TOLERANCES[dtype], f"grad {name}")
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from kernel_test_utils import (
     IMPLEMENTATIONS,
-    assert_close_to_fp32,
+    check_against_reference,
     device_for,
     implementation,
     leaves,
@@ -37,34 +37,14 @@ CASES = {
 }
 
 
-def _qkv(frames, tokens, channels, fused, dtype, device, clips=2):
-    """q, k, v of shape (clips*T, S, C); `fused` makes them views into one (.., 3C) projection."""
-    if fused:
-        return leaves(torch.randn(clips * frames, tokens, 3 * channels), dtype=dtype, device=device)[0].chunk(3, -1)
-    return leaves(*(torch.randn(clips * frames, tokens, channels) for _ in range(3)), dtype=dtype, device=device)
-
-
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
 @pytest.mark.parametrize("case", list(CASES))
 def test_temporal_attention_matches_reference(impl, dtype, case):
     frames, tokens, channels, heads = CASES[case]
-    fn, device = implementation(impl, "temporal_attention"), device_for(impl)
-    q, k, v = _qkv(frames, tokens, channels, False, dtype, device)
-    out = run_and_check_custom_op(impl, lambda: fn(q, k, v, frames, heads))
-
-    qr, kr, vr = leaves(q, k, v, dtype=torch.float32)
-    expected = reference.temporal_attention(qr, kr, vr, frames, heads)
-    same_dtype = None if dtype == torch.float32 else reference.temporal_attention(
-        q.detach().cpu(), k.detach().cpu(), v.detach().cpu(), frames, heads)
-    assert out.dtype == dtype
-    assert_close_to_fp32(out.cpu(), expected, same_dtype, *TOLERANCES[dtype], "output")
-
-    grad = torch.randn(expected.shape)
-    out.backward(grad.to(device=device, dtype=dtype))
-    expected.backward(grad.to(dtype).float())
-    for name, ours, ref in (("q", q, qr), ("k", k, kr), ("v", v, vr)):
-        assert_close_to_fp32(ours.grad.cpu(), ref.grad, None, *GRAD_TOLERANCES[dtype], f"grad {name}")
+    qkv = leaves(*(torch.randn(2 * frames, tokens, channels) for _ in range(3)), dtype=dtype, device=device_for(impl))
+    check_against_reference(impl, "temporal_attention", lambda fn, q, k, v: fn(q, k, v, frames, heads), qkv, dtype,
+                            TOLERANCES, GRAD_TOLERANCES, ("q", "k", "v"))
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)

@@ -1,14 +1,7 @@
 """(K,1,1) temporal conv kernels, native shifted GEMMs and Triton implicit GEMM, against conv3d."""
 import pytest
 import torch
-from kernel_test_utils import (
-    IMPLEMENTATIONS,
-    assert_close_to_fp32,
-    device_for,
-    implementation,
-    leaves,
-    run_and_check_custom_op,
-)
+from kernel_test_utils import IMPLEMENTATIONS, check_against_reference, device_for, implementation, leaves
 
 from svd_fast.kernels import reference
 
@@ -54,25 +47,11 @@ LAYOUTS = {"native": ["channels_last"], "triton": ["nchw", "channels_last"]}
 @pytest.mark.parametrize("case", list(CASES))
 def test_temporal_conv_matches_reference(impl, layout, dtype, case):
     frames = CASES[case][0]
-    fn, device = implementation(impl, "temporal_conv"), device_for(impl)
-    x, w, b = _inputs(case, layout, dtype, device)
-    out = run_and_check_custom_op(impl, lambda: fn(x, w, b, frames))
-
-    xr, wr, br = leaves(x, w, b, dtype=torch.float32)
-    expected = reference.temporal_conv(xr, wr, br, frames)
-    same_dtype = None if dtype == torch.float32 else reference.temporal_conv(
-        x.detach().cpu(), w.detach().cpu(), None if b is None else b.detach().cpu(), frames)
-    assert out.dtype == dtype
+    out = check_against_reference(impl, "temporal_conv", lambda fn, x, w, b: fn(x, w, b, frames),
+                                  _inputs(case, layout, dtype, device_for(impl)), dtype, TOLERANCES, GRAD_TOLERANCES,
+                                  ("x", "weight", "bias"))
     if layout == "channels_last":
         assert out.is_contiguous(memory_format=torch.channels_last), "channels-last in, channels-last out"
-    assert_close_to_fp32(out.cpu(), expected, same_dtype, *TOLERANCES[dtype], "output")
-
-    grad = torch.randn(expected.shape)
-    out.backward(grad.to(device=device, dtype=dtype))
-    expected.backward(grad.to(dtype).float())
-    for name, ours, ref in (("x", x, xr), ("weight", w, wr), ("bias", b, br)):
-        if ours is not None:
-            assert_close_to_fp32(ours.grad.cpu(), ref.grad, None, *GRAD_TOLERANCES[dtype], f"grad {name}")
 
 
 def test_native_nchw_input_uses_conv3d():
