@@ -74,6 +74,14 @@ Geometry make_geometry(const at::Tensor& x, int64_t groups, int64_t frames) {
   return Geometry{x.size(0) / frames, frames, x.size(1), spatial, groups, !x.is_contiguous()};
 }
 
+// Vectorised sum of n doubles (independent partial sums instead of one dependent add chain).
+inline double sum_of(const double* p, int64_t n) {
+  double acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) acc += p[i];
+  return acc;
+}
+
 inline float hsum(const fVec& v) {
   return at::vec::vec_reduce_all<float>([](fVec a, fVec b) { return a + b; }, v);
 }
@@ -97,6 +105,16 @@ inline ParamVecs<P> load_params(const ParamPtrs<P>& params, int64_t index, int64
   ParamVecs<P> p;
   for (int i = 0; i < P; ++i) p[i] = fVec::loadu(params[i] + index, n);
   return p;
+}
+
+// f(u) for every statistics unit, in parallel: the per-unit bookkeeping (shifts, group
+// statistics, per-channel parameters) is O(units * C), which for small frames (2x2 or 4x4
+// latents) rivals the data itself.
+template <typename F>
+void for_each_unit(const Geometry& g, const F& f) {
+  at::parallel_for(0, g.units, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) f(u);
+  });
 }
 
 int64_t row_blocks(const Geometry& g) { return (g.unit_rows() + kRowsPerTask - 1) / kRowsPerTask; }
@@ -146,9 +164,10 @@ void reduce_per_channel(const Geometry& g, const T* x, const T* dy, const ParamP
     });
     return;
   }
-  // Channels-last: tasks write per-channel partial sums of their row block, added up per unit after.
+  // Channels-last: tasks write per-channel fp32 partial sums of their row block (at most
+  // kRowsPerTask terms), added up in double per unit after.
   const int64_t blocks = row_blocks(g);
-  std::vector<double> part1(g.units * blocks * C), part2(g.units * blocks * C);
+  std::vector<float> part1(g.units * blocks * C), part2(g.units * blocks * C);
   for_each_row_block(g, [&](int64_t task, int64_t u, int64_t r0, int64_t r1) {
     for (int64_t c = 0; c < C; c += kLanes) {
       const int64_t n = std::min(kLanes, C - c);
@@ -160,16 +179,11 @@ void reduce_per_channel(const Geometry& g, const T* x, const T* dy, const ParamP
         a1 += f1;
         a2 += f2;
       }
-      float b1[kLanes], b2[kLanes];
-      a1.store(b1);
-      a2.store(b2);
-      for (int64_t i = 0; i < n; ++i) {
-        part1[task * C + c + i] = b1[i];
-        part2[task * C + c + i] = b2[i];
-      }
+      a1.store(part1.data() + task * C + c, n);
+      a2.store(part2.data() + task * C + c, n);
     }
   });
-  for (int64_t u = 0; u < g.units; ++u) {
+  for_each_unit(g, [&](int64_t u) {
     for (int64_t c = 0; c < C; ++c) {
       double s1 = 0, s2 = 0;
       for (int64_t b = 0; b < blocks; ++b) {
@@ -179,7 +193,7 @@ void reduce_per_channel(const Geometry& g, const T* x, const T* dy, const ParamP
       sum1[u * C + c] = s1;
       sum2[u * C + c] = s2;
     }
-  }
+  });
 }
 
 // out = f(x, dy, params at (u, c)) for every element, in x's layout. dy may be null (forward).
@@ -235,14 +249,16 @@ ChannelAffine channel_affine(const Geometry& g, const float* mean, const float* 
                              const std::vector<float>& bias) {
   const int64_t C = g.channels, Cg = g.group_size();
   ChannelAffine p{std::vector<float>(g.units * C), std::vector<float>(g.units * C), std::vector<float>(g.units * C)};
-  for (int64_t u = 0; u < g.units; ++u) {
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t ug = u * g.groups + c / Cg;
-      p.a[u * C + c] = rstd[ug] * w[c];
-      p.m[u * C + c] = mean[ug];
-      p.b[u * C + c] = bias[c];
+  // Channel grp*Cg + j of unit u sits at u*C + c = ug*Cg + j (ug = u*groups + grp).
+  for_each_unit(g, [&](int64_t u) {
+    for (int64_t grp = 0, ug = u * g.groups; grp < g.groups; ++grp, ++ug) {
+      for (int64_t j = 0; j < Cg; ++j) {
+        p.a[ug * Cg + j] = rstd[ug] * w[grp * Cg + j];
+        p.m[ug * Cg + j] = mean[ug];
+        p.b[ug * Cg + j] = bias[grp * Cg + j];
+      }
     }
-  }
+  });
   return p;
 }
 
@@ -250,37 +266,31 @@ template <typename T>
 void forward_impl(const Geometry& g, const T* x, const std::vector<float>& w, const std::vector<float>& bias,
                   double eps, bool silu, T* y, float* mean, float* rstd) {
   const int64_t C = g.channels, Cg = g.group_size(), HW = g.spatial;
-  // Shifted moments: subtracting one sample of each (unit, channel) keeps sum of squares free of
-  // cancellation when |mean| >> std.
+  // Shifted moments: subtracting one sample of each (unit, group) from all its values keeps the sum
+  // of squares free of cancellation when |mean| >> std (the sample is within a few std of the mean).
   std::vector<float> shift(g.units * C);
-  for (int64_t u = 0; u < g.units; ++u)
-    for (int64_t c = 0; c < C; ++c)
-      shift[u * C + c] = static_cast<float>(g.channels_last ? x[u * g.frames * HW * C + c]
-                                                            : x[(u * g.frames * C + c) * HW]);
+  for_each_unit(g, [&](int64_t u) {
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      const int64_t c0 = grp * Cg;
+      const T first = g.channels_last ? x[u * g.frames * HW * C + c0] : x[(u * g.frames * C + c0) * HW];
+      std::fill(shift.begin() + u * C + c0, shift.begin() + u * C + c0 + Cg, static_cast<float>(first));
+    }
+  });
   std::vector<double> s1(g.units * C), s2(g.units * C);
   reduce_per_channel<T, 1>(g, x, nullptr, {shift.data()}, s1.data(), s2.data(),
                            [](const fVec& xv, const fVec&, const ParamVecs<1>& p) {
                              const fVec d = xv - p[0];
                              return std::make_pair(d, d * d);
                            });
-  // Combine per-channel (count, mean, M2) into per-group statistics (Chan et al.).
-  const double n = static_cast<double>(g.unit_rows());
-  for (int64_t u = 0; u < g.units; ++u) {
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-      const int64_t c0 = u * C + grp * Cg;
-      double group_mean = 0;
-      for (int64_t c = c0; c < c0 + Cg; ++c) group_mean += shift[c] + s1[c] / n;
-      group_mean /= Cg;
-      double m2 = 0;
-      for (int64_t c = c0; c < c0 + Cg; ++c) {
-        const double dm = shift[c] + s1[c] / n - group_mean;
-        m2 += (s2[c] - s1[c] * s1[c] / n) + n * dm * dm;
-      }
-      const double var = std::max(0.0, m2 / (n * Cg));
-      mean[u * g.groups + grp] = static_cast<float>(group_mean);
+  const double n = static_cast<double>(g.unit_rows() * Cg);
+  for_each_unit(g, [&](int64_t u) {
+    for (int64_t grp = 0, i = u * C; grp < g.groups; ++grp, i += Cg) {
+      const double d_mean = sum_of(&s1[i], Cg) / n;  // mean - shift
+      const double var = std::max(0.0, sum_of(&s2[i], Cg) / n - d_mean * d_mean);
+      mean[u * g.groups + grp] = static_cast<float>(shift[i] + d_mean);
       rstd[u * g.groups + grp] = static_cast<float>(1.0 / std::sqrt(var + eps));
     }
-  }
+  });
   const ChannelAffine p = channel_affine(g, mean, rstd, w, bias);
   map_per_channel<T, 3>(g, x, nullptr, {p.a.data(), p.m.data(), p.b.data()}, y,
                         [silu](const fVec& xv, const fVec&, const ParamVecs<3>& p) {
@@ -313,10 +323,11 @@ void backward_impl(const Geometry& g, const T* dy, const T* x, const float* mean
   // dx = dz * a + c2 * (x - mean) + c3 with c2, c3 constant per (unit, group).
   std::vector<float> c2(g.units * C), c3(g.units * C);
   const double n = static_cast<double>(Cg * g.unit_rows());
-  for (int64_t u = 0; u < g.units; ++u) {
+  for_each_unit(g, [&](int64_t u) {
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const int64_t ug = u * g.groups + grp, c0 = grp * Cg;
       double sum_ds = 0, sum_db = 0;
+#pragma omp simd reduction(+ : sum_ds, sum_db)
       for (int64_t c = c0; c < c0 + Cg; ++c) {
         sum_ds += w[c] * ds[u * C + c];
         sum_db += w[c] * db[u * C + c];
@@ -327,23 +338,23 @@ void backward_impl(const Geometry& g, const T* dy, const T* x, const float* mean
       std::fill(c2.begin() + u * C + c0, c2.begin() + u * C + c0 + Cg, static_cast<float>(k2));
       std::fill(c3.begin() + u * C + c0, c3.begin() + u * C + c0 + Cg, static_cast<float>(k3));
     }
-  }
+  });
   map_per_channel<T, 5>(g, x, dy, {p.a.data(), p.m.data(), p.b.data(), c2.data(), c3.data()}, dx,
                         [silu](const fVec& xv, const fVec& dv, const ParamVecs<5>& p) {
                           const fVec xc = xv - p[1];
                           const fVec dz = grad_pre_activation(dv, xc * p[0] + p[2], silu);
                           return dz * p[0] + p[3] * xc + p[4];
                         });
-  for (int64_t c = 0; c < C; ++c) {
-    double gw = 0, gb = 0;
-    for (int64_t u = 0; u < g.units; ++u) {
-      const int64_t ug = u * g.groups + c / Cg;
-      gw += ds[u * C + c] * rstd[ug];
-      gb += db[u * C + c];
+  std::vector<double> gw(C, 0.0), gb(C, 0.0);
+  for (int64_t ug = 0; ug < g.units * g.groups; ++ug) {  // (unit, channel) index ug*Cg + j as above
+    const int64_t c0 = (ug % g.groups) * Cg;
+    for (int64_t j = 0; j < Cg; ++j) {
+      gw[c0 + j] += ds[ug * Cg + j] * rstd[ug];
+      gb[c0 + j] += db[ug * Cg + j];
     }
-    dweight[c] = static_cast<float>(gw);
-    dbias[c] = static_cast<float>(gb);
   }
+  std::copy(gw.begin(), gw.end(), dweight);
+  std::copy(gb.begin(), gb.end(), dbias);
 }
 
 }  // namespace
