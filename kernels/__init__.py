@@ -146,29 +146,27 @@ def _route(per_device: dict, fallback):
     return op
 
 
-def _resolve(name: str) -> tuple[dict, dict]:
-    """(op table, choices) for a backend name."""
-    ref = dict(reference.OPS)
-    if name == "reference":
-        return ref, {(op, d): ("reference", "requested") for op in OPS for d in DEVICES}
-    if name == "native":
-        native = _load_native()
-        table = native or ref
-        impl = "native" if native else "reference"
-        choices = {(op, "cpu"): (impl, "requested" if native else "svd_fast._C not built") for op in OPS}
-        choices.update({(op, "cuda"): ("reference", "native kernels are CPU-only") for op in OPS})
-        return {op: _route({"cpu": table[op]}, ref[op]) for op in OPS}, choices
-    if name == "triton":
-        triton = _load_triton()
-        table = triton or ref
-        cpu_ok = triton is not None and triton_interpreted()
-        impl = "triton" if triton else "reference"
-        choices = {(op, "cuda"): (impl, "requested" if triton else "Triton unavailable") for op in OPS}
-        choices.update({(op, "cpu"): ("triton" if cpu_ok else "reference",
-                                      "TRITON_INTERPRET=1" if cpu_ok else "Triton runs on CPU only interpreted")
-                        for op in OPS})
-        return {op: _route({"cuda": table[op], "cpu": table[op] if cpu_ok else ref[op]}, ref[op]) for op in OPS}, choices
-    # auto: each device's first available preference; Triton only with a real GPU (interpreting is slow).
+def _resolve_native(ref: dict) -> tuple[dict, dict]:
+    native = _load_native()
+    table = native or ref
+    choices = {(op, "cpu"): ("native", "requested") if native else ("reference", "svd_fast._C not built") for op in OPS}
+    choices.update({(op, "cuda"): ("reference", "native kernels are CPU-only") for op in OPS})
+    return {op: _route({"cpu": table[op]}, ref[op]) for op in OPS}, choices
+
+
+def _resolve_triton(ref: dict) -> tuple[dict, dict]:
+    triton = _load_triton()
+    table = triton or ref
+    on_cpu = triton is not None and triton_interpreted()
+    choices = {(op, "cuda"): ("triton", "requested") if triton else ("reference", "Triton unavailable") for op in OPS}
+    choices.update({(op, "cpu"): ("triton", "TRITON_INTERPRET=1") if on_cpu
+                    else ("reference", "Triton runs on CPU only interpreted") for op in OPS})
+    return {op: _route({"cuda": table[op], "cpu": table[op] if on_cpu else ref[op]}, ref[op]) for op in OPS}, choices
+
+
+def _resolve_auto(ref: dict) -> tuple[dict, dict]:
+    """Each (op, device): the first available preference of AUTO_CHOICES. Triton only with a real GPU
+    (interpreted it is far slower than PyTorch)."""
     import torch
 
     available = {"reference": ref, "native": _load_native()}
@@ -187,6 +185,14 @@ def _resolve(name: str) -> tuple[dict, dict]:
             choices[(op, device)] = (impl, reason)
         table[op] = _route(per_device, ref[op])
     return table, choices
+
+
+def _resolve(name: str) -> tuple[dict, dict]:
+    """(op table, (op, device) -> (implementation, reason)) for a backend name."""
+    ref = dict(reference.OPS)
+    if name == "reference":
+        return ref, {(op, d): ("reference", "requested") for op in OPS for d in DEVICES}
+    return {"native": _resolve_native, "triton": _resolve_triton, "auto": _resolve_auto}[name](ref)
 
 
 def set_backend(name: str) -> None:
