@@ -126,7 +126,7 @@ class SVDPipeline:
         return frames.reshape(b, t, *frames.shape[1:])
 
     # -------------------------------------------------------------------------------- __call__
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(
         self,
         image,

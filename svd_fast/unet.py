@@ -29,6 +29,27 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return F.pad(emb, (0, dim % 2))
 
 
+def add_linear(residual: torch.Tensor, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """residual + linear(x).
+
+    In inference mode the GEMM accumulates straight into `residual` (addmm_ with beta = 1), which
+    saves the temporary output, the bias broadcast into it and a separate add pass. Only inference
+    mode: under no_grad a reentrant activation checkpoint may still need the unmodified input.
+    """
+    if not torch.is_inference_mode_enabled() or not residual.is_contiguous():
+        return residual + linear(x)
+    flat = residual.view(-1, residual.shape[-1])
+    flat.addmm_(x.reshape(-1, x.shape[-1]), linear.weight.t())
+    if linear.bias is not None:
+        flat.add_(linear.bias)
+    return residual
+
+
+def add_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + y, in place into x in inference mode (one pass, no allocation); see add_linear."""
+    return x.add_(y) if torch.is_inference_mode_enabled() else x + y
+
+
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm whose forward goes through layers.group_norm (fp32 statistics, fused SiLU).
 
@@ -69,10 +90,9 @@ class ResnetBlock2D(nn.Module):
     def forward(self, x, emb_act):
         """emb_act: SiLU of the per-frame embedding, (B*T, temb_dim)."""
         h = self.conv1(self.norm1(x, silu=True))
-        h = h + self.time_emb_proj(emb_act)[:, :, None, None]
+        h = add_(h, self.time_emb_proj(emb_act)[:, :, None, None])
         h = self.conv2(self.norm2(h, silu=True))
-        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
-        return skip + h
+        return add_(h, x if self.conv_shortcut is None else self.conv_shortcut(x))
 
 
 class TemporalResnetBlock(nn.Module):
@@ -92,7 +112,7 @@ class TemporalResnetBlock(nn.Module):
     def forward(self, x, emb_act, num_frames):
         h = self.norm1(x, silu=True, num_frames=num_frames)
         h = layers.temporal_conv(h, self.conv1.weight, self.conv1.bias, num_frames)
-        h = h + self.time_emb_proj(emb_act)[:, :, None, None]
+        h = add_(h, self.time_emb_proj(emb_act)[:, :, None, None])
         h = self.norm2(h, silu=True, num_frames=num_frames)
         return layers.temporal_conv(h, self.conv2.weight, self.conv2.bias, num_frames)
 
@@ -142,8 +162,9 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim or dim, dim, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
 
-    def project_out(self, x):
-        return self.to_out[0](x)
+    def project_out(self, x, residual=None):
+        """to_out(x), added into `residual` when given."""
+        return self.to_out[0](x) if residual is None else add_linear(residual, x, self.to_out[0])
 
     def single_token(self, context):
         """Cross-attention output when the context is one token.
@@ -165,8 +186,10 @@ class FeedForward(nn.Module):
         proj.proj = nn.Linear(dim, 2 * inner)
         self.net = nn.ModuleList([proj, nn.Identity(), nn.Linear(inner, dim_out or dim)])
 
-    def forward(self, x):
-        return self.net[2](layers.geglu(self.net[0].proj(x)))
+    def forward(self, x, residual=None):
+        """FF(x), added into `residual` when given."""
+        h = layers.geglu(self.net[0].proj(x))
+        return self.net[2](h) if residual is None else add_linear(residual, h, self.net[2])
 
 
 def cross_attention(attn: Attention, norm: nn.LayerNorm, x, context, group: int):
@@ -197,9 +220,9 @@ class BasicTransformerBlock(nn.Module):
         """context: (B, Lc, Dc), one per clip, shared by its frames."""
         h = self.norm1(x)
         a = self.attn1
-        x = x + a.project_out(layers.spatial_attention(a.to_q(h), a.to_k(h), a.to_v(h), a.heads))
-        x = x + cross_attention(self.attn2, self.norm2, x, context, group=num_frames)
-        return x + self.ff(self.norm3(x))
+        x = a.project_out(layers.spatial_attention(a.to_q(h), a.to_k(h), a.to_v(h), a.heads), residual=x)
+        x = add_(x, cross_attention(self.attn2, self.norm2, x, context, group=num_frames))
+        return self.ff(self.norm3(x), residual=x)
 
 
 class TemporalBasicTransformerBlock(nn.Module):
@@ -222,12 +245,12 @@ class TemporalBasicTransformerBlock(nn.Module):
 
     def forward(self, x, context, num_frames):
         """context: (B, Lc, Dc); sgm uses the first frame's context, which every frame shares."""
-        x = x + self.ff_in(self.norm_in(x))
+        x = self.ff_in(self.norm_in(x), residual=x)
         h = self.norm1(x)
         a = self.attn1
-        x = x + a.project_out(layers.temporal_attention(a.to_q(h), a.to_k(h), a.to_v(h), num_frames, a.heads))
-        x = x + cross_attention(self.attn2, self.norm2, x, context, group=num_frames)
-        return x + self.ff(self.norm3(x))
+        x = a.project_out(layers.temporal_attention(a.to_q(h), a.to_k(h), a.to_v(h), num_frames, a.heads), residual=x)
+        x = add_(x, cross_attention(self.attn2, self.norm2, x, context, group=num_frames))
+        return self.ff(self.norm3(x), residual=x)
 
 
 class TransformerSpatioTemporalModel(nn.Module):
@@ -262,7 +285,7 @@ class TransformerSpatioTemporalModel(nn.Module):
             h_mix = temporal(h + pos, ctx.context, t)
             h = layers.alpha_blend(h, h_mix, alpha)
         h = self.proj_out(h).reshape(n, hgt, wid, c).permute(0, 3, 1, 2)
-        return h + x
+        return add_(h, x)
 
 
 class Downsample(nn.Module):

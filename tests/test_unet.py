@@ -122,3 +122,17 @@ def test_bad_input_shapes_raise():
         ours(torch.randn(1, 3, 4, 8, 8), 0.1, torch.randn(1, 1, 16), torch.zeros(1, 3))
     with pytest.raises(ValueError, match="batch mismatch"):
         ours(torch.randn(2, 3, 8, 8, 8), 0.1, torch.randn(1, 1, 16), torch.zeros(2, 3))
+
+
+def test_inference_mode_in_place_path_equals_the_autograd_path():
+    """Inference mode accumulates residuals in place (add_linear); results must not change, and the
+    inputs must be left untouched."""
+    _, ours = _pair(CONFIGS[1][1])
+    x, context, ids = torch.randn(2, 5, 8, 10, 6), torch.randn(2, 1, 16), torch.tensor([[6.0, 127.0, 0.02]] * 2)
+    kept = x.clone()
+    with torch.no_grad():
+        expected = ours(x, torch.tensor([0.3, 0.1]), context, ids)
+    with torch.inference_mode():
+        got = ours(x, torch.tensor([0.3, 0.1]), context, ids)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(x, kept)
