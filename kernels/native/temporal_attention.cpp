@@ -62,6 +62,55 @@ struct TokenView {
   }
 };
 
+#if defined(CPU_CAPABILITY_AVX512)
+// In-register transpose of a 16 x 16 fp32 block: r[i] = row i in, r[j] = column j out. Pairs of
+// rows are interleaved by 32-bit, then 64-bit elements, then 128-bit lanes are regrouped twice.
+inline void transpose16x16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 16; g += 4) {  // u[g + k], lane L: column 4L + k of rows g..g+3
+    const __m512d lo0 = _mm512_castps_pd(t[g]), lo1 = _mm512_castps_pd(t[g + 2]);
+    const __m512d hi0 = _mm512_castps_pd(t[g + 1]), hi1 = _mm512_castps_pd(t[g + 3]);
+    u[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo0, lo1));
+    u[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo0, lo1));
+    u[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(hi0, hi1));
+    u[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(hi0, hi1));
+  }
+  for (int k = 0; k < 4; ++k) {  // regroup lanes: even/odd lanes of rows 0-7 and of rows 8-15
+    t[k] = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x88);
+    t[4 + k] = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xdd);
+    t[8 + k] = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x88);
+    t[12 + k] = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xdd);
+  }
+  for (int k = 0; k < 4; ++k) {
+    r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
+    r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xdd);
+    r[4 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0x88);
+    r[12 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0xdd);
+  }
+}
+#endif
+
+// dst_t[d][t] = src[t][d] over the padded (rows x dim_pad) buffer (src's padding is zero).
+void transpose_rows(const Problem& p, const float* src, float* dst_t) {
+#if defined(CPU_CAPABILITY_AVX512)
+  for (int64_t r0 = 0; r0 < p.rows; r0 += 16) {
+    for (int64_t d0 = 0; d0 < p.dim_pad; d0 += 16) {
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + (r0 + i) * p.dim_pad + d0);
+      transpose16x16(r);
+      for (int j = 0; j < 16; ++j) _mm512_storeu_ps(dst_t + (d0 + j) * p.rows + r0, r[j]);
+    }
+  }
+#else
+  for (int64_t t = 0; t < p.frames; ++t)
+    for (int64_t d = 0; d < p.head_dim; ++d) dst_t[d * p.rows + t] = src[t * p.dim_pad + d];
+#endif
+}
+
 // dst[t][0:dim_pad] = scale * src(t) (zero past head_dim); when dst_t is given also
 // dst_t[d][t] (the transpose, for use as the B operand of small_matmul).
 template <typename T>
@@ -75,9 +124,8 @@ void load_rows(const Problem& p, const TokenView<T>& src, int64_t first_frame, i
       const int64_t n = std::max<int64_t>(0, std::min(kLanes, p.head_dim - d));
       (load_float(in + d, n) * vscale).store(out + d);
     }
-    if (dst_t)
-      for (int64_t d = 0; d < p.head_dim; ++d) dst_t[d * p.rows + t] = out[d];
   }
+  if (dst_t) transpose_rows(p, dst, dst_t);
 }
 
 template <typename T>
@@ -146,14 +194,15 @@ at::Tensor temporal_attention_fwd(const at::Tensor& q_in, const at::Tensor& k_in
     const auto qv = view_of<scalar_t>(q), kv = view_of<scalar_t>(k), vv = view_of<scalar_t>(v);
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, clips * S, 16, [&](int64_t begin, int64_t end) {
-      // Workspace: Q (scaled), K^T, V, scores/probabilities, output.
-      std::vector<float> ws(4 * p.mat() + p.square(), 0.f);
-      float *Q = ws.data(), *Kt = Q + p.mat(), *V = Kt + p.mat(), *O = V + p.mat(), *P = O + p.mat();
+      // Workspace: Q (scaled), K, K^T, V, output, scores/probabilities. Rows past T stay zero.
+      std::vector<float> ws(5 * p.mat() + p.square(), 0.f);
+      float *Q = ws.data(), *K = Q + p.mat(), *Kt = K + p.mat(), *V = Kt + p.mat(), *O = V + p.mat();
+      float* P = O + p.mat();
       for (int64_t bs = begin; bs < end; ++bs) {
         const int64_t frame0 = (bs / S) * num_frames, s = bs % S;
         for (int64_t h = 0; h < heads; ++h) {
           load_rows(p, qv, frame0, s, h, scale, Q, nullptr);
-          load_rows(p, kv, frame0, s, h, 1.f, O, Kt);  // O doubles as scratch for K rows here
+          load_rows(p, kv, frame0, s, h, 1.f, K, Kt);
           load_rows(p, vv, frame0, s, h, 1.f, V, nullptr);
           small_matmul(Q, p.dim_pad, 1, p.rows, p.head_dim, Kt, p.rows, p.rows, P, p.rows);
           softmax_rows(p, P);
