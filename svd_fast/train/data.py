@@ -82,18 +82,9 @@ def motion_bucket(motion_px: float, height: int) -> float:
 
 def estimate_motion(frames: torch.Tensor) -> float:
     """Mean Farneback optical-flow magnitude (pixels per frame) of frames (T, 3, H, W) in [-1, 1]."""
-    import cv2
+    from svd_fast.train.video_metrics import mean_flow
 
-    if len(frames) < 2:
-        return 0.0
-    u8 = ((frames.permute(0, 2, 3, 1).cpu().numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
-    grey = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in u8]
-    flows = [
-        cv2.calcOpticalFlowFarneback(a, b, None, pyr_scale=0.5, levels=3, winsize=9, iterations=3,
-                                     poly_n=5, poly_sigma=1.1, flags=0)
-        for a, b in zip(grey, grey[1:])
-    ]
-    return float(np.mean([np.linalg.norm(f, axis=-1).mean() for f in flows]))
+    return mean_flow(((frames.permute(0, 2, 3, 1).cpu().numpy() + 1) / 2).clip(0, 1))
 
 
 def _pick_frames(rng: np.random.Generator, available: int, config: DataConfig, image: bool) -> list[int]:

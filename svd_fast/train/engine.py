@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -163,6 +164,7 @@ class DeepSpeedEngine:
         if recipe.optim.name == "adamw8bit" and (self.zero_stage > 0 or recipe.mixed_precision != "no"):
             raise ValueError("optim.name='adamw8bit' works with the plain engine or DeepSpeed ZeRO stage 0 in fp32; "
                              "use 'adamw' with ZeRO stages 1-3 or bf16/fp16")
+        fill_auto_buckets(ds_config, [p.numel() for p in self.trainable.values()])
         client = None if "optimizer" in ds_config else build_optimizer(list(self.trainable.values()), recipe)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, model_parameters=list(self.trainable.values()), optimizer=client, config=ds_config
@@ -269,6 +271,26 @@ class DeepSpeedEngine:
             state = base.state[p]
             old = state.get("step")
             state["step"] = torch.tensor(float(meta["step"])) if old is None or torch.is_tensor(old) else int(meta["step"])
+
+
+AUTO_BUCKETS = ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size")
+
+
+def auto_bucket_values(numels: list[int]) -> dict[str, int]:
+    """DeepSpeed bucket sizes scaled to the model (as HF's "auto" derives them from the hidden size):
+    a tenth of the trainable elements (at least the largest tensor, at most DeepSpeed's 5e8), and a
+    persistence threshold of 10 x the side of the largest weight matrix."""
+    total, largest = sum(numels), max(numels)
+    bucket = int(min(5e8, max(largest, total // 10)))
+    return {**{key: bucket for key in AUTO_BUCKETS}, "stage3_param_persistence_threshold": int(10 * math.sqrt(largest))}
+
+
+def fill_auto_buckets(ds_config: dict, numels: list[int]) -> None:
+    """Replace "auto" bucket settings of zero_optimization with auto_bucket_values."""
+    zero = ds_config.get("zero_optimization", {})
+    for key, value in auto_bucket_values(numels).items():
+        if zero.get(key) == "auto":
+            zero[key] = value
 
 
 def _has_master(param) -> bool:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from svd_fast.config import UNetConfig, VAEConfig
+from svd_fast.train.engine import auto_bucket_values
 from svd_fast.train.objective import ENCODE_CHUNK, DiffusionObjective
 from svd_fast.train.recipe import Recipe
 from svd_fast.train.trainable import enable_gradient_checkpointing, set_trainable
@@ -183,7 +184,7 @@ def count_parameters(recipe: Recipe) -> dict:
     blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
     largest = sorted((_numel(b) for b in blocks), reverse=True)[:2]
     return {"unet": _numel(unet), "trainable": _numel(unet, trainable_only=True), "frozen": frozen,
-            "largest_blocks": sum(largest)}
+            "largest_blocks": sum(largest), "trainable_numels": [p.numel() for p in unet.parameters() if p.requires_grad]}
 
 
 def estimate_memory(recipe: Recipe, ds_config: dict | None, world_size: int) -> MemoryEstimate:
@@ -213,7 +214,8 @@ def estimate_memory(recipe: Recipe, ds_config: dict | None, world_size: int) -> 
     if stage == 3:
         est.items["ZeRO-3 gathered working set"] = 2 * counts["largest_blocks"] * weight_bytes if n > 1 else 0
     if stage >= 1:
-        bucket = float(zero.get("reduce_bucket_size", 5e8))
+        bucket = zero.get("reduce_bucket_size", 5e8)
+        bucket = auto_bucket_values(counts["trainable_numels"])["reduce_bucket_size"] if bucket == "auto" else float(bucket)
         est.items["communication buckets"] = min(bucket, psi) * weight_bytes
     est.items["frozen VAE + image encoder"] = counts["frozen"] * 4
     data = recipe.data

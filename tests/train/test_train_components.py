@@ -1,0 +1,61 @@
+"""Video quality metrics, and the VAE / image-encoder trainers of small models."""
+import dataclasses
+import itertools
+
+import numpy as np
+import torch
+
+from svd_fast.config import SVDConfig
+from svd_fast.train.autoencoder import AutoencoderTraining, calibrate_scaling_factor, reconstruction_psnr, train_vae
+from svd_fast.train.image_encoder import ImageEncoderTraining, encoder_loss, train_image_encoder
+from svd_fast.train.procedural import random_clip_spec, render_clip
+from svd_fast.train.video_metrics import first_frame_psnr, mean_flow, psnr, video_report, warp_consistency
+
+
+def _video(seed, frames=6, size=48):
+    clip, flow = render_clip(random_clip_spec(seed), frames, size, size)
+    return ((clip + 1) / 2).permute(0, 2, 3, 1).numpy(), flow
+
+
+def test_metrics_on_videos_with_known_motion():
+    video, flow = _video(2)
+    truth = float(flow.norm(dim=1).mean())
+    assert abs(mean_flow(video) - truth) < 0.4 * truth
+    static = np.repeat(video[:1], 6, axis=0)
+    assert mean_flow(static) < 0.02 and first_frame_psnr(static, video[0]) == float("inf")
+    # Frames in random order are not a consistent video; the real order is.
+    shuffled = video[[0, 4, 1, 5, 2, 3]]
+    assert warp_consistency(video) > warp_consistency(shuffled) + 3
+    noisy = np.clip(video[0] + np.random.default_rng(0).normal(0, 0.1, video[0].shape), 0, 1)
+    assert 18 < psnr(noisy, video[0]) < 22  # sigma 0.1 noise: about 20 dB
+    assert set(video_report(video, video[0])) == {"first_frame_psnr", "mean_flow", "warp_consistency"}
+
+
+def _clips(batch, frames, size, seeds):
+    for seed in seeds:
+        yield torch.stack([render_clip(random_clip_spec(seed * batch + i), frames, size, size)[0] for i in range(batch)])
+
+
+def test_vae_training_learns_to_reconstruct():
+    config = SVDConfig.from_name("tiny").vae
+    clips = torch.stack([render_clip(random_clip_spec(i), 2, 32, 32)[0] for i in range(2)])
+    untrained = train_vae(config, itertools.repeat(clips), AutoencoderTraining(steps=1, lr=1e-9))
+    trained = train_vae(config, itertools.repeat(clips), AutoencoderTraining(steps=40, lr=3e-3, warmup_steps=5))
+    assert reconstruction_psnr(trained, clips) > reconstruction_psnr(untrained, clips) + 3
+    scale = calibrate_scaling_factor(trained, clips)
+    with torch.no_grad():
+        assert abs(float((trained.encode(clips.flatten(0, 1)) * scale).std()) - 1) < 1e-3
+
+
+def test_image_encoder_training_separates_clips():
+    config = dataclasses.replace(SVDConfig.from_name("tiny").image_encoder, patch_size=56)
+    batch = _clips(8, 3, 32, [0])
+    clips = next(batch)
+    settings = ImageEncoderTraining(steps=40, lr=3e-3, warmup_steps=5)
+    encoder = train_image_encoder(config, itertools.repeat(clips), settings)
+    probe, scale = torch.nn.Linear(config.projection_dim, 48), torch.nn.Parameter(torch.tensor(2.659))
+    torch.manual_seed(0)
+    before, _ = encoder_loss(train_image_encoder(config, iter([clips]), dataclasses.replace(settings, steps=0)), probe, scale, clips)
+    torch.manual_seed(0)
+    after, parts = encoder_loss(encoder, probe, scale, clips)
+    assert float(after) < 0.5 * float(before) and parts["accuracy"] >= 0.75
