@@ -110,25 +110,33 @@ def count_flops(fn) -> int:
 
 
 def bench_unet(ours, theirs, args, peak_tflops):
+    """One UNet evaluation per side; the sides' repeats alternate, so load drift hits both alike."""
     cfg = ours.config
     inputs = unet_inputs(cfg, args, ours.device, ours.dtype)
     sides = {"ours": lambda: ours.unet(*inputs)}
     if theirs is not None:
         sides["diffusers"] = lambda: theirs.unet(*inputs, return_dict=False)[0]
+    flops, memory, times = {}, {}, {name: [] for name in sides}
+    with torch.inference_mode():
+        for name, run in sides.items():
+            flops[name] = count_flops(run)  # doubles as the first warm-up call
+            with PeakMemory() as mem:  # a second call: the peak above the resting level
+                time_repeats(run, 1, warmup=max(args.warmup - 1, 0))
+            memory[name] = mem.peak_bytes
+        for _ in range(args.repeat):
+            for name, run in sides.items():
+                times[name] += time_repeats(run, 1, warmup=0)
     results = {}
-    for name, run in sides.items():
-        flops = count_flops(run)
-        with torch.inference_mode():
-            with PeakMemory() as mem:
-                times = time_repeats(run, args.repeat, args.warmup)
-        stats = summary(times)
+    for name in sides:
+        stats = summary(times[name])
+        rate = flops[name] / stats["median_s"] / 1e12
         results[name] = {
             "unet_step": stats,
-            "flops": flops,
-            "tflops_per_s": flops / stats["median_s"] / 1e12,
-            "fraction_of_peak": flops / stats["median_s"] / 1e12 / peak_tflops,
+            "flops": flops[name],
+            "tflops_per_s": rate,
+            "fraction_of_peak": rate / peak_tflops,
             "frames_per_s": cfg.num_frames * inputs[0].shape[0] / stats["median_s"],
-            "peak_memory_bytes": mem.peak_bytes,
+            "peak_memory_bytes": memory[name],
         }
     if args.profile:
         profile(lambda: ours.unet(*inputs), args.profile)

@@ -317,26 +317,34 @@ class _Context:
         self.image_only_indicator = image_only_indicator
 
 
-class DownBlock(nn.Module):
-    def __init__(self, c_in, c_out, num_layers, temb_dim, eps, heads, context_dim, depth, attention, downsample):
+class LevelBlock(nn.Module):
+    """One resolution level: ResBlocks, each followed by a transformer when the level has attention."""
+
+    def __init__(self, resnets: list, c_out, heads, context_dim, depth, attention):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            [SpatioTemporalResBlock(c_in if i == 0 else c_out, c_out, temb_dim, eps) for i in range(num_layers)]
-        )
+        self.resnets = nn.ModuleList(resnets)
         if attention:
             self.attentions = nn.ModuleList(
-                [TransformerSpatioTemporalModel(c_out, heads, context_dim, depth) for _ in range(num_layers)]
+                [TransformerSpatioTemporalModel(c_out, heads, context_dim, depth) for _ in resnets]
             )
         self.has_attention = attention
+
+    def layer(self, i: int, x, ctx):
+        x = self.resnets[i](x, ctx)
+        return self.attentions[i](x, ctx) if self.has_attention else x
+
+
+class DownBlock(LevelBlock):
+    def __init__(self, c_in, c_out, num_layers, temb_dim, eps, heads, context_dim, depth, attention, downsample):
+        resnets = [SpatioTemporalResBlock(c_in if i == 0 else c_out, c_out, temb_dim, eps) for i in range(num_layers)]
+        super().__init__(resnets, c_out, heads, context_dim, depth, attention)
         if downsample:
             self.downsamplers = nn.ModuleList([Downsample(c_out)])
         self.has_downsample = downsample
 
     def forward(self, x, ctx, skips: list):
-        for i, resnet in enumerate(self.resnets):
-            x = resnet(x, ctx)
-            if self.has_attention:
-                x = self.attentions[i](x, ctx)
+        for i in range(len(self.resnets)):
+            x = self.layer(i, x, ctx)
             skips.append(x)
         if self.has_downsample:
             x = self.downsamplers[0](x)
@@ -344,28 +352,20 @@ class DownBlock(nn.Module):
         return x
 
 
-class UpBlock(nn.Module):
+class UpBlock(LevelBlock):
     def __init__(self, c_in, c_prev, c_out, num_layers, temb_dim, eps, heads, context_dim, depth, attention, upsample):
-        super().__init__()
         resnets = []
         for i in range(num_layers):
             skip_channels = c_in if i == num_layers - 1 else c_out
             resnets.append(SpatioTemporalResBlock((c_prev if i == 0 else c_out) + skip_channels, c_out, temb_dim, eps))
-        self.resnets = nn.ModuleList(resnets)
-        if attention:
-            self.attentions = nn.ModuleList(
-                [TransformerSpatioTemporalModel(c_out, heads, context_dim, depth) for _ in range(num_layers)]
-            )
-        self.has_attention = attention
+        super().__init__(resnets, c_out, heads, context_dim, depth, attention)
         if upsample:
             self.upsamplers = nn.ModuleList([Upsample(c_out)])
         self.has_upsample = upsample
 
     def forward(self, x, ctx, skips: list):
-        for i, resnet in enumerate(self.resnets):
-            x = resnet(torch.cat([x, skips.pop()], dim=1), ctx)
-            if self.has_attention:
-                x = self.attentions[i](x, ctx)
+        for i in range(len(self.resnets)):
+            x = self.layer(i, torch.cat([x, skips.pop()], dim=1), ctx)
         if self.has_upsample:
             x = self.upsamplers[0](x, skips[-1].shape[-2:])
         return x
