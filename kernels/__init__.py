@@ -42,30 +42,30 @@ TRITON_MODULES = {
 }
 
 # "auto": per (op, device) the implementations to try in order, each with why it is preferred.
-# CPU numbers: bench/results/kernels-cpu-2026-11-23.json (2 threads, speedup over the PyTorch op
-# sequence in bf16, small-latent SVD shapes). GPU entries are not timed yet: this repository has had
-# no GPU to measure on, so they follow what the kernels are designed for.
+# CPU: bench/results/kernels-cpu-2026-11-23.json (2 threads; speedup from min times over the PyTorch
+# op sequence, small-latent and 576x1024 shapes). GPU entries are not timed: no GPU has been
+# available to this repository yet, so they follow what the kernels are designed for.
 AUTO_CHOICES = {
     ("group_norm", "cpu"): [
-        ("native", "fused stats + affine + SiLU in one read-twice/write-once pass, reads channels-last in place: "
-                   "2.2-8.7x the unfused PyTorch ops in bf16"),
+        ("native", "fused stats + affine + SiLU reading channels-last in place: bf16 1.3-12x the unfused PyTorch "
+                   "ops at small latents (1.0-1.5x at 576x1024, memory bound), fp32 0.8-13x"),
     ],
     ("temporal_attention", "cpu"): [
         ("native", "T x T softmax per position in registers on the (B*T, S, C) layout, no permute copies: "
-                   "6-14x the permute + SDPA path in bf16"),
+                   "bf16 4.8-10x the permute + SDPA path, fp32 3.3-4.9x"),
     ],
     ("temporal_conv", "cpu"): [
-        ("reference", "oneDNN conv3d on the channels-last view is faster than the native shifted GEMMs "
-                      "(0.75-0.95x in bf16, 0.45x in fp32: at::mm's fp32 GEMM is slower than oneDNN here)"),
+        ("reference", "oneDNN conv3d on the channels-last view beats the native shifted GEMMs "
+                      "(native 0.8-0.95x in bf16, 0.3-0.5x in fp32)"),
     ],
     ("geglu", "cpu"): [
-        ("native", "one pass with exact erf GELU: 1.1-1.4x PyTorch in bf16, 1.4-3.5x in fp32"),
+        ("native", "one pass, exact GELU through an exp-free erf: bf16 1.9-3.4x PyTorch, fp32 1.8-2.0x"),
     ],
     ("alpha_blend", "cpu"): [
-        ("native", "one fused pass with fp32 math: 3.5-4.5x the PyTorch expression"),
+        ("native", "one fused pass with fp32 math: bf16 2.8-4.0x the PyTorch expression, fp32 1.8-2.8x"),
     ],
     ("alpha_blend_residual", "cpu"): [
-        ("native", "one fused pass with fp32 math: 1.9-2.8x the PyTorch expression"),
+        ("native", "one fused pass with fp32 math: bf16 1.9-3.0x the PyTorch expression, fp32 1.1-1.9x"),
     ],
     ("spatial_attention", "cpu"): [
         ("reference", "torch SDPA (its flash CPU kernel); no faster CPU kernel in this package"),
