@@ -19,8 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import machine_info, write_json  # noqa: E402
+# Python puts this script's folder first on sys.path, where bench/kernels.py would shadow the
+# `kernels` library that transformers and diffusers probe for: the repository root replaces it.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+from bench.harness import machine_info, write_json  # noqa: E402
 
 import cv2  # noqa: E402
 import torch  # noqa: E402

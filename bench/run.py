@@ -19,8 +19,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import PeakMemory, machine_info, matmul_peak_tflops, summary, time_repeats, write_json  # noqa: E402
+# Python puts this script's folder first on sys.path, where bench/kernels.py would shadow the
+# `kernels` library that transformers and diffusers probe for: the repository root replaces it.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+from bench.harness import PeakMemory, machine_info, matmul_peak_tflops, summary, time_repeats, write_json  # noqa: E402
 
 from svd_fast.config import SVDConfig  # noqa: E402
 
