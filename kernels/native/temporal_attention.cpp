@@ -159,6 +159,16 @@ void softmax_rows(const Problem& p, float* scores) {
   }
 }
 
+// Loads Q (scaled) and K of one (clip, position, head) and leaves softmax(Q K^T) in P.
+template <typename T>
+void probabilities(const Problem& p, const TokenView<T>& q, const TokenView<T>& k, int64_t frame0, int64_t s,
+                   int64_t h, float scale, float* Q, float* K, float* Kt, float* P) {
+  load_rows(p, q, frame0, s, h, scale, Q, nullptr);
+  load_rows(p, k, frame0, s, h, 1.f, K, Kt);
+  small_matmul(Q, p.dim_pad, 1, p.rows, p.head_dim, Kt, p.rows, p.rows, P, p.rows);
+  softmax_rows(p, P);
+}
+
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t T, int64_t heads) {
   for (const auto* t : {&q, &k, &v}) {
     check_activation_dtype(*t, "temporal_attention", "q/k/v");
@@ -201,11 +211,8 @@ at::Tensor temporal_attention_fwd(const at::Tensor& q_in, const at::Tensor& k_in
       for (int64_t bs = begin; bs < end; ++bs) {
         const int64_t frame0 = (bs / S) * num_frames, s = bs % S;
         for (int64_t h = 0; h < heads; ++h) {
-          load_rows(p, qv, frame0, s, h, scale, Q, nullptr);
-          load_rows(p, kv, frame0, s, h, 1.f, K, Kt);
+          probabilities(p, qv, kv, frame0, s, h, scale, Q, K, Kt, P);
           load_rows(p, vv, frame0, s, h, 1.f, V, nullptr);
-          small_matmul(Q, p.dim_pad, 1, p.rows, p.head_dim, Kt, p.rows, p.rows, P, p.rows);
-          softmax_rows(p, P);
           small_matmul(P, p.rows, 1, p.rows, p.frames, V, p.dim_pad, p.dim_pad, O, p.dim_pad);
           store_rows(p, O, o, frame0, s, h, S * C, C);
         }
@@ -242,12 +249,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_attention_bwd(const at::
       for (int64_t bs = begin; bs < end; ++bs) {
         const int64_t frame0 = (bs / S) * num_frames, s = bs % S;
         for (int64_t h = 0; h < heads; ++h) {
-          load_rows(p, qv, frame0, s, h, scale, Q, nullptr);
-          load_rows(p, kv, frame0, s, h, 1.f, K, Kt);
+          probabilities(p, qv, kv, frame0, s, h, scale, Q, K, Kt, P);
           load_rows(p, vv, frame0, s, h, 1.f, V, Vt);
           load_rows(p, gv, frame0, s, h, 1.f, dO, nullptr);
-          small_matmul(Q, p.dim_pad, 1, p.rows, p.head_dim, Kt, p.rows, p.rows, P, p.rows);
-          softmax_rows(p, P);
           // dP = dO V^T, then dS = P * (dP - rowsum(P * dP)).
           small_matmul(dO, p.dim_pad, 1, p.rows, p.head_dim, Vt, p.rows, p.rows, dS, p.rows);
           for (int64_t i = 0; i < p.frames; ++i) {
