@@ -30,24 +30,11 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 def add_linear(residual: torch.Tensor, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """residual + linear(x).
+    """residual + linear(x), adding into the fresh GEMM output: one pass, no extra allocation.
 
-    In inference mode the GEMM accumulates straight into `residual` (addmm_ with beta = 1), which
-    saves the temporary output, the bias broadcast into it and a separate add pass. Only inference
-    mode: under no_grad a reentrant activation checkpoint may still need the unmodified input.
+    Autograd-safe: a linear layer's backward does not need its output, and residual is untouched.
     """
-    if not torch.is_inference_mode_enabled() or not residual.is_contiguous():
-        return residual + linear(x)
-    flat = residual.view(-1, residual.shape[-1])
-    flat.addmm_(x.reshape(-1, x.shape[-1]), linear.weight.t())
-    if linear.bias is not None:
-        flat.add_(linear.bias)
-    return residual
-
-
-def add_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x + y, in place into x in inference mode (one pass, no allocation); see add_linear."""
-    return x.add_(y) if torch.is_inference_mode_enabled() else x + y
+    return linear(x).add_(residual)
 
 
 class GroupNorm(nn.GroupNorm):
@@ -90,9 +77,9 @@ class ResnetBlock2D(nn.Module):
     def forward(self, x, emb_act):
         """emb_act: SiLU of the per-frame embedding, (B*T, temb_dim)."""
         h = self.conv1(self.norm1(x, silu=True))
-        h = add_(h, self.time_emb_proj(emb_act)[:, :, None, None])
+        h = h.add_(self.time_emb_proj(emb_act)[:, :, None, None])  # h: fresh conv output
         h = self.conv2(self.norm2(h, silu=True))
-        return add_(h, x if self.conv_shortcut is None else self.conv_shortcut(x))
+        return h.add_(x if self.conv_shortcut is None else self.conv_shortcut(x))
 
 
 class TemporalResnetBlock(nn.Module):
@@ -112,7 +99,7 @@ class TemporalResnetBlock(nn.Module):
     def forward(self, x, emb_act, num_frames):
         h = self.norm1(x, silu=True, num_frames=num_frames)
         h = layers.temporal_conv(h, self.conv1.weight, self.conv1.bias, num_frames)
-        h = add_(h, self.time_emb_proj(emb_act)[:, :, None, None])
+        h = h.add_(self.time_emb_proj(emb_act)[:, :, None, None])  # h: fresh conv output
         h = self.norm2(h, silu=True, num_frames=num_frames)
         return layers.temporal_conv(h, self.conv2.weight, self.conv2.bias, num_frames)
 
@@ -221,7 +208,7 @@ class BasicTransformerBlock(nn.Module):
         h = self.norm1(x)
         a = self.attn1
         x = a.project_out(layers.spatial_attention(a.to_q(h), a.to_k(h), a.to_v(h), a.heads), residual=x)
-        x = add_(x, cross_attention(self.attn2, self.norm2, x, context, group=num_frames))
+        x = x + cross_attention(self.attn2, self.norm2, x, context, group=num_frames)
         return self.ff(self.norm3(x), residual=x)
 
 
@@ -249,7 +236,7 @@ class TemporalBasicTransformerBlock(nn.Module):
         h = self.norm1(x)
         a = self.attn1
         x = a.project_out(layers.temporal_attention(a.to_q(h), a.to_k(h), a.to_v(h), num_frames, a.heads), residual=x)
-        x = add_(x, cross_attention(self.attn2, self.norm2, x, context, group=num_frames))
+        x = x + cross_attention(self.attn2, self.norm2, x, context, group=num_frames)
         return self.ff(self.norm3(x), residual=x)
 
 
@@ -285,7 +272,7 @@ class TransformerSpatioTemporalModel(nn.Module):
             h_mix = temporal(h + pos, ctx.context, t)
             h = layers.alpha_blend(h, h_mix, alpha)
         h = self.proj_out(h).reshape(n, hgt, wid, c).permute(0, 3, 1, 2)
-        return add_(h, x)
+        return h.add_(x)
 
 
 class Downsample(nn.Module):
