@@ -29,8 +29,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import machine_info, matmul_peak_tflops, summary, sync, time_repeats, write_json  # noqa: E402
+# Python puts this script's folder first on sys.path, where this very file would shadow the
+# `kernels` library that transformers and diffusers probe for: the repository root replaces it.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+from bench.harness import machine_info, matmul_peak_tflops, summary, sync, time_repeats, write_json  # noqa: E402
 
 from svd_fast import kernels  # noqa: E402
 from svd_fast.kernels import reference  # noqa: E402
