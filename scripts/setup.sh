@@ -26,4 +26,11 @@ if [ "$dev" = 1 ]; then
 else
   pip_install -e .
 fi
+# The native CPU kernels (svd_fast._C, CMakeLists.txt), built for this machine's CPU. Optional:
+# without them the PyTorch implementations are used.
+export PATH="$PWD/.venv/bin:$PATH"  # a pip-installed cmake lands here
+command -v cmake >/dev/null 2>&1 || pip_install cmake ninja
+"$py" -m svd_fast.kernels.native.build >/dev/null 2>&1 \
+  && echo "native kernels built (svd_fast._C)" \
+  || echo "native kernels not built: the PyTorch implementations will be used"
 echo "svd_fast is set up in .venv ($("$py" -c 'import torch; print("torch", torch.__version__)'))"
