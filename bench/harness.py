@@ -124,6 +124,8 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "gpu": gpu_info(),
+        # other work on the machine skews CPU timings: record it with every result
+        "load_average": list(os.getloadavg()),
     }
 
 
