@@ -203,41 +203,36 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
+    def attend(self, q, k, v, num_frames):
+        return layers.spatial_attention(q, k, v, self.attn1.heads)
+
     def forward(self, x, context, num_frames):
         """context: (B, Lc, Dc), one per clip, shared by its frames."""
         h = self.norm1(x)
         a = self.attn1
-        x = a.project_out(layers.spatial_attention(a.to_q(h), a.to_k(h), a.to_v(h), a.heads), residual=x)
+        x = a.project_out(self.attend(a.to_q(h), a.to_k(h), a.to_v(h), num_frames), residual=x)
         x = x + cross_attention(self.attn2, self.norm2, x, context, group=num_frames)
         return self.ff(self.norm3(x), residual=x)
 
 
-class TemporalBasicTransformerBlock(nn.Module):
-    """Temporal block: GEGLU FF in, self-attention over frames, cross-attention, GEGLU FF.
+class TemporalBasicTransformerBlock(BasicTransformerBlock):
+    """Temporal block: a GEGLU FF in front, then the same layers with attention over frames.
 
     Runs on frame-major tokens (B*T, S, C): LayerNorm and FF act per token, and attention over
-    the frame axis goes through layers.temporal_attention, so no (B*S, T, C) copy is made.
+    the frame axis goes through layers.temporal_attention, so no (B*S, T, C) copy is made. sgm
+    gives it the first frame's context, which every frame of a clip shares.
     """
 
     def __init__(self, dim: int, heads: int, context_dim: int):
-        super().__init__()
+        super().__init__(dim, heads, context_dim)
         self.norm_in = nn.LayerNorm(dim)
         self.ff_in = FeedForward(dim, dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn1 = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.attn2 = Attention(dim, heads, context_dim)
-        self.norm3 = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim)
+
+    def attend(self, q, k, v, num_frames):
+        return layers.temporal_attention(q, k, v, num_frames, self.attn1.heads)
 
     def forward(self, x, context, num_frames):
-        """context: (B, Lc, Dc); sgm uses the first frame's context, which every frame shares."""
-        x = self.ff_in(self.norm_in(x), residual=x)
-        h = self.norm1(x)
-        a = self.attn1
-        x = a.project_out(layers.temporal_attention(a.to_q(h), a.to_k(h), a.to_v(h), num_frames, a.heads), residual=x)
-        x = x + cross_attention(self.attn2, self.norm2, x, context, group=num_frames)
-        return self.ff(self.norm3(x), residual=x)
+        return super().forward(self.ff_in(self.norm_in(x), residual=x), context, num_frames)
 
 
 class TransformerSpatioTemporalModel(nn.Module):
