@@ -63,3 +63,57 @@ def _sigma_range(pipe) -> dict:
 
 def _contiguous(state_dict: dict) -> dict:
     return {k: v.contiguous() for k, v in state_dict.items()}
+
+
+class DiffusersUNet(torch.nn.Module):
+    """svd_fast's VideoUNet behind diffusers' UNetSpatioTemporalConditionModel interface.
+
+    The pipeline keeps calling `unet(sample, t, encoder_hidden_states=..., added_time_ids=...,
+    return_dict=False)[0]` and reading `unet.config`; the work runs in svd_fast's UNet.
+    """
+
+    def __init__(self, unet, diffusers_config):
+        super().__init__()
+        self.inner = unet
+        self.config = diffusers_config
+
+    @property
+    def add_embedding(self):  # read by the pipeline to check the micro-conditioning width
+        return self.inner.add_embedding
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.inner.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.inner.parameters()).device
+
+    def forward(self, sample, timestep, encoder_hidden_states, added_time_ids, return_dict: bool = True):
+        from diffusers.models.unets.unet_spatio_temporal_condition import UNetSpatioTemporalConditionOutput
+
+        out = self.inner(sample, timestep, encoder_hidden_states, added_time_ids)
+        return UNetSpatioTemporalConditionOutput(sample=out) if return_dict else (out,)
+
+
+def accelerate(pipe, numerics: str = "diffusers"):
+    """Drop-in speed-up of a diffusers StableVideoDiffusionPipeline: its UNet is replaced, in place,
+    by svd_fast's (same weights, moved not copied; channels-last convs, fused kernels).
+
+    numerics='diffusers' keeps diffusers' GroupNorm epsilons so outputs match the unaccelerated
+    pipeline; 'sgm' uses those of the released training code. Returns the pipeline.
+    """
+    from svd_fast.config import UNetConfig
+    from svd_fast.layers import channels_last_
+    from svd_fast.unet import VideoUNet
+
+    old = pipe.unet
+    if isinstance(old, DiffusersUNet):
+        return pipe
+    config = UNetConfig.from_diffusers(dict(old.config), numerics=numerics)
+    with torch.device("meta"):
+        unet = VideoUNet(config)
+    unet.load_state_dict(old.state_dict(), strict=True, assign=True)
+    channels_last_(unet.eval().requires_grad_(False))
+    pipe.unet = DiffusersUNet(unet, old.config)
+    return pipe
