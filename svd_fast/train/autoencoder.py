@@ -59,8 +59,8 @@ def train_vae(config: VAEConfig, clips: Iterator[torch.Tensor], settings: Autoen
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
         if (step + 1) % settings.log_every == 0 or step == 0:
-            record = {"vae_step": step + 1, "loss": float(loss), **parts, "seconds": time.perf_counter() - start}
-            log.info("vae step %d: loss %.4f (l1 %.4f, mse %.5f, kl %.1f)", step + 1, float(loss), parts["l1"],
+            record = {"vae_step": step + 1, "loss": float(loss.detach()), **parts, "seconds": time.perf_counter() - start}
+            log.info("vae step %d: loss %.4f (l1 %.4f, mse %.5f, kl %.1f)", step + 1, record["loss"], parts["l1"],
                      parts["mse"], parts["kl"])
             if on_log is not None:
                 on_log(record)

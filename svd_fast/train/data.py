@@ -12,6 +12,7 @@ BadSample; `RobustDataset` logs it and substitutes a deterministic replacement.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -269,6 +270,18 @@ class WebDatasetShards(_VideoDataset):
         return self.clip_from_frames(frames, fps, seed, what, meta)
 
 
+@contextlib.contextmanager
+def single_thread():
+    """Run small tensor ops on one intra-op thread: decoding, resizing and rendering a clip are
+    thousands of tiny ops, which a thread pool slows down (badly so on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class RobustDataset(torch.utils.data.Dataset):
     """Takes (index, seed) items; a BadSample is logged and replaced by a deterministic other clip."""
 
@@ -285,7 +298,8 @@ class RobustDataset(torch.utils.data.Dataset):
         for attempt in range(self.MAX_TRIES):
             candidate = (index + attempt * 7919) % len(self.dataset)  # a prime stride: new clips each try
             try:
-                sample = self.dataset.load(candidate, seed + attempt)
+                with single_thread():
+                    sample = self.dataset.load(candidate, seed + attempt)
             except BadSample as err:
                 log.warning("skipping bad clip (index %d): %s", candidate, err)
                 continue

@@ -88,8 +88,11 @@ class PlainEngine:
         self.module = model.to(env.device)
         self.named_params = dict(model.named_parameters())
         self.trainable = {n: p for n, p in self.named_params.items() if p.requires_grad}
+        # Some weights never get a gradient (to_q/to_k of single-token cross-attention are dead
+        # code, see svd_facts 1.9), so DDP must not wait for them.
         self.wrapped = (
-            nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+            nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None,
+                                                find_unused_parameters=True)
             if env.world_size > 1 else model
         )
         self.optimizer = build_optimizer(list(self.trainable.values()), recipe)

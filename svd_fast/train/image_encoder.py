@@ -53,7 +53,7 @@ def encoder_loss(encoder, probe: nn.Linear, logit_scale: nn.Parameter, clips: to
     target = F.adaptive_avg_pool2d(torch.cat([anchors, positives]), THUMBNAIL).flatten(1)
     thumbnail = F.mse_loss(probe(embeds), target)
     accuracy = float((logits.argmax(dim=1) == labels).float().mean())
-    return contrastive, {"thumbnail": thumbnail, "contrastive": float(contrastive), "accuracy": accuracy}
+    return contrastive, {"thumbnail": thumbnail, "contrastive": float(contrastive.detach()), "accuracy": accuracy}
 
 
 def train_image_encoder(config: ImageEncoderConfig, clips: Iterator[torch.Tensor], settings: ImageEncoderTraining,
@@ -76,11 +76,11 @@ def train_image_encoder(config: ImageEncoderConfig, clips: Iterator[torch.Tensor
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         if (step + 1) % settings.log_every == 0 or step == 0:
-            record = {"encoder_step": step + 1, "loss": float(loss), "contrastive": parts["contrastive"],
-                      "thumbnail": float(parts["thumbnail"]), "accuracy": parts["accuracy"],
+            record = {"encoder_step": step + 1, "loss": float(loss.detach()), "contrastive": parts["contrastive"],
+                      "thumbnail": float(parts["thumbnail"].detach()), "accuracy": parts["accuracy"],
                       "seconds": time.perf_counter() - start}
             log.info("image encoder step %d: loss %.4f (contrastive %.3f, thumbnail %.4f, pair accuracy %.2f)",
-                     step + 1, float(loss), parts["contrastive"], float(parts["thumbnail"]), parts["accuracy"])
+                     step + 1, record["loss"], parts["contrastive"], record["thumbnail"], parts["accuracy"])
             if on_log is not None:
                 on_log(record)
     return encoder.eval()

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from svd_fast.checkpoints.io import write_text
 from svd_fast.train import checkpoint as ckpt_lib
 from svd_fast.train import lora as lora_lib
 from svd_fast.train.data import BatchPlan, build_dataset, micro_batch_loader
@@ -123,7 +124,7 @@ def train(recipe: Recipe, deepspeed_config: str | None = None, resume: str | boo
     tlog = TrainingLog(out, env.is_main, recipe.max_steps, start_step, recipe.tensorboard)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.json").write_text(recipe.to_json())
+        write_text(out / "recipe.json", recipe.to_json() + "\n")
     global_batch = recipe.batch_size * recipe.grad_accum * env.world_size
     losses_seen = []
     train_start = time.perf_counter()
@@ -160,7 +161,7 @@ def train(recipe: Recipe, deepspeed_config: str | None = None, resume: str | boo
     tlog.close()
     summary = {"steps": recipe.max_steps, "start_step": start_step, "last_loss": losses_seen[-1] if losses_seen else None,
                "train_seconds": time.perf_counter() - train_start, "output_dir": str(out)}
-    if recipe.export_final and recipe.max_steps > start_step:
+    if recipe.export_final and (recipe.max_steps > start_step or not (out / "final" / "model_index.json").is_file()):
         export_final(recipe, engine, ema, parts, env, out / "final")
     if dist.is_initialized():
         dist.barrier()

@@ -42,7 +42,10 @@ CONFIG = SVDConfig(
     unet=UNetConfig(block_out_channels=(32, 64, 128), attention_levels=(True, True, True), num_attention_heads=(1, 2, 4),
                     layers_per_block=1, cross_attention_dim=64, addition_time_embed_dim=32,
                     projection_class_embeddings_input_dim=96, num_frames=FRAMES),
-    vae=VAEConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=1),
+    # 64 channels at the full-resolution level and at the bottleneck: the encoder's and decoder's
+    # last GroupNorm (32 groups, no residual path after it) then keeps 2 channels per group, whose
+    # difference can carry each image's mean colour; with 1 channel per group it cannot.
+    vae=VAEConfig(block_out_channels=(64, 32, 32, 64), layers_per_block=1),
     image_encoder=ImageEncoderConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
                                      patch_size=32, image_size=224, projection_dim=64),
     num_frames=FRAMES, num_inference_steps=16, height=HIGH, width=HIGH,
@@ -54,10 +57,10 @@ class Schedule:
     """Steps of each part (scale them together with --scale for quick trials)."""
 
     videos: int = 200
-    vae_steps: int = 1500
+    vae_steps: int = 1200
     encoder_steps: int = 500
-    stage1_steps: int = 1200
-    stage2_steps: int = 2400
+    stage1_steps: int = 1000
+    stage2_steps: int = 2500
     stage3_steps: int = 1200
 
     def scaled(self, factor: float) -> "Schedule":
@@ -125,8 +128,10 @@ def train_components(work: Path, schedule: Schedule) -> Path:
     if (folder / "model_index.json").is_file():
         return folder
     report = {}
-    vae = train_vae(CONFIG.vae, clip_batches(procedural(LOW, LOW, frames=4), 4, seed=1),
-                    AutoencoderTraining(steps=schedule.vae_steps))
+    # Whole frames at the resolution the model samples at: GroupNorm statistics span the frame,
+    # so crops would train the VAE on other statistics than it sees in use.
+    vae = train_vae(CONFIG.vae, clip_batches(procedural(HIGH, HIGH, frames=2), 2, seed=1),
+                    AutoencoderTraining(steps=schedule.vae_steps, lr=1e-3))
     held_out = torch.stack([build_dataset(procedural(HIGH, HIGH))[(HELD_OUT + i, i)]["frames"] for i in range(8)])
     scale = calibrate_scaling_factor(vae, held_out)
     vae.config = dataclasses.replace(vae.config, scaling_factor=scale)
@@ -270,7 +275,7 @@ def write_model_card(out: Path, work: Path, summary: dict, config: SVDConfig) ->
         "indices never seen in training.", "",
         "## Training recipe (training/recipes/default_model.py)", "",
         "| part | data | steps | batch | resolution | noise (ln sigma) | result |", "|---|---|---|---|---|---|---|",
-        f"| VAE | procedural 4-frame clips | {sched['vae_steps']} | 4 | {LOW} | - | held-out reconstruction "
+        f"| VAE | procedural 2-frame clips | {sched['vae_steps']} | 2 | {HIGH} | - | held-out reconstruction "
         f"{components['held_out_psnr_db_96px']:.1f} dB PSNR at {HIGH} px |",
         f"| image encoder | procedural frame pairs | {sched['encoder_steps']} | 32 | {LOW} (to 224) | - | contrastive + colour probe |",
     ]
@@ -360,8 +365,10 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=str(REPO / "runs" / "default_model"))
     p.add_argument("--out", default=str(REPO / "svd_fast" / "assets" / "default_model"))
     p.add_argument("--scale", type=float, default=1.0, help="multiply every step count (quick trials: 0.05)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch threads (default: every core; on a machine shared with other jobs 1 is faster)")
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     summary = run(Path(args.workdir), Path(args.out), Schedule().scaled(args.scale) if args.scale != 1 else Schedule())
     print(json.dumps(summary, indent=2))
     return 0
