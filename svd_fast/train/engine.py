@@ -139,7 +139,7 @@ class PlainEngine:
                 if key == "step":
                     step = int(value)
                 elif torch.is_tensor(value):
-                    tensors[f"{name}::{key}"] = value.detach().cpu()
+                    tensors[f"{name}::{key}"] = value.detach().cpu().clone()  # bitsandbytes shares its qmaps
         return tensors, {"step": step}
 
     def load_optimizer_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -281,10 +281,10 @@ AUTO_BUCKETS = ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_
 
 def auto_bucket_values(numels: list[int]) -> dict[str, int]:
     """DeepSpeed bucket sizes scaled to the model (as HF's "auto" derives them from the hidden size):
-    a tenth of the trainable elements (at least the largest tensor, at most DeepSpeed's 5e8), and a
-    persistence threshold of 10 x the side of the largest weight matrix."""
+    a tenth of the trainable elements (at least the largest tensor, at most DeepSpeed's 5e8, rounded
+    up to a multiple of 256), and a persistence threshold of 10 x the side of the largest weight matrix."""
     total, largest = sum(numels), max(numels)
-    bucket = int(min(5e8, max(largest, total // 10)))
+    bucket = -(-int(min(5e8, max(largest, total // 10))) // 256) * 256  # DeepSpeed wants aligned sizes
     return {**{key: bucket for key in AUTO_BUCKETS}, "stage3_param_persistence_threshold": int(10 * math.sqrt(largest))}
 
 

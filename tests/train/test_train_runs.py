@@ -131,3 +131,16 @@ def test_stage_hand_off_starts_from_the_previous_stage(tiny_recipe, tmp_path):
                                                                          num_attention_heads=(1, 1)))
     with pytest.raises(ValueError, match="do not fit recipe.model.unet|size mismatch"):
         load_parts(dataclasses.replace(stage2, model=wider), torch.device("cpu"))
+
+
+def test_8bit_adamw_resume_continues_exactly(tiny_recipe, tmp_path):
+    """bitsandbytes' 8-bit AdamW state (quantized moments and their scales) survives a checkpoint."""
+    from svd_fast.train.recipe import OptimConfig
+
+    optim = OptimConfig(name="adamw8bit", lr=1e-3)
+    straight = tiny_recipe(optim=optim, max_steps=4, checkpoint_every=2)
+    train(straight)
+    resumed = dataclasses.replace(straight, output_dir=str(tmp_path / "resumed"), max_steps=2)
+    train(resumed)
+    train(dataclasses.replace(resumed, max_steps=4), resume=True)
+    assert _losses(resumed.output_dir) == _losses(straight.output_dir)
