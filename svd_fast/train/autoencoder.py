@@ -27,6 +27,17 @@ class AutoencoderTraining:
     log_every: int = 100
 
 
+def zero_init_residuals(vae):
+    """Zero the last layer of every residual branch (ResBlock conv2, attention output), so each
+    block starts as the identity: the deep GroupNorm network then trains faster from scratch."""
+    with torch.no_grad():
+        for name, module in vae.named_modules():
+            if name.endswith(("conv2", "to_out.0")):
+                for p in module.parameters(recurse=False):
+                    p.zero_()
+    return vae
+
+
 def vae_loss(vae, clips: torch.Tensor, kl_weight: float, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
     """clips (B, T, 3, H, W) in [-1, 1] -> (loss, {'l1', 'mse', 'kl'})."""
     b, t = clips.shape[:2]
@@ -46,7 +57,7 @@ def train_vae(config: VAEConfig, clips: Iterator[torch.Tensor], settings: Autoen
     from svd_fast.vae import TemporalVAE
 
     torch.manual_seed(seed)
-    vae = TemporalVAE(config).train()
+    vae = zero_init_residuals(TemporalVAE(config)).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
@@ -82,3 +93,4 @@ def reconstruction_psnr(vae, clips: torch.Tensor) -> float:
     recon = vae.decode(vae.encode(frames), num_frames=t).clamp(-1, 1)
     mse = (recon - frames).pow(2).mean()
     return float(10 * torch.log10(4.0 / mse))
+

@@ -35,17 +35,14 @@ from svd_fast.train.recipe import OptimConfig, Recipe
 
 REPO = Path(__file__).resolve().parents[2]
 FRAMES = 8
-LOW, HIGH = 64, 96  # stage 1-2 and stage 3 resolution (pixels, square)
+LOW, HIGH = 48, 64  # stage 1-2 and stage 3 resolution (pixels, square)
 HELD_OUT = 10_000_000  # procedural clip indices from here on are never trained on
 
 CONFIG = SVDConfig(
     unet=UNetConfig(block_out_channels=(32, 64, 128), attention_levels=(True, True, True), num_attention_heads=(1, 2, 4),
                     layers_per_block=1, cross_attention_dim=64, addition_time_embed_dim=32,
                     projection_class_embeddings_input_dim=96, num_frames=FRAMES),
-    # 64 channels at the full-resolution level and at the bottleneck: the encoder's and decoder's
-    # last GroupNorm (32 groups, no residual path after it) then keeps 2 channels per group, whose
-    # difference can carry each image's mean colour; with 1 channel per group it cannot.
-    vae=VAEConfig(block_out_channels=(64, 32, 32, 64), layers_per_block=1),
+    vae=VAEConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=1),
     image_encoder=ImageEncoderConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
                                      patch_size=32, image_size=224, projection_dim=64),
     num_frames=FRAMES, num_inference_steps=16, height=HIGH, width=HIGH,
@@ -57,11 +54,11 @@ class Schedule:
     """Steps of each part (scale them together with --scale for quick trials)."""
 
     videos: int = 200
-    vae_steps: int = 1200
-    encoder_steps: int = 500
+    vae_steps: int = 3000
+    encoder_steps: int = 400
     stage1_steps: int = 1000
-    stage2_steps: int = 2500
-    stage3_steps: int = 1200
+    stage2_steps: int = 3000
+    stage3_steps: int = 1500
 
     def scaled(self, factor: float) -> "Schedule":
         return Schedule(**{k: max(2, int(round(v * factor))) for k, v in dataclasses.asdict(self).items()})
@@ -131,12 +128,12 @@ def train_components(work: Path, schedule: Schedule) -> Path:
     # Whole frames at the resolution the model samples at: GroupNorm statistics span the frame,
     # so crops would train the VAE on other statistics than it sees in use.
     vae = train_vae(CONFIG.vae, clip_batches(procedural(HIGH, HIGH, frames=2), 2, seed=1),
-                    AutoencoderTraining(steps=schedule.vae_steps, lr=1e-3))
+                    AutoencoderTraining(steps=schedule.vae_steps, lr=1e-3, warmup_steps=50))
     held_out = torch.stack([build_dataset(procedural(HIGH, HIGH))[(HELD_OUT + i, i)]["frames"] for i in range(8)])
     scale = calibrate_scaling_factor(vae, held_out)
     vae.config = dataclasses.replace(vae.config, scaling_factor=scale)
     report["vae"] = {"steps": schedule.vae_steps, "scaling_factor": scale,
-                     "held_out_psnr_db_96px": reconstruction_psnr(vae, held_out)}
+                     "held_out_psnr_db": reconstruction_psnr(vae, held_out)}
     encoder = train_image_encoder(CONFIG.image_encoder, clip_batches(procedural(LOW, LOW, frames=4), 32, seed=2),
                                   ImageEncoderTraining(steps=schedule.encoder_steps))
     config = dataclasses.replace(CONFIG, vae=vae.config)
@@ -276,7 +273,7 @@ def write_model_card(out: Path, work: Path, summary: dict, config: SVDConfig) ->
         "## Training recipe (training/recipes/default_model.py)", "",
         "| part | data | steps | batch | resolution | noise (ln sigma) | result |", "|---|---|---|---|---|---|---|",
         f"| VAE | procedural 2-frame clips | {sched['vae_steps']} | 2 | {HIGH} | - | held-out reconstruction "
-        f"{components['held_out_psnr_db_96px']:.1f} dB PSNR at {HIGH} px |",
+        f"{components['held_out_psnr_db']:.1f} dB PSNR at {HIGH} px |",
         f"| image encoder | procedural frame pairs | {sched['encoder_steps']} | 32 | {LOW} (to 224) | - | contrastive + colour probe |",
     ]
     for name, label, data, batch, res, noise in (
