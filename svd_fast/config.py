@@ -105,6 +105,7 @@ class UNetConfig:
                 "projection_class_embeddings_input_dim", defaults.projection_class_embeddings_input_dim
             ),
             num_frames=cfg.get("num_frames", defaults.num_frames),
+            norm_num_groups=cfg.get("norm_num_groups", defaults.norm_num_groups),
             numerics=numerics,
         )
 
@@ -127,7 +128,14 @@ class UNetConfig:
             "transformer_layers_per_block": self.transformer_layers_per_block,
             "num_attention_heads": list(self.num_attention_heads),
             "num_frames": self.num_frames,
+            **_groups_entry(self.norm_num_groups),
         }
+
+
+def _groups_entry(groups: int) -> dict:
+    """`norm_num_groups` for a diffusers config.json, written only when it is not SVD's 32: diffusers'
+    SVD classes always use 32 groups (and warn about the unexpected key), our loaders read it."""
+    return {} if groups == 32 else {"norm_num_groups": groups}
 
 
 @dataclass(frozen=True)
@@ -162,6 +170,7 @@ class VAEConfig:
             layers_per_block=cfg.get("layers_per_block", defaults.layers_per_block),
             scaling_factor=cfg.get("scaling_factor", defaults.scaling_factor),
             force_upcast=cfg.get("force_upcast", defaults.force_upcast),
+            norm_num_groups=cfg.get("norm_num_groups", defaults.norm_num_groups),
         )
 
     def to_diffusers(self) -> dict:
@@ -176,6 +185,7 @@ class VAEConfig:
             "sample_size": 768,
             "scaling_factor": self.scaling_factor,
             "force_upcast": self.force_upcast,
+            **_groups_entry(self.norm_num_groups),
         }
 
 

@@ -402,6 +402,12 @@ class VideoUNet(nn.Module):
             )
         self.conv_norm_out = GroupNorm(widths[0], 1e-5)
         self.conv_out = nn.Conv2d(widths[0], cfg.out_channels, 3, padding=1)
+        # SVD uses 32 groups everywhere. Narrow models need fewer: with one channel per group the
+        # norm removes every channel's mean, and with it the colour of a frame. The group count
+        # does not change any parameter shape, so it is set here rather than threaded through.
+        for module in self.modules():
+            if isinstance(module, GroupNorm):
+                module.num_groups = cfg.norm_num_groups
 
     def embed(self, timesteps, added_time_ids, dtype):
         """Per-video embedding: time embedding of c_noise plus the micro-conditioning embedding."""

@@ -434,6 +434,11 @@ def test_bad_config_files_name_the_file(folder):
     clip_config = folder / "image_encoder" / "config.json"
     clip_config.write_text(json.dumps({**json.loads(clip_config.read_text()), "hidden_size": 31}))  # not divisible by its 2 heads
     assert str(clip_config) in _fails_cleanly(folder, "invalid CLIP vision config")
+    clip_config.write_text(json.dumps({**json.loads(clip_config.read_text()), "hidden_size": 32}))
+    defaults = folder / "svd_fast_sampling.json"
+    defaults.write_text(json.dumps({"height": "tall"}))
+    assert str(defaults) in _fails_cleanly(folder, "expected positive integers")
+    defaults.unlink()
 
 
 def test_missing_unexpected_and_misshapen_tensors_are_listed(folder):
@@ -512,3 +517,40 @@ def test_peak_memory_is_about_one_copy(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     size, peak = map(int, out.stdout.split()[-2:])
     assert size > 30e6 and peak < 1.3 * size, f"weights {size / 2**20:.1f} MiB, peak growth {peak / 2**20:.1f} MiB"
+
+
+def _group_counts(module):
+    return {m.num_groups for m in module.modules() if isinstance(m, torch.nn.GroupNorm)}
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "sgm"])
+def test_group_count_and_sampling_defaults_survive_saving(layout, tmp_path):
+    """Narrow models use fewer GroupNorm groups than SVD's 32; the count (which no tensor shape
+    records) and the model's sampling defaults come back from both layouts, and the group count
+    reaches the computation."""
+    tiny = SVDConfig.from_name("tiny")
+    config = dataclasses.replace(
+        tiny, unet=dataclasses.replace(tiny.unet, norm_num_groups=8), vae=dataclasses.replace(tiny.vae, norm_num_groups=8),
+        height=64, width=96, num_inference_steps=7,
+    )
+    unet, vae = randomize_(VideoUNet(config.unet), std=0.1), randomize_(TemporalVAE(config.vae), std=0.1, seed=1)
+    assert _group_counts(unet) == _group_counts(vae) == {8}
+    parts = {"config": config, "unet": unet, "vae": vae, "image_encoder": build_image_encoder(config.image_encoder)}
+    path = tmp_path / ("model" if layout == "diffusers" else "model.safetensors")
+    save_components(parts, path, layout=layout)
+    loaded = load_components(path)
+    assert loaded["config"] == config
+    assert _group_counts(loaded["unet"]) == _group_counts(loaded["vae"]) == {8}
+
+    t = 2
+    args = (torch.randn(1, t, 8, 4, 4), torch.tensor([0.5]), torch.randn(1, 1, config.unet.cross_attention_dim),
+            torch.tensor([[6.0, 127.0, 0.02]]))
+    with torch.no_grad():
+        expected = unet(*args)
+        got = loaded["unet"](*args)
+        for module in loaded["unet"].modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.num_groups = 32
+        with_svd_groups = loaded["unet"](*args)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)  # memory formats may differ
+    assert (with_svd_groups - expected).abs().max() > 1e-3

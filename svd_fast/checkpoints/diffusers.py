@@ -22,6 +22,10 @@ from svd_fast.conditioner import CLIP_MEAN, CLIP_STD
 from svd_fast.config import ImageEncoderConfig, SVDConfig, UNetConfig, VAEConfig
 
 PIPELINE_CLASS = "StableVideoDiffusionPipeline"
+# Sampling defaults of the model (resolution, frames, steps): diffusers' layout has no place for
+# them, so they live in a file of ours at the folder root, which diffusers ignores.
+SAMPLING_DEFAULTS_FILE = "svd_fast_sampling.json"
+SAMPLING_DEFAULT_KEYS = ("num_frames", "num_inference_steps", "height", "width")
 DIFFUSERS_VERSION = "0.24.0"  # first release with SVD; written into the configs we save
 MODEL_INDEX = {
     "_class_name": PIPELINE_CLASS,
@@ -130,7 +134,14 @@ def read_config(folder: Path, numerics: str) -> tuple[SVDConfig, dict]:
             parts[name] = build()
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{folder / name / 'config.json'}: {exc}") from exc
-    return SVDConfig(**parts, num_frames=parts["unet"].num_frames), scheduler
+    defaults = {"num_frames": parts["unet"].num_frames}
+    defaults_path = folder / SAMPLING_DEFAULTS_FILE
+    if defaults_path.exists():
+        stored = {k: v for k, v in read_json(defaults_path).items() if k in SAMPLING_DEFAULT_KEYS}
+        if not all(isinstance(v, int) and v > 0 for v in stored.values()):
+            raise CheckpointError(f"{defaults_path}: expected positive integers for {SAMPLING_DEFAULT_KEYS}, got {stored}")
+        defaults.update(stored)
+    return SVDConfig(**parts, **defaults), scheduler
 
 
 def open_component(folder: Path, name: str) -> TensorSource:
@@ -167,4 +178,5 @@ def write_folder(folder: Path, config: SVDConfig, unet: dict, vae: dict, image_e
     ):
         (folder / name).mkdir()
         write_json(folder / name / file, content)
+    write_json(folder / SAMPLING_DEFAULTS_FILE, {k: getattr(config, k) for k in SAMPLING_DEFAULT_KEYS})
     write_json(folder / "model_index.json", MODEL_INDEX)

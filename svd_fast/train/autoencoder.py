@@ -9,6 +9,7 @@ latent distribution near N(0, I) as SD's KL-f8 autoencoder does. After training,
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterator
 
@@ -24,7 +25,15 @@ class AutoencoderTraining:
     lr: float = 2e-3
     kl_weight: float = 1e-6
     warmup_steps: int = 100
+    final_lr_fraction: float = 0.1
+    """cosine decay from lr to lr * final_lr_fraction after warm-up (small noisy batches gain from it)"""
     log_every: int = 100
+
+    def lr_at(self, step: int) -> float:
+        warmup = min(1.0, (step + 1) / self.warmup_steps)
+        progress = step / max(1, self.steps - 1)
+        cosine = 0.5 * (1 + math.cos(math.pi * progress))
+        return self.lr * warmup * (self.final_lr_fraction + (1 - self.final_lr_fraction) * cosine)
 
 
 def zero_init_residuals(vae):
@@ -63,7 +72,7 @@ def train_vae(config: VAEConfig, clips: Iterator[torch.Tensor], settings: Autoen
     start = time.perf_counter()
     for step in range(settings.steps):
         for group in optimizer.param_groups:
-            group["lr"] = settings.lr * min(1.0, (step + 1) / settings.warmup_steps)
+            group["lr"] = settings.lr_at(step)
         loss, parts = vae_loss(vae, next(clips), settings.kl_weight, gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

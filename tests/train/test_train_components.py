@@ -3,6 +3,7 @@ import dataclasses
 import itertools
 
 import numpy as np
+import pytest
 import torch
 
 from svd_fast.config import SVDConfig
@@ -40,11 +41,21 @@ def test_vae_training_learns_to_reconstruct():
     config = SVDConfig.from_name("tiny").vae
     clips = torch.stack([render_clip(random_clip_spec(i), 2, 32, 32)[0] for i in range(2)])
     untrained = train_vae(config, itertools.repeat(clips), AutoencoderTraining(steps=1, lr=1e-9))
-    trained = train_vae(config, itertools.repeat(clips), AutoencoderTraining(steps=40, lr=3e-3, warmup_steps=5))
+    settings = AutoencoderTraining(steps=40, lr=3e-3, warmup_steps=5, final_lr_fraction=1.0)  # constant after warm-up
+    trained = train_vae(config, itertools.repeat(clips), settings)
     assert reconstruction_psnr(trained, clips) > reconstruction_psnr(untrained, clips) + 3
     scale = calibrate_scaling_factor(trained, clips)
     with torch.no_grad():
         assert abs(float((trained.encode(clips.flatten(0, 1)) * scale).std()) - 1) < 1e-3
+
+
+def test_vae_learning_rate_warms_up_then_decays_to_its_floor():
+    settings = AutoencoderTraining(steps=101, lr=1e-3, warmup_steps=10, final_lr_fraction=0.1)
+    lrs = [settings.lr_at(step) for step in range(settings.steps)]
+    assert lrs[0] == pytest.approx(1e-4 * (0.1 + 0.9 * 1.0))  # 1/10 of warm-up, cosine still at 1
+    assert lrs[50] == pytest.approx(1e-3 * 0.55)  # half way: cosine factor 0.5
+    assert lrs[-1] == pytest.approx(1e-4)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
 
 
 def test_image_encoder_training_separates_clips():
