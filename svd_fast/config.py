@@ -232,10 +232,15 @@ class SVDConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    # Sampling defaults: what `python -m svd_fast.sample` uses when a flag is not given (the
+    # pipeline's __call__ keeps diffusers' defaults). The values here are SVD's.
     num_frames: int = 14
     num_inference_steps: int = 25
     height: int = 576
     width: int = 1024
+    fps: int = 7
+    motion_bucket_id: int = 127
+    max_guidance_scale: float = 3.0
 
     @classmethod
     def from_name(cls, name: str) -> "SVDConfig":

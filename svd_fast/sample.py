@@ -26,11 +26,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, help="number of frames (default: the model's)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's preset, 25 for SVD)")
     p.add_argument("--seed", type=int, default=23)
-    p.add_argument("--fps", type=int, default=7, help="frame rate of the output and the fps conditioning")
-    p.add_argument("--motion-bucket", type=int, default=127, help="motion conditioning (higher = more motion)")
+    p.add_argument("--fps", type=int, help="frame rate of the output and the fps conditioning (default: the model's, 7 for SVD)")
+    p.add_argument("--motion-bucket", type=int,
+                   help="motion conditioning, higher = more motion (default: the model's, 127 for SVD)")
     p.add_argument("--noise-aug", type=float, default=0.02, help="noise added to the conditioning image")
     p.add_argument("--min-cfg", type=float, default=1.0, help="guidance scale on the first frame")
-    p.add_argument("--max-cfg", type=float, default=3.0, help="guidance scale on the last frame")
+    p.add_argument("--max-cfg", type=float, help="guidance scale on the last frame (default: the model's, 3.0 for SVD)")
     p.add_argument("--height", type=int, help="output height, a multiple of 8 (default: the model's)")
     p.add_argument("--width", type=int, help="output width, a multiple of 8 (default: the model's)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16" if not torch.cuda.is_available() else "fp16")
@@ -68,6 +69,7 @@ def main(argv=None) -> int:
     pipe = SVDPipeline.from_pretrained(model, torch_dtype=DTYPES[args.dtype], device=args.device, use_ema=args.ema)
     load_time = time.perf_counter() - start
     cfg = pipe.config
+    fps = args.fps or cfg.fps
     result = pipe(
         image,
         height=args.height or cfg.height,
@@ -75,9 +77,9 @@ def main(argv=None) -> int:
         num_frames=args.frames or cfg.num_frames,
         num_inference_steps=args.steps or cfg.num_inference_steps,
         min_guidance_scale=args.min_cfg,
-        max_guidance_scale=args.max_cfg,
-        fps=args.fps,
-        motion_bucket_id=args.motion_bucket,
+        max_guidance_scale=cfg.max_guidance_scale if args.max_cfg is None else args.max_cfg,
+        fps=fps,
+        motion_bucket_id=cfg.motion_bucket_id if args.motion_bucket is None else args.motion_bucket,
         noise_aug_strength=args.noise_aug,
         decode_chunk_size=args.decode_chunk,
         generator=torch.Generator("cpu").manual_seed(args.seed),
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
         sampler=args.sampler,
     )
     start = time.perf_counter()
-    written = save_video(result.frames[0], args.out, fps=args.fps)
+    written = save_video(result.frames[0], args.out, fps=fps)
     write_time = time.perf_counter() - start
     t = result.timings
     steps = t["unet_steps"]

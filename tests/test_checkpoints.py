@@ -437,7 +437,9 @@ def test_bad_config_files_name_the_file(folder):
     clip_config.write_text(json.dumps({**json.loads(clip_config.read_text()), "hidden_size": 32}))
     defaults = folder / "svd_fast_sampling.json"
     defaults.write_text(json.dumps({"height": "tall"}))
-    assert str(defaults) in _fails_cleanly(folder, "expected positive integers")
+    assert str(defaults) in _fails_cleanly(folder, "height must be a non-negative int")
+    defaults.write_text(json.dumps({"motion_bucket_id": 12.5}))
+    assert str(defaults) in _fails_cleanly(folder, "motion_bucket_id must be a non-negative int")
     defaults.unlink()
 
 
@@ -531,7 +533,7 @@ def test_group_count_and_sampling_defaults_survive_saving(layout, tmp_path):
     tiny = SVDConfig.from_name("tiny")
     config = dataclasses.replace(
         tiny, unet=dataclasses.replace(tiny.unet, norm_num_groups=8), vae=dataclasses.replace(tiny.vae, norm_num_groups=8),
-        height=64, width=96, num_inference_steps=7,
+        height=64, width=96, num_inference_steps=7, fps=10, motion_bucket_id=200, max_guidance_scale=2.5,
     )
     unet, vae = randomize_(VideoUNet(config.unet), std=0.1), randomize_(TemporalVAE(config.vae), std=0.1, seed=1)
     assert _group_counts(unet) == _group_counts(vae) == {8}

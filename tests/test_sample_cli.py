@@ -1,4 +1,5 @@
 """python -m svd_fast.sample end to end on a saved tiny model, and its error messages."""
+import dataclasses
 import subprocess
 import sys
 
@@ -73,3 +74,32 @@ def test_missing_image_and_bad_format(model_dir, tmp_path, image_path):
 def test_module_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "svd_fast.sample", "--help"], capture_output=True, text=True, check=True)
     assert "--motion-bucket" in out.stdout and "--decode-chunk" in out.stdout
+
+
+def test_the_models_sampling_defaults_fill_absent_flags(tmp_path, image_path):
+    """A model saved with its own defaults (frames, size, steps, fps, motion, guidance) samples with
+    them when the flags are absent, and flags still win."""
+    pipe = SVDPipeline.from_config("tiny", seed=0)
+    pipe.config = dataclasses.replace(pipe.config, num_frames=3, height=48, width=40, num_inference_steps=2, fps=5,
+                                      motion_bucket_id=30, max_guidance_scale=1.5)
+    model = tmp_path / "model"
+    pipe.save_pretrained(model)
+    out = tmp_path / "v.png"
+    assert sample.main(["--model", str(model), "--image", str(image_path), "--out", str(out), "--dtype", "fp32"]) == 0
+    frames = np.stack([np.asarray(Image.open(p)) for p in sorted(tmp_path.glob("v_*.png"))])
+    loaded = SVDPipeline.from_pretrained(model)
+    loaded.set_progress_bar_config(disable=True)
+
+    def reference(**overrides):
+        args = dict(height=48, width=40, num_frames=3, num_inference_steps=2, fps=5, motion_bucket_id=30,
+                    max_guidance_scale=1.5, generator=torch.Generator().manual_seed(23), output_type="np")
+        video = loaded(Image.open(image_path).convert("RGB"), **{**args, **overrides}).frames[0]
+        return (video * 255).round()
+
+    assert frames.shape == (3, 48, 40, 3)
+    assert np.abs(frames - reference()).max() <= 1
+    assert np.abs(frames - reference(motion_bucket_id=127)).max() > 1  # the stored value mattered
+    assert sample.main(["--model", str(model), "--image", str(image_path), "--out", str(tmp_path / "w.png"),
+                        "--dtype", "fp32", "--motion-bucket", "127"]) == 0
+    frames = np.stack([np.asarray(Image.open(p)) for p in sorted(tmp_path.glob("w_*.png"))])
+    assert np.abs(frames - reference(motion_bucket_id=127)).max() <= 1

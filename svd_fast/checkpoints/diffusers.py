@@ -25,7 +25,8 @@ PIPELINE_CLASS = "StableVideoDiffusionPipeline"
 # Sampling defaults of the model (resolution, frames, steps): diffusers' layout has no place for
 # them, so they live in a file of ours at the folder root, which diffusers ignores.
 SAMPLING_DEFAULTS_FILE = "svd_fast_sampling.json"
-SAMPLING_DEFAULT_KEYS = ("num_frames", "num_inference_steps", "height", "width")
+SAMPLING_DEFAULT_TYPES = {"num_frames": int, "num_inference_steps": int, "height": int, "width": int, "fps": int,
+                          "motion_bucket_id": int, "max_guidance_scale": float}
 DIFFUSERS_VERSION = "0.24.0"  # first release with SVD; written into the configs we save
 MODEL_INDEX = {
     "_class_name": PIPELINE_CLASS,
@@ -137,10 +138,12 @@ def read_config(folder: Path, numerics: str) -> tuple[SVDConfig, dict]:
     defaults = {"num_frames": parts["unet"].num_frames}
     defaults_path = folder / SAMPLING_DEFAULTS_FILE
     if defaults_path.exists():
-        stored = {k: v for k, v in read_json(defaults_path).items() if k in SAMPLING_DEFAULT_KEYS}
-        if not all(isinstance(v, int) and v > 0 for v in stored.values()):
-            raise CheckpointError(f"{defaults_path}: expected positive integers for {SAMPLING_DEFAULT_KEYS}, got {stored}")
-        defaults.update(stored)
+        stored = {k: v for k, v in read_json(defaults_path).items() if k in SAMPLING_DEFAULT_TYPES}
+        for key, value in stored.items():
+            kind = SAMPLING_DEFAULT_TYPES[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or kind(value) != value:
+                raise CheckpointError(f"{defaults_path}: {key} must be a non-negative {kind.__name__}, got {value!r}")
+            defaults[key] = kind(value)
     return SVDConfig(**parts, **defaults), scheduler
 
 
@@ -178,5 +181,5 @@ def write_folder(folder: Path, config: SVDConfig, unet: dict, vae: dict, image_e
     ):
         (folder / name).mkdir()
         write_json(folder / name / file, content)
-    write_json(folder / SAMPLING_DEFAULTS_FILE, {k: getattr(config, k) for k in SAMPLING_DEFAULT_KEYS})
+    write_json(folder / SAMPLING_DEFAULTS_FILE, {k: getattr(config, k) for k in SAMPLING_DEFAULT_TYPES})
     write_json(folder / "model_index.json", MODEL_INDEX)
