@@ -68,7 +68,9 @@ def unet_config(preset: str, frames: int):
     sys.path.insert(0, str(REPO / "training" / "recipes"))
     from default_model import CONFIG
 
-    return dataclasses.replace(CONFIG.unet, num_frames=frames)
+    # diffusers' UNet always has 32 GroupNorm groups (the default model uses 8): both sides get 32
+    # here, so they train the same network.
+    return dataclasses.replace(CONFIG.unet, num_frames=frames, norm_num_groups=32)
 
 
 def make_inputs(config, batch: int, frames: int, latent: int) -> dict:

@@ -37,6 +37,10 @@ def to_diffusers_pipeline(pipe):
     )
     from transformers import CLIPImageProcessor
 
+    groups = {pipe.config.unet.norm_num_groups, pipe.config.vae.norm_num_groups}
+    if groups != {32}:
+        raise ValueError(f"diffusers' SVD models have 32 GroupNorm groups; this model uses {sorted(groups)}, "
+                         "so diffusers cannot run it")
     with torch.device("meta"):
         unet = UNetSpatioTemporalConditionModel(**diffusers_kwargs(pipe.config.unet.to_diffusers()))
         vae = AutoencoderKLTemporalDecoder(**diffusers_kwargs(pipe.config.vae.to_diffusers()))

@@ -556,3 +556,9 @@ def test_group_count_and_sampling_defaults_survive_saving(layout, tmp_path):
         with_svd_groups = loaded["unet"](*args)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)  # memory formats may differ
     assert (with_svd_groups - expected).abs().max() > 1e-3
+    if layout == "diffusers":  # diffusers' classes cannot express it: say so rather than build another model
+        from svd_fast.diffusers_bridge import to_diffusers_pipeline
+        from svd_fast.pipeline import SVDPipeline
+
+        with pytest.raises(ValueError, match="32 GroupNorm groups"):
+            to_diffusers_pipeline(SVDPipeline.from_pretrained(path))
