@@ -65,13 +65,16 @@ def init_distributed(use_deepspeed: bool) -> DistEnv:
     return DistEnv(rank, world, local_rank, device)
 
 
-def build_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
+def build_optimizer(params: list, recipe: Recipe) -> torch.optim.Optimizer:
     opt = recipe.optim
     if opt.name == "adamw8bit":
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
-    return torch.optim.AdamW(params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+    # The fused kernel updates every tensor in one call per dtype; the default per-tensor loop on CPU
+    # costs about a fifth of a small model's step in dispatch alone.
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay, fused=fused)
 
 
 def _autocast_dtype(precision: str):
@@ -111,7 +114,7 @@ class PlainEngine:
     def optimizer_step(self) -> float:
         self.scaler.unscale_(self.optimizer)
         clip = self.recipe.optim.grad_clip or float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), clip)
+        norm = torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), clip, foreach=True)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -149,7 +152,11 @@ class PlainEngine:
             if not state:
                 continue  # never had a gradient (e.g. to_q/to_k of single-token cross-attention): no state yet
             # torch AdamW keeps `step` as a float tensor, bitsandbytes as an int.
-            state["step"] = torch.tensor(float(meta["step"])) if isinstance(self.optimizer, torch.optim.AdamW) else int(meta["step"])
+            if isinstance(self.optimizer, torch.optim.AdamW):  # the fused kernel wants it on the parameter's device
+                fused = self.optimizer.defaults.get("fused")
+                state["step"] = torch.tensor(float(meta["step"]), dtype=torch.float32, device=param.device if fused else "cpu")
+            else:
+                state["step"] = int(meta["step"])
             self.optimizer.state[param] = state
 
 
