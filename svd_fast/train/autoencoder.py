@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from svd_fast.config import VAEConfig
+from svd_fast.layers import channels_last_
 from svd_fast.train.logs import log
 
 
@@ -66,7 +67,7 @@ def train_vae(config: VAEConfig, clips: Iterator[torch.Tensor], settings: Autoen
     from svd_fast.vae import TemporalVAE
 
     torch.manual_seed(seed)
-    vae = zero_init_residuals(TemporalVAE(config)).train()
+    vae = channels_last_(zero_init_residuals(TemporalVAE(config))).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from svd_fast.layers import channels_last_
 from svd_fast.train.recipe import Recipe
 
 ADAM_STATE_KEYS = ("exp_avg", "exp_avg_sq")
@@ -88,7 +89,9 @@ class PlainEngine:
 
     def __init__(self, model: nn.Module, recipe: Recipe, env: DistEnv):
         self.env, self.recipe = env, recipe
-        self.module = model.to(env.device)
+        # Conv weights in channels-last order like the activations, else every conv reorders its weight
+        # (DeepSpeed's engine below cannot partition such parameters, so only this engine does it).
+        self.module = channels_last_(model.to(env.device))
         self.named_params = dict(model.named_parameters())
         self.trainable = {n: p for n, p in self.named_params.items() if p.requires_grad}
         # Some weights never get a gradient (to_q/to_k of single-token cross-attention are dead
