@@ -22,8 +22,9 @@ from svd_fast.conditioner import CLIP_MEAN, CLIP_STD
 from svd_fast.config import ImageEncoderConfig, SVDConfig, UNetConfig, VAEConfig
 
 PIPELINE_CLASS = "StableVideoDiffusionPipeline"
-# Sampling defaults of the model (resolution, frames, steps): diffusers' layout has no place for
-# them, so they live in a file of ours at the folder root, which diffusers ignores.
+# The model's sampling defaults (SVDConfig: size, frames, steps, fps, motion bucket, guidance):
+# diffusers' layout has no place for them, so they live in a file of ours at the folder root,
+# which diffusers ignores.
 SAMPLING_DEFAULTS_FILE = "svd_fast_sampling.json"
 SAMPLING_DEFAULT_TYPES = {"num_frames": int, "num_inference_steps": int, "height": int, "width": int, "fps": int,
                           "motion_bucket_id": int, "max_guidance_scale": float}
