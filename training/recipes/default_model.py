@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from svd_fast.checkpoints.diffusers import SAMPLING_DEFAULT_TYPES
 from svd_fast.config import ImageEncoderConfig, SVDConfig, UNetConfig, VAEConfig
 from svd_fast.train.data import BatchPlan, DataConfig, build_dataset, micro_batch_loader
 from svd_fast.train.objective import ObjectiveConfig
@@ -52,7 +53,7 @@ CONFIG = SVDConfig(
     # tiny VAE damps visible motion (MODEL_CARD.md measures it).
     num_frames=FRAMES, num_inference_steps=16, height=HIGH, width=HIGH, fps=8, motion_bucket_id=255, max_guidance_scale=2.0,
 )
-SAMPLING_DEFAULTS = ("num_frames", "num_inference_steps", "height", "width", "fps", "motion_bucket_id", "max_guidance_scale")
+SAMPLING_DEFAULTS = tuple(SAMPLING_DEFAULT_TYPES)  # the SVDConfig fields a saved model carries as sampling defaults
 
 
 @dataclasses.dataclass(frozen=True)
