@@ -1,7 +1,7 @@
 """svd_fast: Stable Video Diffusion inference, kernels, training and data curation."""
 __version__ = "0.1.0"
 
-__all__ = ["SVDPipeline", "SVDConfig", "load_components", "accelerate"]
+__all__ = ["SVDPipeline", "SVDConfig", "load_components", "accelerate", "restore"]
 
 
 def __getattr__(name):
@@ -14,10 +14,10 @@ def __getattr__(name):
         from svd_fast.config import SVDConfig
 
         return SVDConfig
-    if name == "accelerate":
-        from svd_fast.diffusers_bridge import accelerate
+    if name in ("accelerate", "restore"):
+        from svd_fast import accel
 
-        return accelerate
+        return getattr(accel, name)
     if name == "load_components":
         from svd_fast.checkpoints import load_components
 

@@ -100,24 +100,105 @@ class DiffusersUNet(torch.nn.Module):
         return UNetSpatioTemporalConditionOutput(sample=out) if return_dict else (out,)
 
 
-def accelerate(pipe, numerics: str = "diffusers"):
-    """Drop-in speed-up of a diffusers StableVideoDiffusionPipeline: its UNet is replaced, in place,
-    by svd_fast's (same weights, moved not copied; channels-last convs, fused kernels).
-
-    numerics='diffusers' keeps diffusers' GroupNorm epsilons so outputs match the unaccelerated
-    pipeline; 'sgm' uses those of the released training code. Returns the pipeline.
-    """
+def svd_unet(diffusers_unet, numerics: str = "diffusers"):
+    """svd_fast's VideoUNet holding a diffusers UNet's very weight tensors (channels-last convs)."""
     from svd_fast.config import UNetConfig
     from svd_fast.layers import channels_last_
     from svd_fast.unet import VideoUNet
 
-    old = pipe.unet
-    if isinstance(old, DiffusersUNet):
-        return pipe
-    config = UNetConfig.from_diffusers(dict(old.config), numerics=numerics)
+    config = UNetConfig.from_diffusers(dict(diffusers_unet.config), numerics=numerics)
     with torch.device("meta"):
         unet = VideoUNet(config)
-    unet.load_state_dict(old.state_dict(), strict=True, assign=True)
-    channels_last_(unet.eval().requires_grad_(False))
-    pipe.unet = DiffusersUNet(unet, old.config)
-    return pipe
+    unet.load_state_dict(diffusers_unet.state_dict(), strict=True, assign=True)
+    return channels_last_(unet.eval().requires_grad_(False))
+
+
+def svd_vae(diffusers_vae):
+    """svd_fast's TemporalVAE holding a diffusers AutoencoderKLTemporalDecoder's weights."""
+    from svd_fast.config import VAEConfig
+    from svd_fast.layers import channels_last_
+    from svd_fast.vae import TemporalVAE
+
+    with torch.device("meta"):
+        vae = TemporalVAE(VAEConfig.from_diffusers(dict(diffusers_vae.config)))
+    vae.load_state_dict(diffusers_vae.state_dict(), strict=True, assign=True)
+    return channels_last_(vae.eval().requires_grad_(False))
+
+
+def diffusers_unet(unet, config: dict):
+    """diffusers' UNetSpatioTemporalConditionModel rebuilt from an svd_fast UNet's weights."""
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    with torch.device("meta"):
+        model = UNetSpatioTemporalConditionModel(**diffusers_kwargs(config))
+    model.load_state_dict(_contiguous(unet.state_dict()), strict=True, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def diffusers_vae(vae, config: dict):
+    """diffusers' AutoencoderKLTemporalDecoder rebuilt from an svd_fast VAE's weights."""
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    with torch.device("meta"):
+        model = AutoencoderKLTemporalDecoder(**diffusers_kwargs(config))
+    model.load_state_dict(_contiguous(vae.state_dict()), strict=True, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+class _Output:
+    """The attribute shapes diffusers' pipeline reads: .sample, .latent_dist.mode()."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+class _Mode:
+    def __init__(self, mean):
+        self.mean = mean
+
+    def mode(self):
+        return self.mean
+
+
+class DiffusersVAE(torch.nn.Module):
+    """svd_fast's TemporalVAE behind the part of AutoencoderKLTemporalDecoder's interface that
+    StableVideoDiffusionPipeline uses: encode(x).latent_dist.mode(), decode(z, num_frames).sample,
+    config, dtype, device (and .to(), which it calls around fp16 upcasting)."""
+
+    def __init__(self, vae, diffusers_config):
+        super().__init__()
+        self.inner = vae
+        self.config = diffusers_config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.inner.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.inner.parameters()).device
+
+    def encode(self, x, return_dict: bool = True):
+        mode = _Mode(self.inner.encode(x))
+        return _Output(latent_dist=mode) if return_dict else (mode,)
+
+    def decode(self, z, num_frames: int, return_dict: bool = True):
+        frames = self.inner.decode(z, num_frames)
+        return _Output(sample=frames) if return_dict else (frames,)
+
+    def forward(self, sample, num_frames: int = 1):  # the pipeline inspects this signature for num_frames
+        return self.decode(self.inner.encode(sample), num_frames).sample
+
+
+def encode_image_for_diffusers(self, image, device, num_videos_per_prompt, do_classifier_free_guidance):
+    """StableVideoDiffusionPipeline._encode_image on svd_fast's preprocessing (the same antialiased
+    resize and CLIP normalisation, in torch instead of CLIPImageProcessor's numpy round trip)."""
+    from svd_fast import conditioner
+
+    if isinstance(image, torch.Tensor):  # diffusers skips the resize for tensors: keep its behaviour
+        return type(self)._encode_image(self, image, device, num_videos_per_prompt, do_classifier_free_guidance)
+    embeddings = conditioner.encode_image(self.image_encoder, image).to(device)
+    embeddings = embeddings.repeat_interleave(num_videos_per_prompt, dim=0)
+    if do_classifier_free_guidance:
+        embeddings = torch.cat([torch.zeros_like(embeddings), embeddings])
+    return embeddings

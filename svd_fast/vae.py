@@ -248,6 +248,7 @@ class TemporalVAE(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = TemporalDecoder(config)
         self.quant_conv = nn.Conv2d(2 * config.latent_channels, 2 * config.latent_channels, 1)
+        self.compiled_decoder = None  # set by svd_fast.accel.compile (not a submodule: same state dict)
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -306,7 +307,7 @@ class TemporalVAE(nn.Module):
         chunk = num_frames if decode_chunk_size is None else decode_chunk_size
         if chunk < 1:
             raise ValueError(f"decode: decode_chunk_size must be >= 1, got {decode_chunk_size}")
-        decoder = self._runner(self.decoder)
+        decoder = self.compiled_decoder or self._runner(self.decoder)
         z = z.to(self.compute_dtype).contiguous(memory_format=torch.channels_last)
         n = z.shape[0]
         return torch.cat([decoder(z[i : i + chunk], min(chunk, n - i)) for i in range(0, n, chunk)])

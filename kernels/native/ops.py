@@ -20,6 +20,15 @@ def _native_ok(*tensors) -> bool:
     return all(t.device.type == "cpu" and t.dtype in NATIVE_DTYPES for t in tensors)
 
 
+def _dense(x):
+    """x in a layout the C++ kernels read in place (NCHW- or channels-last-contiguous), else a
+    contiguous copy: made here, not in C++, so the fake implementations (empty_like) see the same
+    input layout as the kernel and torch.compile's layout checks hold for any input strides."""
+    if x.is_contiguous() or (x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)):
+        return x
+    return x.contiguous()
+
+
 # ---- fake implementations (shapes, dtypes and layouts of the C++ outputs) ----
 
 
@@ -89,7 +98,7 @@ def _blend_fwd_fake(a, b, p, q):
 def group_norm(x, num_groups, weight, bias, eps, silu=False, num_frames=None):
     if not _native_ok(x):
         return reference.group_norm(x, num_groups, weight, bias, eps, silu, num_frames)
-    return autograd.GroupNorm.apply(_ops.group_norm_fwd, _ops.group_norm_bwd, x, weight, bias, num_groups, float(eps),
+    return autograd.GroupNorm.apply(_ops.group_norm_fwd, _ops.group_norm_bwd, _dense(x), weight, bias, num_groups, float(eps),
                                     bool(silu), num_frames or 1)
 
 
@@ -120,6 +129,9 @@ def geglu(x):
 def _blend(a, b, p, q, fallback):
     if not _native_ok(a, b) or a.shape != b.shape or a.dtype != b.dtype:
         return fallback()
+    a = _dense(a)
+    if b.stride() != a.stride():  # the kernel needs both in one layout
+        a, b = a.contiguous(), b.contiguous()
     return autograd.Blend.apply(_ops.blend_fwd, autograd.blend_backward_torch, a, b, p, q)
 
 

@@ -2,7 +2,8 @@
 import numpy as np
 import torch
 
-from svd_fast.diffusers_bridge import DiffusersUNet, accelerate
+from svd_fast.accel import accelerate
+from svd_fast.diffusers_bridge import DiffusersUNet
 from tests.parity.test_parity_pipeline import _diffusers_pipeline, _image
 
 

@@ -1,0 +1,134 @@
+"""One entry point for speed: `accelerate(pipe, ...)` on an svd_fast SVDPipeline or a diffusers
+StableVideoDiffusionPipeline, and `restore(pipe)` to undo it.
+
+On a diffusers pipeline the UNet, the VAE and the image-conditioning path are replaced by
+svd_fast's (same weights, moved not copied; same outputs and random numbers; the call signature
+is diffusers'). Then, on either kind of pipeline:
+  compile=True      torch.compile of the UNet and the VAE decoder (accel/compile.py);
+  cuda_graphs=None  replay the UNet step from CUDA graphs (auto: on CUDA only; accel/graphs.py).
+"""
+from __future__ import annotations
+
+import torch
+
+from svd_fast.accel import compile as _compile
+from svd_fast.accel.dtypes import resolve_dtype  # noqa: F401  (re-exported: svd_fast.accel.resolve_dtype)
+
+_STATE = "_svd_fast_accel"  # attribute on an accelerated pipeline: what to undo
+
+
+def accelerate(pipe, compile: bool = False, cuda_graphs: bool | None = None, numerics: str = "diffusers"):
+    """Speed up `pipe` in place and return it. Calling it again adds what is newly asked for.
+
+    numerics (diffusers pipelines only): 'diffusers' keeps diffusers' GroupNorm epsilons so the
+    video matches the unaccelerated pipeline; 'sgm' uses those of the released training code.
+    """
+    state = getattr(pipe, _STATE, None)
+    if state is None:
+        state = {"kind": _kind(pipe), "compiled": False, "graphed": False}
+        if state["kind"] == "diffusers":
+            _swap_diffusers_components(pipe, numerics, state)
+        setattr(pipe, _STATE, state)
+    unet_owner, vae = _unet_owner(pipe), _svd_vae(pipe)
+    if compile and not state["compiled"]:
+        unet_owner.inner = _compile.compile_unet(unet_owner.inner)
+        _compile.compile_vae_decoder(vae)
+        state["compiled"] = True
+    on_cuda = next(unet_owner.inner.parameters()).device.type == "cuda"
+    if (cuda_graphs or (cuda_graphs is None and on_cuda)) and not state["graphed"]:
+        from svd_fast.accel.graphs import graph_unet
+
+        graphed = graph_unet(unet_owner.inner, enabled=cuda_graphs)
+        if graphed is not unet_owner.inner:
+            state["pre_graph_unet"] = unet_owner.inner
+            unet_owner.inner = graphed
+            state["graphed"] = True
+    return pipe
+
+
+def restore(pipe):
+    """Undo `accelerate`: eager svd_fast models again, or diffusers' own models for a diffusers
+    pipeline (rebuilt from the same weights). Returns the pipeline."""
+    state = getattr(pipe, _STATE, None)
+    if state is None:
+        return pipe
+    unet_owner, vae = _unet_owner(pipe), _svd_vae(pipe)
+    if state["graphed"]:
+        unet_owner.inner.reset() if hasattr(unet_owner.inner, "reset") else None
+        unet_owner.inner = state.pop("pre_graph_unet")
+    unet_owner.inner = _compile.uncompile(unet_owner.inner)
+    _compile.uncompile_vae_decoder(vae)
+    if state["kind"] == "diffusers":
+        _restore_diffusers_components(pipe, state)
+    delattr(pipe, _STATE)
+    return pipe
+
+
+def compile_seconds(pipe) -> float:
+    """Wall time spent compiling so far (first calls of each shape), 0 when not compiled."""
+    if getattr(pipe, _STATE, None) is None:
+        return 0.0
+    vae = _svd_vae(pipe)
+    return _compile.total_compile_seconds(_unet_owner(pipe).inner, vae.compiled_decoder)
+
+
+# ----------------------------------------------------------------------------------- plumbing
+def _kind(pipe) -> str:
+    from svd_fast.pipeline import SVDPipeline
+
+    if isinstance(pipe, SVDPipeline):
+        return "svd_fast"
+    if type(pipe).__name__ == "StableVideoDiffusionPipeline" and hasattr(pipe, "unet"):
+        return "diffusers"
+    raise TypeError(f"accelerate takes an svd_fast SVDPipeline or a diffusers StableVideoDiffusionPipeline, "
+                    f"not {type(pipe).__name__}")
+
+
+class _Holder:
+    """Gives an SVDPipeline's UNet slot the same `.inner` handle as the diffusers wrapper."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    @property
+    def inner(self):
+        return self.pipe.unet
+
+    @inner.setter
+    def inner(self, module):
+        self.pipe.unet = module
+
+
+def _unet_owner(pipe):
+    from svd_fast.diffusers_bridge import DiffusersUNet
+
+    return pipe.unet if isinstance(pipe.unet, DiffusersUNet) else _Holder(pipe)
+
+
+def _svd_vae(pipe):
+    from svd_fast.diffusers_bridge import DiffusersVAE
+
+    return pipe.vae.inner if isinstance(pipe.vae, DiffusersVAE) else pipe.vae
+
+
+def _swap_diffusers_components(pipe, numerics: str, state: dict) -> None:
+    from svd_fast.diffusers_bridge import DiffusersUNet, DiffusersVAE, encode_image_for_diffusers, svd_unet, svd_vae
+
+    state["unet_config"], state["vae_config"] = dict(pipe.unet.config), dict(pipe.vae.config)
+    unet_dtype_device = (pipe.unet.dtype, pipe.unet.device)
+    pipe.unet = DiffusersUNet(svd_unet(pipe.unet, numerics), pipe.unet.config)
+    pipe.vae = DiffusersVAE(svd_vae(pipe.vae), pipe.vae.config)
+    # the CLIP tower is the same transformers module on both sides; the preprocessing is ours
+    pipe._encode_image = encode_image_for_diffusers.__get__(pipe)
+    state["unet_dtype_device"] = unet_dtype_device
+
+
+def _restore_diffusers_components(pipe, state: dict) -> None:
+    from svd_fast.diffusers_bridge import diffusers_unet, diffusers_vae
+
+    pipe.unet = diffusers_unet(pipe.unet.inner, state["unet_config"])
+    pipe.vae = diffusers_vae(pipe.vae.inner, state["vae_config"])
+    del pipe._encode_image  # the class's method again
+
+
+__all__ = ["accelerate", "restore", "compile_seconds", "resolve_dtype"]
