@@ -15,7 +15,14 @@ HISTOGRAMS = [("motion", "motion score (Farneback, px)"), ("text_area", "text ar
               ("aesthetic", "aesthetic score"), ("clip_score", "CLIP text-image similarity"),
               ("duration", "clip duration (s)")]
 SCORED = ("motion", "text_area", "aesthetic", "clip_score")
-EARLY_REASONS = ("too_short", "decode_error")  # set before scoring; the clip never reaches the filters
+# Set before scoring (the span never reaches the filters): shots too short to keep, undecodable
+# clips, transition frames ('transition_dissolve', ...) and frames skipped to start on a keyframe.
+EARLY_REASONS = ("too_short", "decode_error", "transition", "keyframe_snap")
+
+
+def early_reason(reason: str) -> str:
+    """The EARLY_REASONS entry `reason` starts with, or ''."""
+    return next((early for early in EARLY_REASONS if reason.startswith(early)), "")
 
 
 class StageCounter:
@@ -24,7 +31,8 @@ class StageCounter:
     def __init__(self, num_sources: int):
         self.sources = {"found": num_sources, "unreadable": 0, "with_clips": 0}
         self.clips = 0
-        self.early = Counter()  # reasons set before filtering: too_short, decode_error
+        self.early = Counter()  # spans dropped before filtering, by EARLY_REASONS entry
+        self.frames_dropped = Counter()  # their frames
         self.scored = Counter()
         self.captioned = 0
         self.filters = Counter()
@@ -37,9 +45,10 @@ class StageCounter:
         self.sources["with_clips"] += 1
         for row in rows:
             self.clips += 1
-            early = row["reason"].split(":")[0]
-            if early in EARLY_REASONS:
+            early = early_reason(row["reason"])
+            if early:
                 self.early[early] += 1
+                self.frames_dropped[early] += row["end_frame"] - row["start_frame"]
                 continue
             self.scored.update(name for name in SCORED if not math.isnan(row[name]))
             self.captioned += bool(row["caption"])
@@ -49,7 +58,9 @@ class StageCounter:
     def as_dict(self, shards: dict) -> dict:
         return {"sources": self.sources,
                 "cuts": {"clips": self.clips, "too_short": self.early["too_short"],
-                         "decode_error": self.early["decode_error"]},
+                         "decode_error": self.early["decode_error"], "transitions": self.early["transition"],
+                         "keyframe_snap": self.early["keyframe_snap"],
+                         "frames_dropped": {k: int(self.frames_dropped[k]) for k in EARLY_REASONS}},
                 "scored": {name: self.scored[name] for name in SCORED},
                 "captioned": self.captioned,
                 "filters": dict(sorted(self.filters.items())),

@@ -191,3 +191,75 @@ def write_broken_inputs(folder: str) -> dict[str, str]:
         handle.write(whole[: len(whole) // 2])
     return {"empty.mp4": "empty file", "garbage.mp4": "unreadable", "audio_only.mp4": "no video stream",
             "truncated.mp4": "unreadable"}
+
+
+# --- transitions between real shots ------------------------------------------------------------
+
+TRANSITION_KINDS = ("cut", "dissolve", "fade", "wipe")
+
+
+def fit_frame(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Centre crop to the aspect ratio of (width, height), then area-resize: shots from videos of
+    any size share one frame size."""
+    h, w = image.shape[:2]
+    target = width / height
+    if w / h > target:
+        crop = int(round(h * target))
+        image = image[:, (w - crop) // 2: (w - crop) // 2 + crop]
+    else:
+        crop = int(round(w / target))
+        image = image[(h - crop) // 2: (h - crop) // 2 + crop]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _transition_frame(kind: str, a: np.ndarray, b: np.ndarray, k: int, length: int) -> np.ndarray:
+    """Frame k (0-based) of a `length`-frame transition from shot frame a to shot frame b."""
+    progress = (k + 1) / (length + 1)
+    if kind == "dissolve":
+        return (1 - progress) * a + progress * b
+    if kind == "fade":
+        # Out to black over the first half, in from black over the second (black at the middle).
+        half = length / 2
+        return a * max(0.0, 1 - (k + 1) / (half + 0.5)) if k < half else b * min(1.0, (k + 1 - half) / (half + 0.5))
+    if kind == "wipe":
+        edge = int(round(progress * a.shape[1]))
+        out = a.copy()
+        out[:, :edge] = b[:, :edge]
+        return out
+    raise ValueError(f"unknown transition kind {kind!r}")
+
+
+def render_shot_transitions(path: str, shots: list[np.ndarray], plan: list[tuple[str, int]], fps: float = 25.0,
+                            crf: int = 23, fade_in: int = 0) -> list[tuple[int, int, str]]:
+    """Join real shots (each (T, H, W, 3) uint8, same size) with the transitions in `plan`
+    ([(kind, frames)] between consecutive shots; a cut has 0 frames) and encode an mp4.
+
+    Shots keep playing under a transition: the old shot's frames continue while the new one's
+    start. `fade_in` frames fade the first shot in from black. Returns the exact truth:
+    [(first transition frame, first frame of the new shot, kind)].
+    """
+    assert len(plan) == len(shots) - 1
+    frames: list[np.ndarray] = []
+    truth: list[tuple[int, int, str]] = []
+    if fade_in:
+        truth.append((0, fade_in, "fade"))
+    position = 0  # frames of the current shot already shown
+    for index, shot in enumerate(shots):
+        shot = shot.astype(np.float32)
+        if index == 0 and fade_in:
+            frames += [shot[k] * (k + 1) / (fade_in + 1) for k in range(fade_in)]
+            position = fade_in
+        kind, length = plan[index] if index < len(plan) else ("end", 0)
+        clean_end = len(shot) - length if index < len(plan) else len(shot)
+        frames += list(shot[position: clean_end])
+        if index < len(plan):
+            start = len(frames)
+            following = shots[index + 1].astype(np.float32)
+            frames += [_transition_frame(kind, shot[clean_end + k], following[k], k, length) for k in range(length)]
+            truth.append((start, start + length, kind))
+            position = length
+    images = [np.clip(np.rint(f), 0, 255).astype(np.uint8) for f in frames]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(encode_mp4(images, fps, crf=crf))
+    return truth

