@@ -8,8 +8,9 @@ the new inputs into the graph's static input buffers and replays it.
 The signature (`input_key`) is what a captured graph depends on: shape, dtype, device and
 strides (memory format) of every tensor argument, which arguments are None, the values of
 constant non-tensor arguments, and the modes that change what runs (autograd, inference mode,
-autocast, module.training). Python numbers (a float timestep) are turned into tensors first, so
-a value that changes every step goes through a static buffer and is never baked into a graph.
+autocast, module.training). Python floats (a timestep) are turned into tensors first, so a
+value that changes every step goes through a static buffer and is never baked into a graph; ints
+and bools are constants of the graph (part of the key), like shapes (num_frames-style arguments).
 
 Memory: every capture allocates from ONE memory pool (`torch.cuda.graph_pool_handle()`), so the
 graphs of several shapes share their scratch memory instead of each holding its own. That is
@@ -125,12 +126,12 @@ class EagerCapture:
 
 # ------------------------------------------------------------------------------------- signature
 def tensorize_numbers(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Python numbers (a float or int timestep) -> tensors on the device of the first tensor
-    argument, as torch.as_tensor would make them inside the module; bools stay constants."""
+    """Python floats (a timestep) -> 0-d tensors on the device of the first tensor argument, as
+    torch.as_tensor makes them inside the module. Ints and bools stay constants: they size things."""
     device = next((v.device for v in chain(args, kwargs.values()) if isinstance(v, torch.Tensor)), None)
 
     def convert(v):
-        if isinstance(v, numbers.Number) and not isinstance(v, bool):
+        if isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral):
             return torch.as_tensor(v, device=device)
         return v
 
@@ -214,7 +215,7 @@ class _EagerRecord:
 class GraphedModule(torch.nn.Module):
     """Replays `module` from captured graphs, one per input signature (see the module docstring).
 
-    module: called as module(*args, **kwargs) with tensors, None, numbers or hashable constants;
+    module: called as module(*args, **kwargs) with tensors, None, floats or hashable constants;
         it returns a tensor or a (nested) tuple/list/dict of tensors.
     capture: the strategy, CudaGraphCapture() by default; EagerCapture() runs anywhere.
     warmup: runs before each capture (PyTorch asks for a few; they also trigger lazy set-up).
@@ -425,7 +426,7 @@ def graph_unet(unet: torch.nn.Module, enabled: bool | None = None, **options) ->
     GraphedModule returns the module inside it. options go to GraphedModule (capture, warmup,
     pool, max_entries, clone_outputs, check_weights).
 
-    The UNet is called as unet(sample (B,T,C,h,w), c_noise (B,) or a number, context (B,L,D),
+    The UNet is called as unet(sample (B,T,C,h,w), c_noise (B,) or a float, context (B,L,D),
     added_time_ids (B,3), image_only_indicator=None); with both CFG halves in one batch, one graph
     serves each (batch, frames, height, width, dtype) for every step and every later video.
     """

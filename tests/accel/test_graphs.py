@@ -99,10 +99,11 @@ def test_key_ignores_values_and_tells_signatures_apart():
 
 def test_numbers_become_tensors_so_a_changing_timestep_is_not_baked_in():
     x = torch.randn(2, 3)
-    args, kwargs = tensorize_numbers((x, 0.25, True), {"t": 3})
-    assert args[0] is x and args[2] is True
+    args, kwargs = tensorize_numbers((x, 0.25, True), {"frames": 3})
+    assert args[0] is x and args[2] is True and kwargs["frames"] == 3  # ints and bools size things: constants
     assert isinstance(args[1], torch.Tensor) and args[1].shape == () and args[1].dtype == torch.float32
-    assert args[1].item() == 0.25 and kwargs["t"].dtype == torch.int64
+    assert args[1].item() == 0.25
+    assert input_key((x,), {"frames": 3}) != input_key((x,), {"frames": 4})
     # a float timestep and a 0-d float tensor of another value share one graph
     assert input_key(args[:2]) == input_key((x, torch.tensor(0.75)))
     with pytest.raises(TypeError):
