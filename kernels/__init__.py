@@ -4,8 +4,9 @@ Backends:
   "reference"  plain PyTorch (kernels/reference.py), the ground truth;
   "triton"     the Triton kernels (CUDA tensors; CPU tensors only under TRITON_INTERPRET=1);
   "native"     the C++ CPU kernels of svd_fast._C (CPU tensors);
-  "auto"       (default) per op and device, the fastest implementation available, as measured
-               (see AUTO_CHOICES and `python -m svd_fast.kernels --list`).
+  "auto"       (default) per op, device and call signature, the fastest implementation available,
+               timed on this machine at the first call and cached on disk (kernels/tuning.py);
+               AUTO_CHOICES is the starting order. `python -m svd_fast.kernels --list` shows both.
 `set_backend(name)` switches; the environment variable SVD_FAST_BACKEND sets the starting choice.
 `get_op(name)` returns the callable the current backend uses. Importing this package is cheap:
 triton and the extension are imported only when a backend needs them, and a missing one is
@@ -41,7 +42,9 @@ TRITON_MODULES = {
     "geglu": "elementwise",
 }
 
-# "auto": per (op, device) the implementations to try in order, each with why it is preferred.
+# "auto": per (op, device) the starting order, each with why it is preferred: what is used where
+# nothing is timed (torch.compile tracing without a cached choice, SVD_FAST_TUNE=0) and the tie-break
+# of the measured choice (kernels/tuning.py), which times these and every other available candidate.
 # CPU: bench/results/kernels-cpu-2026-11-23.json (2 threads; speedup from min times over the PyTorch
 # op sequence, small-latent and 576x1024 shapes). GPU entries are not timed: no GPU has been
 # available to this repository yet, so they follow what the kernels are designed for.
@@ -164,26 +167,49 @@ def _resolve_triton(ref: dict) -> tuple[dict, dict]:
     return {op: _route({"cuda": table[op], "cpu": table[op] if on_cpu else ref[op]}, ref[op]) for op in OPS}, choices
 
 
+# Implementations "auto" considers per device: native wrappers hand non-CPU tensors to the reference,
+# and interpreted Triton is far slower than PyTorch.
+AUTO_CANDIDATES = {"cpu": ("reference", "native"), "cuda": ("reference", "triton", "flash")}
+
+
+def _auto_candidates(op: str, device: str, available: dict) -> list[tuple[str, object]]:
+    """[(name, fn)] of op on device: AUTO_CHOICES' preferences first, then the other available ones
+    (each function once: e.g. native's spatial_attention is the reference's)."""
+    prefs = [name for name, _ in AUTO_CHOICES.get((op, device), [])]
+    out, seen = [], set()
+    for name in prefs + [n for n in AUTO_CANDIDATES[device] if n not in prefs]:
+        fn = (available.get(name) or {}).get(op)
+        if name in AUTO_CANDIDATES[device] and fn is not None and id(fn) not in seen:
+            out.append((name, fn))
+            seen.add(id(fn))
+    return out
+
+
 def _resolve_auto(ref: dict) -> tuple[dict, dict]:
-    """Each (op, device): the first available preference of AUTO_CHOICES. Triton only with a real GPU
-    (interpreted it is far slower than PyTorch)."""
+    """Each op: a tuning dispatcher over the candidates of each device; choices report the starting one."""
     import torch
+
+    from . import tuning
 
     available = {"reference": ref, "native": _load_native()}
     if torch.cuda.is_available():
         available["triton"], available["flash"] = _load_triton(), _load_flash()
+    measured = tuning.tuning_enabled()
     table, choices = {}, {}
     for op in OPS:
-        per_device = {}
-        for device in DEVICES:
-            impl, reason = "reference", "no faster implementation available"
-            for candidate, why in AUTO_CHOICES.get((op, device), []):
-                if available.get(candidate) and op in available[candidate]:
-                    impl, reason = candidate, why
-                    break
-            per_device[device] = available[impl][op]
+        candidates = {device: _auto_candidates(op, device, available) for device in DEVICES}
+        for device, options in candidates.items():
+            impl = options[0][0]
+            reason = dict(AUTO_CHOICES.get((op, device), [])).get(impl, "no faster implementation available")
+            others = [name for name, _ in options[1:]]
+            if others:
+                reason += (f" [starting choice; timed per call shape against {', '.join(others)}]" if measured
+                           else " [SVD_FAST_TUNE=0: not timed]")
             choices[(op, device)] = (impl, reason)
-        table[op] = _route(per_device, ref[op])
+        if all(len(options) == 1 for options in candidates.values()):
+            table[op] = _route({device: options[0][1] for device, options in candidates.items()}, ref[op])
+        else:
+            table[op] = tuning.TunedOp(op, candidates, ref[op])
     return table, choices
 
 
@@ -219,6 +245,7 @@ def get_op(name: str):
 
 
 def describe() -> list[tuple[str, str, str, str]]:
-    """(op, device, implementation, reason) for the current backend."""
+    """(op, device, implementation, reason) for the current backend; for "auto" the starting choice
+    (the measured ones, per call shape: svd_fast.kernels.tuning.measured())."""
     get_backend()
     return [(op, device, *_choices[(op, device)]) for op in OPS for device in DEVICES]

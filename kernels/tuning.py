@@ -1,0 +1,452 @@
+"""Measured kernel choice for backend "auto": time the candidates once per call signature, keep the fastest.
+
+The first call of an op with a new signature (device, shapes, dtypes, layouts of the tensors and
+the int/bool arguments such as num_frames, heads or silu; float arguments like eps do not change
+the speed and are not part of it) times every implementation available for that device on the
+call's own inputs: one warm-up call each, then round-robin repeats (about BUDGET_S per candidate,
+MIN_REPEATS to MAX_REPEATS; one for calls over LONG_CALL_S), forward only, under no_grad, min
+time. The winner serves every later call of that signature from an in-memory dict (a lookup of a
+few microseconds). A candidate within TIE_MARGIN of the fastest that comes earlier in the starting
+order (AUTO_CHOICES) is kept instead, so timer noise does not flip choices. Every candidate
+supports autograd, so a winner chosen under no_grad also serves calls that need gradients.
+
+Choices persist in `$SVD_FAST_CACHE_DIR/kernel_choices.json` (default ~/.cache/svd_fast), one
+section per machine key (CPU model and thread count or GPU name, torch and svd_fast versions),
+written atomically (temporary file + os.replace) after merging with what is on disk, so parallel
+processes add to each other's entries. An unreadable or malformed file is ignored with one warning
+and rewritten by the next measurement. An entry serves only while the candidates it timed still
+include every candidate available now (building the native extension later re-measures).
+
+Nothing is timed while torch.compile traces (a cached choice or the starting order is used and
+baked into the graph), during CUDA-graph capture, under a TorchDispatchMode (FakeTensorMode,
+FlopCounterMode: extra calls would be counted) or for tensor subclasses. SVD_FAST_TUNE=0 turns
+measuring off: the starting order, ignoring the cache.
+
+    tuning.measured()   # this machine's entries (what `python -m svd_fast.kernels --list` prints)
+    tuning.clear()      # forget every choice, on disk and in this process
+"""
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+import warnings
+import weakref
+from pathlib import Path
+
+import torch
+
+CACHE_FILE = "kernel_choices.json"
+FORMAT = 1
+# Timing per candidate and new signature: repeats until about this long, between these bounds
+# (one repeat when the warm-up call alone took LONG_CALL_S: big shapes are timed, not benchmarked).
+BUDGET_S = 0.02
+MIN_REPEATS, MAX_REPEATS = 2, 25
+LONG_CALL_S = 0.1
+# A candidate earlier in the starting order stays chosen unless another is faster by more than this.
+TIE_MARGIN = 0.03
+# Stands for a float argument (eps): part of no signature.
+UNKEYED = "*"
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
+_lock = threading.RLock()
+_live_ops: "weakref.WeakValueDictionary[int, TunedOp]" = weakref.WeakValueDictionary()
+_warned: set = set()
+measurements = 0  # signatures timed by this process (tests check that a warm cache times none)
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def tuning_enabled() -> bool:
+    return os.environ.get("SVD_FAST_TUNE", "1") != "0"
+
+
+def cache_path() -> Path:
+    root = os.environ.get("SVD_FAST_CACHE_DIR") or Path.home() / ".cache" / "svd_fast"
+    return Path(root) / CACHE_FILE
+
+
+# ---- call signatures (the hot path: plain tuples, no string formatting) ----
+
+
+def _layout(t: torch.Tensor):
+    """'' for contiguous, 'cl' for 4-D channels-last, else the strides."""
+    if t.is_contiguous():
+        return ""
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return "cl"
+    return tuple(t.stride())
+
+
+def signature(args: tuple, kwargs: dict) -> tuple:
+    """Hashable key of a call: shape, dtype and layout of each tensor; ints, bools and None as they are.
+    Runs on every call of a tuned op, so it is written for speed (about 1 us per tensor)."""
+    key = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            key.append((a.shape, a.dtype, _layout(a)))
+        else:
+            key.append(UNKEYED if isinstance(a, float) else a)
+    for name in sorted(kwargs):
+        a = kwargs[name]
+        key.append((name, (a.shape, a.dtype, _layout(a)) if isinstance(a, torch.Tensor)
+                    else UNKEYED if isinstance(a, float) else a))
+    return tuple(key)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return _DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def _arg_text(part) -> str:
+    if isinstance(part, tuple) and len(part) == 3 and isinstance(part[1], torch.dtype):
+        shape, dtype, layout = part
+        layout = layout if isinstance(layout, str) else "strides(" + ",".join(map(str, layout)) + ")"
+        return f"{_dtype_name(dtype)}[{','.join(map(str, shape))}]{layout}"
+    if isinstance(part, tuple) and len(part) == 2 and isinstance(part[0], str):  # keyword argument
+        return f"{part[0]}={_arg_text(part[1])}"
+    return repr(part) if part != UNKEYED else UNKEYED
+
+
+def signature_text(sig: tuple) -> str:
+    """e.g. 'bf16[28,320,16,16]cl, 32, bf16[320], bf16[320], *, True, 14' (cl: channels-last)."""
+    return ", ".join(_arg_text(p) for p in sig)
+
+
+def _first_dtype(sig: tuple) -> str:
+    for part in sig:
+        if isinstance(part, tuple) and len(part) == 3 and isinstance(part[1], torch.dtype):
+            return _dtype_name(part[1])
+    return "-"
+
+
+# ---- machine keys ----
+
+
+@functools.cache
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+@functools.cache
+def _versions() -> str:
+    try:
+        from svd_fast import __version__ as version
+    except ImportError:
+        version = "unknown"
+    return f"torch {torch.__version__} | svd_fast {version}"
+
+
+def machine_key(device: torch.device) -> str:
+    """What the measurements of `device` depend on besides the call: hardware, threads, versions."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} | {_versions()}"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads | {_versions()}"
+
+
+def entry_key(op: str, device_type: str, sig: tuple) -> str:
+    return f"{op} {device_type} ({signature_text(sig)})"
+
+
+# ---- the on-disk cache ----
+
+
+def _valid_entry(entry) -> bool:
+    if not isinstance(entry, dict) or not isinstance(entry.get("winner"), str):
+        return False
+    times = entry.get("times_ms")
+    if not isinstance(times, dict) or entry["winner"] not in times:
+        return False
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in times.values())
+    failed = entry.get("failed", {})
+    return numbers and isinstance(failed, dict) and all(isinstance(k, str) for k in (*times, *failed))
+
+
+def _read(path: Path) -> dict:
+    """{machine: {entry key: entry}} from the file; {} (warned once) if it is missing, unreadable or malformed."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        _warn_once(f"read {path}", f"svd_fast.kernels: ignoring the kernel choice cache {path} ({err}); "
+                                   "it will be rewritten")
+        return {}
+    machines = data.get("machines") if isinstance(data, dict) else None
+    if not isinstance(machines, dict) or data.get("format") != FORMAT:
+        _warn_once(f"read {path}", f"svd_fast.kernels: ignoring the kernel choice cache {path} (not a format "
+                                   f"{FORMAT} kernel choice file); it will be rewritten")
+        return {}
+    out, dropped = {}, 0
+    for machine, entries in machines.items():
+        if not isinstance(entries, dict):
+            dropped += 1
+            continue
+        good = {k: e for k, e in entries.items() if _valid_entry(e)}
+        dropped += len(entries) - len(good)
+        out[machine] = good
+    if dropped:
+        _warn_once(f"read {path}", f"svd_fast.kernels: ignoring {dropped} malformed entries of the kernel choice "
+                                   f"cache {path}; they will be rewritten")
+    return out
+
+
+def _write(path: Path, machines: dict) -> None:
+    """Atomic: readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"format": FORMAT, "machines": machines}, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class _Store:
+    """This process's view of the cache file: loaded on first use (and again if the path changes)."""
+
+    def __init__(self):
+        self.path: Path | None = None
+        self.machines: dict = {}
+
+    def _current(self) -> dict:
+        path = cache_path()
+        if path != self.path:
+            self.path, self.machines = path, _read(path)
+        return self.machines
+
+    def get(self, machine: str, key: str):
+        return self._current().get(machine, {}).get(key)
+
+    def section(self, machine: str) -> dict:
+        return dict(self._current().get(machine, {}))
+
+    def all(self) -> dict:
+        return {m: dict(e) for m, e in self._current().items()}
+
+    def put(self, machine: str, key: str, entry: dict) -> None:
+        self._current().setdefault(machine, {})[key] = entry
+        try:
+            merged = _read(self.path)  # entries other processes wrote since we loaded
+            for m, entries in self.machines.items():
+                merged.setdefault(m, {}).update(entries)
+            _write(self.path, merged)
+            self.machines = merged
+        except OSError as err:
+            _warn_once(f"write {self.path}", f"svd_fast.kernels: cannot write the kernel choice cache {self.path} "
+                                             f"({err}); choices are kept for this process only")
+
+
+_store = _Store()
+
+
+def measured(device_type: str | None = None, machine: str | None = None) -> dict:
+    """{entry key: entry} of one machine section (default: this CPU, or the first GPU for 'cuda')."""
+    if machine is None:
+        machine = machine_key(torch.device(device_type or "cpu"))
+    with _lock:
+        entries = _store.section(machine)
+    return {k: e for k, e in entries.items() if device_type is None or e.get("device") == device_type}
+
+
+def cached_machines() -> dict:
+    """{machine key: number of entries} of everything in the cache file."""
+    with _lock:
+        return {m: len(e) for m, e in _store.all().items()}
+
+
+def reload() -> None:
+    """Forget the choices held in this process; the next call of each signature reads the cache file again."""
+    global _store
+    with _lock:
+        _store = _Store()
+        for op in list(_live_ops.values()):
+            op.forget()
+
+
+def clear() -> None:
+    """Forget every measured choice: delete the cache file and what this process holds."""
+    with _lock:
+        cache_path().unlink(missing_ok=True)
+        reload()
+
+
+# ---- measuring ----
+
+
+def _timeable(device: torch.device, args: tuple, kwargs: dict) -> bool:
+    """False where extra calls would be wrong or meaningless: CUDA-graph capture, dispatch modes
+    (FakeTensorMode, FlopCounterMode), tensor subclasses."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return False
+    if torch._C._len_torch_dispatch_stack() > 0:  # private, but the only way to see an active dispatch mode
+        return False
+    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+    return all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
+
+
+def _timer(device: torch.device):
+    if device.type == "cuda":
+        def now():
+            torch.cuda.synchronize(device)
+            return time.perf_counter()
+        return now
+    return time.perf_counter
+
+
+def measure(candidates: list, args: tuple, kwargs: dict, device: torch.device) -> tuple[dict, dict, int]:
+    """({name: min seconds}, {name: error of a candidate that raised}, repeats) of candidates [(name, fn)]."""
+    now = _timer(device)
+    first, failed = {}, {}
+    with torch.no_grad():
+        for name, fn in candidates:  # warm-up: lazy initialisation, JIT compiles, oneDNN primitive caches
+            try:
+                start = now()
+                fn(*args, **kwargs)
+                first[name] = now() - start
+            except Exception as err:  # a candidate that cannot take this call is not a choice
+                failed[name] = f"{type(err).__name__}: {err}"[:200]
+        repeats = {n: 1 if t >= LONG_CALL_S else max(MIN_REPEATS, min(MAX_REPEATS, round(BUDGET_S / max(t, 1e-9))))
+                   for n, t in first.items()}
+        best = {n: float("inf") for n in first}
+        fns = dict(candidates)
+        for r in range(max(repeats.values(), default=0)):  # round-robin: load changes hit every candidate alike
+            for name in first:
+                if r < repeats[name]:
+                    start = now()
+                    fns[name](*args, **kwargs)
+                    best[name] = min(best[name], now() - start)
+    return best, failed, max(repeats.values(), default=0)
+
+
+def pick_winner(order: list[str], times: dict) -> str:
+    """Fastest of times; a candidate earlier in `order` within TIE_MARGIN of it wins instead."""
+    fastest = min(times.values())
+    return next(n for n in order if n in times and times[n] <= fastest * (1 + TIE_MARGIN))
+
+
+# ---- the dispatcher ----
+
+
+@torch.compiler.assume_constant_result
+def _untimed_choice(token: int, device: torch.device, sig: tuple) -> str:
+    """The choice without timing (torch.compile tracing): this process's, the cache's or the starting
+    order's. Evaluated once at trace time and baked into the graph, with no guard on the caches."""
+    return _live_ops[token].untimed_choice(device, sig)
+
+
+class TunedOp:
+    """One op of backend "auto": candidates per device type [(name, fn)] in starting order; devices
+    without candidates use `fallback`. Call it like the op."""
+
+    _next_token = 0
+
+    def __init__(self, op: str, candidates: dict, fallback):
+        self.op = op
+        self.fallback = fallback  # devices without candidates (meta, ...)
+        self.candidates = {d: list(c) for d, c in candidates.items() if c}
+        self.options = {d: dict(c) for d, c in self.candidates.items()}
+        self._memo: dict = {}        # (device, signature) -> fn: the hot path
+        self._memo_names: dict = {}  # (device, signature) -> name
+        with _lock:
+            TunedOp._next_token += 1
+            self.token = TunedOp._next_token
+            _live_ops[self.token] = self
+
+    def forget(self) -> None:
+        self._memo.clear()
+        self._memo_names.clear()
+
+    def static(self, device_type: str) -> str:
+        return self.candidates[device_type][0][0]
+
+    def __call__(self, *args, **kwargs):
+        if torch.compiler.is_compiling():
+            return self._traced(args, kwargs)
+        key = (args[0].device, signature(args, kwargs))
+        fn = self._memo.get(key)
+        if fn is None:
+            fn = self._choose(key, args, kwargs)
+        return fn(*args, **kwargs)
+
+    def _traced(self, args: tuple, kwargs: dict):
+        device = args[0].device
+        options = self.options.get(device.type)
+        if options is None:
+            return self.fallback(*args, **kwargs)
+        if len(options) == 1:
+            return self.candidates[device.type][0][1](*args, **kwargs)
+        return options[_untimed_choice(self.token, device, signature(args, kwargs))](*args, **kwargs)
+
+    def _cached(self, device: torch.device, sig: tuple):
+        """The winner of the cache entry for this call, if it timed every candidate available now."""
+        entry = _store.get(machine_key(device), entry_key(self.op, device.type, sig))
+        if entry is None:
+            return None
+        timed = set(entry["times_ms"]) | set(entry.get("failed", {}))
+        names = self.options[device.type]
+        return entry["winner"] if entry["winner"] in names and timed >= set(names) else None
+
+    def untimed_choice(self, device: torch.device, sig: tuple) -> str:
+        with _lock:
+            name = self._memo_names.get((device, sig))
+            if name is None and tuning_enabled():
+                name = self._cached(device, sig)
+        return name or self.static(device.type)
+
+    def _choose(self, key: tuple, args: tuple, kwargs: dict):
+        global measurements
+        device, sig = key
+        options = self.options.get(device.type)
+        if options is None or len(options) == 1:
+            fn = self.fallback if options is None else self.candidates[device.type][0][1]
+            self._memo[key] = fn
+            return fn
+        with _lock:
+            if key in self._memo:
+                return self._memo[key]
+            name = None
+            if tuning_enabled():
+                name = self._cached(device, sig)
+                if name is None:
+                    if not _timeable(device, args, kwargs):
+                        return options[self.static(device.type)]  # not memoised: timed at a later call
+                    name = self._measure(device, sig, args, kwargs)
+                    measurements += 1
+            name = name or self.static(device.type)
+            self._memo_names[key] = name
+            self._memo[key] = options[name]
+            return self._memo[key]
+
+    def _measure(self, device, sig, args, kwargs) -> str | None:
+        candidates = self.candidates[device.type]
+        times, failed, repeats = measure(candidates, args, kwargs, device)
+        if not times:
+            return None  # every candidate raised: the starting choice will raise the caller's error
+        winner = pick_winner([n for n, _ in candidates], times)
+        when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        entry = {"op": self.op, "device": device.type, "dtype": _first_dtype(sig), "args": signature_text(sig),
+                 "times_ms": {n: round(t * 1e3, 6) for n, t in times.items()}, "winner": winner,
+                 "repeats": repeats, "measured": when}
+        if failed:
+            entry["failed"] = failed
+        _store.put(machine_key(device), entry_key(self.op, device.type, sig), entry)
+        return winner
