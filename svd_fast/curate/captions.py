@@ -11,8 +11,9 @@ Two strategies over pluggable parts:
 Each clip gets caption_image, caption_video and caption_summary; `caption` is the one chosen by
 captions.primary (the paper's Elo study preferred CoCa's image captions). Parts:
 
-- TrivialCaptioner: offline, from pixels only (dominant colour name, direction of motion); used
-  by tests and as a cheap default.
+- TrivialCaptioner: offline, from pixels only: brightness, dominant colours with their shares,
+  camera pan/tilt/zoom or static with speed, and the share, direction and speed of subject
+  motion; the default when no caption model is given.
 - HFImageCaptioner / HFVideoCaptioner / HFTextGenerator: transformers models from local folders.
 """
 from __future__ import annotations
@@ -25,15 +26,16 @@ import numpy as np
 
 from .config import CaptionConfig
 
-# Named colours for the trivial captioner (RGB); the nearest one names each pixel.
-COLOUR_NAMES = {
-    "black": (20, 20, 20), "white": (235, 235, 235), "grey": (128, 128, 128), "red": (200, 30, 30),
-    "orange": (230, 130, 30), "yellow": (225, 205, 40), "green": (50, 170, 60), "cyan": (40, 190, 200),
-    "blue": (40, 70, 200), "purple": (130, 50, 170), "pink": (230, 130, 180), "brown": (120, 70, 30),
-}
 # Flow (pixels between caption frames, on a 64 px short side) a pixel needs to count as moving;
 # compression noise on still footage stays well below it.
 STILL_FLOW = 1.0
+# Camera motion (from the median flow) and subject motion (the rest) count from these speeds, in
+# frame widths (or relative scale) per second: hand-held jitter and codec noise stay below.
+CAMERA_SPEED = 0.03
+ZOOM_RATE = 0.03
+SUBJECT_SPEED = 0.05
+HUES = [(10, "red"), (22, "orange"), (34, "yellow"), (78, "green"), (100, "cyan"), (130, "blue"), (150, "purple"),
+        (170, "pink"), (180, "red")]  # OpenCV hue (0..180) upper bounds
 
 
 class ImageCaptioner(Protocol):
@@ -41,7 +43,7 @@ class ImageCaptioner(Protocol):
 
 
 class VideoCaptioner(Protocol):
-    def caption_video(self, frames: np.ndarray) -> str: ...
+    def caption_video(self, frames: np.ndarray, times: list[float] | None = None) -> str: ...
 
 
 class ChangeDescriber(Protocol):
@@ -52,23 +54,123 @@ class Summariser(Protocol):
     def summarise(self, captions: list[str]) -> str: ...
 
 
+def colour_shares(image: np.ndarray) -> list[tuple[str, float]]:
+    """Colour names with the share of pixels they cover, largest first. Low saturation is black,
+    grey or white by brightness; otherwise the hue names it (dark oranges and reds are brown)."""
+    small = cv2.resize(image, (48, 48), interpolation=cv2.INTER_AREA)
+    hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV).reshape(-1, 3).astype(np.float32)
+    hue, saturation, value = hsv[:, 0], hsv[:, 1] / 255, hsv[:, 2] / 255
+    names = np.empty(len(hsv), object)
+    bounds = np.array([b for b, _ in HUES])
+    names[:] = [HUES[int(np.searchsorted(bounds, h, side="right"))][1] if h < 180 else "red" for h in hue]
+    brown = (value < 0.55) & np.isin(names, ["red", "orange"])
+    names[brown] = "brown"
+    grey = saturation < 0.25
+    names[grey & (value < 0.2)] = "black"
+    names[grey & (value >= 0.2) & (value < 0.8)] = "grey"
+    names[grey & (value >= 0.8)] = "white"
+    names[(value < 0.12)] = "black"
+    found, counts = np.unique(names.astype(str), return_counts=True)
+    order = np.argsort(-counts)
+    return [(str(found[i]), float(counts[i] / len(names))) for i in order]
+
+
 def dominant_colour(image: np.ndarray) -> str:
-    """Name of the named colour closest to the most pixels."""
-    names = list(COLOUR_NAMES)
-    palette = np.asarray([COLOUR_NAMES[n] for n in names], np.float32)
-    small = cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA).reshape(-1, 1, 3).astype(np.float32)
-    nearest = np.argmin(((small - palette[None]) ** 2).sum(-1), axis=1)
-    return names[int(np.bincount(nearest, minlength=len(names)).argmax())]
+    """Name of the colour covering most pixels."""
+    return colour_shares(image)[0][0]
+
+
+def brightness(image: np.ndarray) -> str:
+    level = float(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).mean()) / 255
+    return "dark" if level < 0.2 else "dim" if level < 0.4 else "bright" if level > 0.65 else "evenly lit"
+
+
+def describe_colours(image: np.ndarray) -> str:
+    shares = [(name, share) for name, share in colour_shares(image) if share >= 0.15][:2]
+    return " and ".join(f"{name} ({round(100 * share)}%)" for name, share in shares)
+
+
+def _grey_64(frame: np.ndarray) -> np.ndarray:
+    height, width = frame.shape[:2]
+    scale = 64 / min(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.cvtColor(cv2.resize(frame, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+
+
+def _texture_mask(grey: np.ndarray) -> np.ndarray:
+    """Pixels whose local contrast is in the upper half of the frame's (flat ones tell no motion)."""
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1)
+    energy = cv2.GaussianBlur(gx * gx + gy * gy, (5, 5), 0).ravel()
+    return energy >= np.median(energy)
+
+
+@dataclass
+class MotionSummary:
+    camera: str  # "static camera", "camera pans left", "camera tilts up", "camera zooms in", ...
+    camera_speed: float  # frame widths per second (pans) or relative scale per second (zooms)
+    subject_share: float  # fraction of the frame moving on its own
+    subject_direction: str  # "left", "right", "up", "down" or ""
+    subject_speed: float  # frame widths per second
+
+
+def describe_motion(frames: np.ndarray, times: list[float] | None = None) -> MotionSummary:
+    """Camera and subject motion from Farneback flow between consecutive frames.
+
+    The camera's part of each flow field is a translation plus a zoom about the centre, fitted
+    robustly (medians); what is left over is motion of things in the scene.
+    """
+    times = list(times) if times is not None else list(range(len(frames)))
+    grey = [_grey_64(f) for f in frames]
+    if len(grey) < 2:
+        return MotionSummary("static camera", 0.0, 0.0, "", 0.0)
+    height, width = grey[0].shape
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    offset = np.stack([xs - width / 2, ys - height / 2], -1).reshape(-1, 2)
+    radius2 = (offset ** 2).sum(1)
+    outer = radius2 > (0.2 * width) ** 2
+    pans, zooms, residuals, durations = [], [], [], []
+    for a, b, t0, t1 in zip(grey, grey[1:], times, times[1:]):
+        dt = max(1e-3, t1 - t0)
+        flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 9, 3, 5, 1.1, 0).reshape(-1, 2)
+        # Flat areas (sky, road) show no flow whichever way the camera turns: only textured
+        # pixels vote for the camera's motion.
+        textured = _texture_mask(a)
+        shift = np.median(flow[textured], 0)
+        ring = outer & textured
+        zoom = float(np.median(((flow - shift) * offset).sum(1)[ring] / radius2[ring])) if ring.any() else 0.0
+        residual = flow - shift - zoom * offset
+        pans.append(shift / width / dt)
+        zooms.append(zoom / dt)
+        residuals.append(residual / width / dt)
+        durations.append(dt)
+    # Medians over the frame pairs: one pair filled by a passing car does not move the camera.
+    pan = np.median(pans, 0)
+    zoom = float(np.median(zooms))
+    camera, speed = "static camera", 0.0
+    if abs(zoom) >= ZOOM_RATE and abs(zoom) >= np.abs(pan).max():
+        camera, speed = ("camera zooms in" if zoom > 0 else "camera zooms out"), abs(zoom)
+    elif np.abs(pan).max() >= CAMERA_SPEED:
+        # The picture moving right means the camera turns left.
+        if abs(pan[0]) >= abs(pan[1]):
+            camera = "camera pans left" if pan[0] > 0 else "camera pans right"
+        else:
+            camera = "camera tilts up" if pan[1] > 0 else "camera tilts down"
+        speed = float(np.abs(pan).max())
+    residual = np.concatenate(residuals)
+    moving = residual[np.linalg.norm(residual, axis=1) >= SUBJECT_SPEED]
+    share = len(moving) / len(residual)
+    direction, subject_speed = "", 0.0
+    if share >= 0.01:
+        dx, dy = moving.mean(0)
+        direction = ("right" if dx > 0 else "left") if abs(dx) >= abs(dy) else ("down" if dy > 0 else "up")
+        subject_speed = float(np.linalg.norm(moving, axis=1).mean())
+    return MotionSummary(camera, speed, share, direction, subject_speed)
 
 
 def motion_direction(frames: np.ndarray) -> str:
     """'still' or 'moving left/right/up/down' from the mean Farneback flow of the moving pixels."""
-    grey = []
-    for frame in frames:
-        height, width = frame.shape[:2]
-        scale = 64 / min(height, width)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        grey.append(cv2.cvtColor(cv2.resize(frame, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY))
+    grey = [_grey_64(frame) for frame in frames]
     flows = [cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 9, 3, 5, 1.1, 0) for a, b in zip(grey, grey[1:])]
     if not flows:
         return "still"
@@ -84,13 +186,28 @@ def motion_direction(frames: np.ndarray) -> str:
 
 
 class TrivialCaptioner:
-    """Offline captions from pixels alone: dominant colour and direction of motion."""
+    """Offline captions from pixels alone, every word checkable: brightness, the colours covering
+    at least 15% of the frame with their shares, camera motion (static, pan, tilt, zoom, with
+    speed) and how much of the frame moves on its own, which way and how fast."""
 
     def caption_image(self, image: np.ndarray) -> str:
-        return f"a {dominant_colour(image)} scene"
+        light = brightness(image)
+        return f"{'an' if light[0] in 'aeiou' else 'a'} {light} scene, mostly {describe_colours(image)}"
 
-    def caption_video(self, frames: np.ndarray) -> str:
-        return f"a {dominant_colour(frames[len(frames) // 2])} scene, {motion_direction(frames)}"
+    def caption_video(self, frames: np.ndarray, times: list[float] | None = None) -> str:
+        motion = describe_motion(frames, times)
+        parts = [self.caption_image(frames[len(frames) // 2])]
+        if motion.camera == "static camera":
+            parts.append("static camera")
+        else:
+            unit = "scale" if "zoom" in motion.camera else "frame widths"
+            parts.append(f"{motion.camera} at {motion.camera_speed:.2f} {unit}/s")
+        if motion.subject_direction:
+            parts.append(f"motion in {round(100 * motion.subject_share)}% of the frame, mostly {motion.subject_direction}"
+                         f" at {motion.subject_speed:.2f} frame widths/s")
+        else:
+            parts.append("nothing moves on its own")
+        return "; ".join(parts)
 
     def describe_change(self, before: np.ndarray, after: np.ndarray, previous: str) -> str:
         old, new = dominant_colour(before), dominant_colour(after)
@@ -149,7 +266,7 @@ class HFVideoCaptioner:
         self.num_frames = self.model.config.num_image_with_embedding or None
         self.max_new_tokens = max_new_tokens
 
-    def caption_video(self, frames: np.ndarray) -> str:
+    def caption_video(self, frames: np.ndarray, times: list[float] | None = None) -> str:
         if self.num_frames:
             # The model learned one temporal embedding per frame slot: give it exactly that many.
             frames = frames[np.linspace(0, len(frames) - 1, self.num_frames).round().astype(int)]
@@ -216,7 +333,7 @@ class Captioner:
         """key_frames: first/middle/last; caption_frames: spread over the clip at `times` seconds."""
         if self.strategy == "paper":
             image = self.image.caption_image(key_frames[1])
-            video = self.video.caption_video(caption_frames)
+            video = self.video.caption_video(caption_frames, times)
             summary = self.summary.summarise([image, video])
         else:
             image = self.image.caption_image(caption_frames[0])

@@ -231,6 +231,8 @@ def verify_gradual(features: Features, lo: int, hi: int, config: CutConfig) -> T
         if telling.sum() >= 20:
             share = (np.abs(grey - b) < np.abs(grey - a))[:, telling].mean(1)
             start, end, _ = _falling_ramp_fit(1.0 - share)
+            if end - start < 2:
+                return None
     else:
         kind = "dissolve"
     return Transition(lo + start, lo + end, kind)
@@ -257,7 +259,8 @@ def refine_gradual(features: Features, lo: int, hi: int, config: CutConfig) -> T
         if refined is None or refined == transition:
             break  # the near anchors confirm it, or are too close to tell: keep what was found
         transition = refined
-    return _trim(features, transition) if transition is not None else None
+    # A fade joins two shots of different brightness, so its steps differ: only blends are trimmed.
+    return _trim(features, transition) if transition.kind in ("dissolve", "wipe") else transition
 
 
 def _trim(features: Features, transition: Transition) -> Transition:
@@ -268,10 +271,10 @@ def _trim(features: Features, transition: Transition) -> Transition:
     grey = features.grey.astype(np.int16)
     step = lambda i: float(np.abs(grey[i] - grey[i - 1]).mean()) if 0 < i < len(grey) else 0.0
     changes = [step(i) for i in range(start, end + 1)]
-    typical = float(np.median(changes))
-    while start < end - 1 and step(start) < 0.5 * typical and start > 0:
+    typical = float(np.percentile(changes, 75))  # the blend's steps, even when the fit is too wide
+    while start < end - 1 and step(start) < 0.6 * typical and start > 0:
         start += 1
-    while end > start + 1 and step(end) < 0.5 * typical:
+    while end > start + 1 and step(end) < 0.6 * typical:
         end -= 1
     return Transition(start, end, transition.kind, transition.level)
 

@@ -30,7 +30,7 @@ from .config import CurateConfig
 from .filters import build_rules, final_reason
 from .shards import SHARD_PATTERN, ShardWriter, clip_key, clip_metadata, encode_clip, shard_is_complete
 from .stages import clip_stages, drop_payload, process_source_locally, source_rows
-from .summary import StageCounter, write_summary
+from .summary import StageCounter, stage_states, write_summary
 
 MANIFEST_SCHEMA = pa.schema([
     ("source", pa.string()), ("clip_index", pa.int64()), ("start_frame", pa.int64()), ("end_frame", pa.int64()),
@@ -343,7 +343,12 @@ def run(input_dir: str, out_dir: str, config: CurateConfig, limit: int | None = 
         shards = write_shards(out_dir, input_dir, config, executor) if config.shards.enabled else {}
     finally:
         executor.close()
-    summary = write_summary(out_dir, counter.as_dict(shards), rules, scores)
-    log(f"kept {summary['counts']['kept']} of {summary['counts']['cuts']['clips']} clips; "
+    summary = write_summary(out_dir, counter.as_dict(shards), rules, scores, stage_states(config))
+    for name, state in summary["stages"].items():
+        if state != "on":
+            log(f"stage {name} {state}")
+    cuts = summary["counts"]["cuts"]
+    log(f"kept {summary['counts']['kept']} of {cuts['clips']} spans ({cuts['transitions']} transitions, "
+        f"{cuts['too_short']} too short, {cuts['keyframe_snap']} keyframe snaps); "
         f"manifest at {os.path.join(out_dir, 'manifest.parquet')}")
     return summary

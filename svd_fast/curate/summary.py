@@ -96,8 +96,28 @@ def plot_histograms(scores: dict[str, np.ndarray], rules: list[Rule], path: str)
     os.replace(partial, path)
 
 
-def write_summary(out_dir: str, counts: dict, rules: list[Rule], scores: dict[str, np.ndarray]) -> dict:
+# What a switched-off stage leaves out, for the summary.
+STAGE_OFF_EFFECT = {
+    "cuts": "each source is one clip",
+    "motion": "no motion score, no low_motion filter",
+    "text": "no text area, no text filters",
+    "clip": "no CLIP aesthetic or text-image scores, no low_aesthetic / low_clip_score filters",
+    "captions": "no captions",
+    "shards": "no webdataset shards written",
+}
+
+
+def stage_states(config) -> dict[str, str]:
+    """{stage: 'on' or 'off: what is missing'} for the summary and the closing log line."""
+    return {name: "on" if getattr(config, name).enabled else f"off: {STAGE_OFF_EFFECT[name]}"
+            for name in STAGE_OFF_EFFECT}
+
+
+def write_summary(out_dir: str, counts: dict, rules: list[Rule], scores: dict[str, np.ndarray],
+                  stages: dict[str, str] | None = None) -> dict:
     summary = {"counts": counts, "thresholds": [dataclasses.asdict(rule) for rule in rules]}
+    if stages is not None:
+        summary["stages"] = stages
     partial = os.path.join(out_dir, "summary.json.partial")
     with open(partial, "w") as handle:
         json.dump(summary, handle, indent=2)

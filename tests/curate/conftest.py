@@ -202,3 +202,11 @@ def transition_cut_set(tmp_path_factory):
     videos = fetch_or_skip(lambda: cut_eval.transition_set(str(tmp_path_factory.mktemp("transitions"))))
     cut_eval.attach_features(videos, CutConfig())
     return videos
+
+
+@pytest.fixture(scope="session")
+def media():
+    """media(name) -> local path of a real_media file (skips only when the registry is unreachable)."""
+    from svd_fast.real_media import fetch
+
+    return lambda name: str(fetch_or_skip(lambda: fetch(name)))

@@ -65,13 +65,17 @@ def test_gelu_head_applies_activation(tmp_path):
 
 
 def test_trivial_captioner_describes_colour_and_motion(cut_videos):
-    """Ground truth from the renderer: background colour and the square's direction."""
+    """Ground truth from the renderer: background colour, a still camera and the square's direction."""
     video, captioner = cut_videos[1], TrivialCaptioner()
-    for index, expected in [(0, "moving right"), (1, "still"), (5, "moving left"), (6, "still")]:
+    colours = ['blue', 'green', 'purple', 'white', 'grey', 'orange', 'cyan']
+    for index, expected in [(0, "mostly right"), (1, "nothing moves on its own"), (5, "mostly left"),
+                            (6, "nothing moves on its own")]:
         truth = video.clips[index]
         frames = clip_frames(video, truth)
-        assert captioner.caption_image(frames.key[1]) == f"a {['blue', 'green', 'purple', 'white', 'grey', 'orange', 'cyan'][index]} scene"
-        assert captioner.caption_video(frames.caption).endswith(expected)
+        assert f"scene, mostly {colours[index]} (" in captioner.caption_image(frames.key[1])
+        times = [(i - truth.start) / video.fps for i in caption_indices(truth.start, truth.end, len(frames.caption))]
+        caption = captioner.caption_video(frames.caption, times)
+        assert "; static camera; " in caption and expected in caption, caption
 
 
 def test_differential_strategy_follows_changes():
@@ -79,17 +83,19 @@ def test_differential_strategy_follows_changes():
     trivial = TrivialCaptioner()
     captioner = Captioner("sharegpt4video", trivial, trivial, trivial, trivial, primary="summary")
     result = captioner.captions(np.stack([blue] * 3), np.stack([blue, blue, green]), [0.0, 1.0, 2.0])
-    assert result["caption_video"].splitlines() == ["0.0s: a blue scene", "1.0s: nothing changes",
+    assert result["caption_video"].splitlines() == ["0.0s: a dim scene, mostly blue (100%)", "1.0s: nothing changes",
                                                     "2.0s: the scene turns from blue to green"]
     assert result["caption"] == result["caption_summary"] == \
-        "a blue scene; nothing changes; the scene turns from blue to green"
+        "a dim scene, mostly blue (100%); nothing changes; the scene turns from blue to green"
 
 
 def test_paper_strategy_with_trivial_parts():
     frames = np.stack([np.full((32, 48, 3), PALETTE["yellow"], np.uint8)] * 4)
     result = build_captioner(CaptionConfig()).captions(frames[:3], frames, [0.0, 0.5, 1.0, 1.5])
-    assert result == {"caption_image": "a yellow scene", "caption_video": "a yellow scene, still",
-                      "caption_summary": "a yellow scene; a yellow scene, still", "caption": "a yellow scene"}
+    image = "a bright scene, mostly yellow (100%)"
+    video = image + "; static camera; nothing moves on its own"
+    assert result == {"caption_image": image, "caption_video": video, "caption_summary": f"{image}; {video}",
+                      "caption": image}
 
 
 def _generate(model, **inputs):

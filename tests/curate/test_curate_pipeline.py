@@ -185,8 +185,23 @@ def test_cli_errors(tmp_path, capsys, pipeline_inputs, tiny_clip):
     assert main([pipeline_inputs[0], "--out", str(blocker / "sub")]) == 2
     assert "is not writable" in capsys.readouterr().err
     assert main([pipeline_inputs[0], "--out", str(tmp_path / "o")]) == 2
-    assert "clip.model_path is required" in capsys.readouterr().err
+    message = capsys.readouterr().err
+    assert "clip.model_path is required" in message and "--disable clip" in message
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([str(empty), "--out", str(tmp_path / "o"), "--disable", "clip"]) == 2
     assert "holds no videos" in capsys.readouterr().err
+
+
+def test_runs_without_clip_weights_and_says_so(pipeline_inputs, tmp_path, capsys):
+    """No CLIP folder: --disable clip runs everything else and the summary names what is missing."""
+    out = str(tmp_path / "no_clip")
+    assert main([pipeline_inputs[0], "--out", out, "--disable", "clip", "--disable", "shards", "--no-ray",
+                 "--limit", "1", "--set", "text.ocr_short_side=240", "--set", "cuts.min_clip_seconds=1.5"]) == 0
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["stages"]["clip"].startswith("off: no CLIP aesthetic") and summary["stages"]["motion"] == "on"
+    assert "stage clip off" in capsys.readouterr().err
+    manifest = pd.read_parquet(os.path.join(out, "manifest.parquet"))
+    scored = manifest[manifest["reason"] == ""]
+    assert len(scored) and scored["aesthetic"].isna().all() and scored["clip_score"].isna().all()
+    assert np.isfinite(scored["motion"]).all() and (scored["caption"].str.len() > 0).all()

@@ -1,5 +1,6 @@
 """Probe, motion and text stages on rendered videos with known truth (no Ray)."""
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -76,3 +77,80 @@ def test_text_area_within_two_points(text_video):
 
 def test_box_fraction_counts_overlaps_once():
     assert box_fraction([(0, 0, 10, 10), (5, 5, 15, 15)], 20, 20) == pytest.approx((100 + 100 - 25) / 400)
+
+
+# --- real footage and real photographs (svd_fast.real_media) -----------------------------------
+
+def _real_clip(media, name, start, end):
+    path = media(name)
+    info = probe_video(path)
+    return decode_clip(path, start, end, info.pts[start], DecodeConfig(), MotionConfig(), info.fps), info.fps
+
+
+def _camera_move(media, photo, frames=25, shift=(0.0, 0.0), zoom=0.0, size=(192, 128)):
+    """A camera moving over a real photograph: the crop window slides `shift` pixels (x, y) and
+    shrinks by the factor `zoom` per frame, so the picture moves the other way / grows."""
+    from PIL import Image
+
+    image = np.asarray(Image.open(media(photo)).convert("RGB"))
+    height, width = image.shape[:2]
+    out = []
+    for t in range(frames):
+        w = size[0] * 1.6 * (1 - zoom) ** t
+        h = w * size[1] / size[0]
+        cx, cy = width / 2 + shift[0] * (t - frames / 2), height / 2 + shift[1] * (t - frames / 2)
+        matrix = np.float32([[w / size[0], 0, cx - w / 2], [0, h / size[1], cy - h / 2]])
+        out.append(cv2.warpAffine(image, matrix, size, flags=cv2.INTER_AREA | cv2.WARP_INVERSE_MAP))
+    return np.stack(out)
+
+
+def test_motion_ranks_locked_off_below_camera_moves(media):
+    """vtest is a locked-off camera with people walking; the opening bikes shot moves over a street
+    (everything in it slides down the frame); a pan over a real photograph moves every pixel."""
+    locked, _ = _real_clip(media, "vtest", 0, 100)
+    moving, _ = _real_clip(media, "bikes", 0, 30)
+    pan = _camera_move(media, "coffee", frames=25, shift=(3.0, 0.0))
+    # The pan's frames at 2 fps of a 25 fps video, at the motion stage's 16 px short side.
+    pan_small = np.stack([cv2.resize(f, (24, 16), interpolation=cv2.INTER_AREA) for f in pan[::12]])
+    scores = motion_score(locked.motion), motion_score(moving.motion), motion_score(pan_small)
+    assert scores[0] < 0.4 < min(scores[1:]), scores
+
+
+def test_caption_says_true_camera_and_subject_motion(media):
+    from svd_fast.curate.captions import TrivialCaptioner, describe_motion
+
+    times = [t / 25 for t in range(0, 25, 3)]
+    pan = _camera_move(media, "coffee", shift=(2.0, 0.0))[::3]  # the view slides right: the camera pans right
+    motion = describe_motion(pan, times)
+    assert motion.camera == "camera pans right"
+    # 2 px a frame at 25 fps over a window 1.6 x 192 px wide (shown at 192 px): 0.163 widths/s.
+    assert motion.camera_speed == pytest.approx(2.0 * 25 / (192 * 1.6), rel=0.2)
+    tilt = describe_motion(_camera_move(media, "astronaut", shift=(0.0, -2.0))[::3], times)
+    assert tilt.camera == "camera tilts up"
+    zoom = describe_motion(_camera_move(media, "chelsea", zoom=0.01)[::3], times)
+    assert zoom.camera == "camera zooms in" and zoom.camera_speed == pytest.approx(0.25, rel=0.3)
+    locked, fps = _real_clip(media, "vtest", 0, 100)
+    caption = TrivialCaptioner().caption_video(locked.caption, [i * 99 / 7 / fps for i in range(8)])
+    # Hand-checked: a green lawn and grey paving, evenly lit, people walking in a small part of it.
+    assert caption.startswith("an evenly lit scene, mostly green (") and "and grey (" in caption
+    assert "; static camera; motion in " in caption
+
+
+def test_text_filter_finds_a_title_card_and_ignores_texture(media):
+    """Burned-in titles over real footage count as text; real textures (grass, gravel) do not."""
+    from PIL import Image
+
+    detector = TesseractDetector()
+    frames, _ = _real_clip(media, "bigbuckbunny", 0, 132)
+    titled = frames.key.copy()
+    for frame in titled:
+        cv2.putText(frame, "THE BIG BUCK", (40, 150), cv2.FONT_HERSHEY_DUPLEX, 2.0, (255, 255, 255), 4, cv2.LINE_AA)
+        cv2.putText(frame, "BUNNY STORY", (40, 260), cv2.FONT_HERSHEY_DUPLEX, 2.0, (255, 255, 255), 4, cv2.LINE_AA)
+    card = np.zeros_like(frames.key)
+    for frame in card:
+        cv2.putText(frame, "CHAPTER ONE", (60, 240), cv2.FONT_HERSHEY_DUPLEX, 2.4, (235, 235, 235), 4, cv2.LINE_AA)
+    assert text_area(frames.key, detector, 360) < 0.01
+    assert text_area(titled, detector, 360) > 0.05 and text_area(card, detector, 360) > 0.03
+    for texture in ("grass", "gravel", "hubble_deep_field"):
+        image = np.asarray(Image.open(media(texture)).convert("RGB"))
+        assert text_area(np.stack([image] * 3), detector, 360) < 0.01, texture
