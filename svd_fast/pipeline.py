@@ -57,12 +57,21 @@ class SVDPipeline:
 
     # ----------------------------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, path, torch_dtype=None, device=None, numerics: str = "sgm", use_ema: bool = False):
-        """Load a diffusers folder or an sgm single-file checkpoint (detected automatically)."""
+    def from_pretrained(cls, path, torch_dtype=None, device=None, numerics: str = "sgm", use_ema: bool = False,
+                        compile: bool = False, cuda_graphs: bool | None = None):
+        """Load a diffusers folder or an sgm single-file checkpoint (detected automatically).
+
+        torch_dtype: a torch dtype, None (as stored), or "auto": the fastest dtype this device
+        computes natively (svd_fast.accel.dtypes; said once on stdout). compile / cuda_graphs: see
+        svd_fast.accel.accelerate.
+        """
         from svd_fast.checkpoints import load_components
 
+        if isinstance(torch_dtype, str):
+            torch_dtype = _resolve_dtype(torch_dtype, device, path)
         parts = load_components(path, dtype=torch_dtype, device=device, numerics=numerics, use_ema=use_ema)
-        return cls(parts["unet"], parts["vae"], parts["image_encoder"], parts["config"], parts.get("scheduler_config"))
+        pipe = cls(parts["unet"], parts["vae"], parts["image_encoder"], parts["config"], parts.get("scheduler_config"))
+        return pipe._accelerated(compile, cuda_graphs)
 
     @classmethod
     def from_config(cls, config: SVDConfig | str, torch_dtype=None, device=None, seed: int = 0):
@@ -72,9 +81,18 @@ class SVDPipeline:
 
         if isinstance(config, str):
             config = SVDConfig.from_name(config)
+        if isinstance(torch_dtype, str):
+            torch_dtype = _resolve_dtype(torch_dtype, device)
         torch.manual_seed(seed)
         pipe = cls(VideoUNet(config.unet), TemporalVAE(config.vae), conditioner.build_image_encoder(config.image_encoder), config)
         return pipe.to(device=device, dtype=torch_dtype)
+
+    def _accelerated(self, compile: bool, cuda_graphs: bool | None) -> "SVDPipeline":
+        if not compile and cuda_graphs is False:
+            return self
+        from svd_fast.accel import accelerate
+
+        return accelerate(self, compile=compile, cuda_graphs=cuda_graphs)
 
     def save_pretrained(self, path, layout: str = "diffusers", overwrite: bool = False) -> None:
         """Write the weights as a diffusers folder or an sgm single .safetensors file (atomic)."""
@@ -244,6 +262,35 @@ class SVDPipeline:
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+
+
+def _resolve_dtype(spec: str, device, path=None) -> torch.dtype:
+    """A dtype name or "auto" (reported once) -> torch dtype; auto on CUDA keeps a bf16 checkpoint bf16."""
+    from svd_fast.accel.dtypes import report_once, resolve_dtype
+
+    dtype, why = resolve_dtype(spec, device or "cpu", _stored_dtype(path) if path is not None else None)
+    if spec == "auto":
+        report_once(dtype, why)
+    return dtype
+
+
+def _stored_dtype(path) -> torch.dtype | None:
+    """dtype of the UNet weights in a checkpoint (safetensors header only), None if unknown."""
+    from pathlib import Path
+
+    from svd_fast.checkpoints.io import CheckpointError, read_safetensors_header
+
+    path = Path(path)
+    files = sorted((path / "unet").glob("*.safetensors")) if path.is_dir() else [path]
+    if not files or files[0].suffix != ".safetensors":
+        return None
+    try:
+        header = read_safetensors_header(files[0])[0]
+    except (CheckpointError, OSError):  # unreadable header: the loader reports it properly
+        return None
+    names = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+    dtypes = [v.get("dtype") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    return names.get(max(set(dtypes), key=dtypes.count)) if dtypes else None
 
 
 def postprocess_video(video: torch.Tensor, output_type: str):

@@ -1,7 +1,8 @@
 """Command line: sample a video from an image.
 
     python -m svd_fast.sample --image IN.png --out OUT.mp4 [--model PATH] [--frames N] [--steps N]
-        [--seed S] [--fps F] [--motion-bucket M] [--dtype bf16|fp16|fp32] [--decode-chunk N]
+        [--seed S] [--fps F] [--motion-bucket M] [--dtype auto|bf16|fp16|fp32] [--decode-chunk N]
+        [--compile] [--cuda-graphs | --no-cuda-graphs]
 
 Without --model the embedded default model (svd_fast/assets/default_model) is used.
 """
@@ -34,11 +35,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-cfg", type=float, help="guidance scale on the last frame (default: the model's, 3.0 for SVD)")
     p.add_argument("--height", type=int, help="output height, a multiple of 8 (default: the model's)")
     p.add_argument("--width", type=int, help="output width, a multiple of 8 (default: the model's)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16" if not torch.cuda.is_available() else "fp16")
+    p.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
+                   help="compute dtype; auto: fp16 on CUDA, bf16 on CPUs with native bf16 (AMX/AVX512-BF16), else fp32")
     p.add_argument("--decode-chunk", type=int, help="frames decoded at once (less memory; default: all)")
     p.add_argument("--sampler", choices=["euler", "heun", "dpmpp_2m"], default="euler")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--ema", action="store_true", help="use EMA weights when the checkpoint has them")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet and VAE decoder (slow first call, cached on disk for later runs)")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay the UNet step from CUDA graphs (default: on with CUDA)")
     return p.parse_args(argv)
 
 
@@ -66,7 +72,9 @@ def main(argv=None) -> int:
     model = resolve_model(args.model)
     image = load_image(args.image)
     start = time.perf_counter()
-    pipe = SVDPipeline.from_pretrained(model, torch_dtype=DTYPES[args.dtype], device=args.device, use_ema=args.ema)
+    dtype = DTYPES.get(args.dtype, args.dtype)  # "auto" is resolved (and reported) by the pipeline
+    pipe = SVDPipeline.from_pretrained(model, torch_dtype=dtype, device=args.device, use_ema=args.ema,
+                                       compile=args.compile, cuda_graphs=args.cuda_graphs)
     load_time = time.perf_counter() - start
     cfg = pipe.config
     fps = args.fps or cfg.fps
@@ -93,8 +101,11 @@ def main(argv=None) -> int:
     steps = t["unet_steps"]
     print(f"wrote {len(result.frames[0])} frames to {', '.join(str(w) for w in written[:1])}"
           + (f" (+{len(written) - 1} more)" if len(written) > 1 else ""))
+    from svd_fast.accel import compile_seconds
+
+    compiled = f" (of which compile {compile_seconds(pipe):.1f}s)" if args.compile else ""
     print(f"load {load_time:.2f}s | image encode {t['image_encode']:.2f}s | denoise {sum(steps):.2f}s "
-          f"({len(steps)} steps, {sum(steps) / max(len(steps), 1):.2f}s/step) | decode {t['vae_decode']:.2f}s | "
+          f"({len(steps)} steps, {sum(steps) / max(len(steps), 1):.2f}s/step){compiled} | decode {t['vae_decode']:.2f}s | "
           f"write {write_time:.2f}s")
     return 0
 

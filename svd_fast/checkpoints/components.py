@@ -129,7 +129,7 @@ def _state(components: dict, name: str) -> dict[str, torch.Tensor]:
     if name not in components:
         raise CheckpointError(f"save_components: components lack {name!r} (need config, unet, vae, image_encoder)")
     value = components[name]
-    return dict(value.state_dict()) if isinstance(value, nn.Module) else dict(value)
+    return dict(value.state_dict()) if hasattr(value, "state_dict") else dict(value)  # modules and wrappers
 
 
 def _check_states(config: SVDConfig, states: dict[str, dict]) -> None:
