@@ -70,3 +70,32 @@ def test_image_encoder_training_separates_clips():
     torch.manual_seed(0)
     after, parts = encoder_loss(encoder, probe, scale, clips)
     assert float(after) < 0.5 * float(before) and parts["accuracy"] >= 0.75
+
+
+def test_gradient_loss_is_zero_for_a_brightness_shift_and_sees_a_blur():
+    from svd_fast.train.autoencoder import gradient_l1
+
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert float(gradient_l1(image + 0.3, image)) == pytest.approx(0.0, abs=1e-6)  # flat change: no edges moved
+    blurred = torch.nn.functional.avg_pool2d(image, 3, stride=1, padding=1, count_include_pad=False)
+    # By hand: differences of a ramp vs a constant picture.
+    ramp = torch.arange(4.0).expand(1, 1, 2, 4)  # two equal rows: dy = 0
+    assert float(gradient_l1(ramp, torch.zeros_like(ramp))) == pytest.approx(0.5 * (1.0 + 0.0))  # dx = 1, dy = 0
+    assert float(gradient_l1(blurred, image)) > 0.1
+
+
+def test_image_reconstruction_reports_psnr_and_colour_shift_of_each_image():
+    from svd_fast.train.autoencoder import image_reconstruction
+
+    class Identity(torch.nn.Module):  # a perfect autoencoder, shifting green by +0.02 (in [-1, 1])
+        def encode(self, x):
+            return x
+
+        def decode(self, z, num_frames):
+            return z + torch.tensor([0.0, 0.02, 0.0]).view(1, 3, 1, 1)
+
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 1.6 - 0.8
+    rows = image_reconstruction(Identity(), images)
+    # error 0.01 on [0, 1] in one channel of three: MSE 1e-4 / 3
+    assert rows[0]["psnr_db"] == pytest.approx(10 * np.log10(3 / 1e-4), abs=1e-3)
+    assert rows[1]["colour_shift_255"] == pytest.approx(0.01 * 255, abs=1e-3)
