@@ -299,7 +299,7 @@ class GraphedModule(torch.nn.Module):
             _, evicted = self._entries.popitem(last=False)  # least recently replayed
             evicted.captured.release()
             self._counts["evictions"] += 1
-        if self._weights is None:
+        if not self._entries:  # with graphs held, forward() has just checked the addresses
             self._record_weights()
         device = tensors[0].device
         if self._pool is None:
