@@ -17,10 +17,10 @@ processes add to each other's entries. An unreadable or malformed file is ignore
 and rewritten by the next measurement. An entry serves only while the candidates it timed still
 include every candidate available now (building the native extension later re-measures).
 
-Nothing is timed while torch.compile traces (a cached choice or the starting order is used and
-baked into the graph), during CUDA-graph capture, under a TorchDispatchMode (FakeTensorMode,
-FlopCounterMode: extra calls would be counted) or for tensor subclasses. SVD_FAST_TUNE=0 turns
-measuring off: the starting order, ignoring the cache.
+Nothing is timed while torch.compile traces (with static sizes the choice cached for the call's
+signature is baked into the graph, else the starting order), during CUDA-graph capture, under a
+TorchDispatchMode (FakeTensorMode, FlopCounterMode: extra calls would be counted) or for tensor
+subclasses. SVD_FAST_TUNE=0 turns measuring off: the starting order, ignoring the cache.
 
     tuning.measured()   # this machine's entries (what `python -m svd_fast.kernels --list` prints)
     tuning.clear()      # forget every choice, on disk and in this process
@@ -43,8 +43,8 @@ import torch
 
 CACHE_FILE = "kernel_choices.json"
 FORMAT = 1
-# Timing per candidate and new signature: repeats until about this long, between these bounds
-# (one repeat when the warm-up call alone took LONG_CALL_S: big shapes are timed, not benchmarked).
+# Timing per candidate and new signature: repeats until they took about BUDGET_S, between these
+# bounds (one repeat when the warm-up call alone took LONG_CALL_S: big shapes are timed, not benchmarked).
 BUDGET_S = 0.02
 MIN_REPEATS, MAX_REPEATS = 2, 25
 LONG_CALL_S = 0.1
@@ -313,7 +313,7 @@ def _timer(device: torch.device):
 
 
 def measure(candidates: list, args: tuple, kwargs: dict, device: torch.device) -> tuple[dict, dict, int]:
-    """({name: min seconds}, {name: error of a candidate that raised}, repeats) of candidates [(name, fn)]."""
+    """({name: min seconds}, {name: error of a candidate that raised}, most repeats) of candidates [(name, fn)]."""
     now = _timer(device)
     first, failed = {}, {}
     with torch.no_grad():
@@ -324,16 +324,26 @@ def measure(candidates: list, args: tuple, kwargs: dict, device: torch.device) -
                 first[name] = now() - start
             except Exception as err:  # a candidate that cannot take this call is not a choice
                 failed[name] = f"{type(err).__name__}: {err}"[:200]
-        repeats = {n: 1 if t >= LONG_CALL_S else max(MIN_REPEATS, min(MAX_REPEATS, round(BUDGET_S / max(t, 1e-9))))
-                   for n, t in first.items()}
-        best = {n: float("inf") for n in first}
         fns = dict(candidates)
-        for r in range(max(repeats.values(), default=0)):  # round-robin: load changes hit every candidate alike
-            for name in first:
-                if r < repeats[name]:
-                    start = now()
-                    fns[name](*args, **kwargs)
-                    best[name] = min(best[name], now() - start)
+        best = {n: float("inf") for n in first}
+        spent = {n: 0.0 for n in first}
+        repeats = {n: 0 for n in first}
+
+        def more(name):
+            if first[name] >= LONG_CALL_S:
+                return repeats[name] < 1
+            return repeats[name] < MAX_REPEATS and (repeats[name] < MIN_REPEATS or spent[name] < BUDGET_S)
+
+        active = [n for n in first if more(n)]
+        while active:  # round-robin: load changes hit every candidate alike
+            for name in active:
+                start = now()
+                fns[name](*args, **kwargs)
+                elapsed = now() - start
+                best[name] = min(best[name], elapsed)
+                spent[name] += elapsed
+                repeats[name] += 1
+            active = [n for n in active if more(n)]
     return best, failed, max(repeats.values(), default=0)
 
 
@@ -344,6 +354,18 @@ def pick_winner(order: list[str], times: dict) -> str:
 
 
 # ---- the dispatcher ----
+
+
+@torch.compiler.assume_constant_result
+def _trace_has_no_symbols() -> bool:
+    """True while torch.compile traces with static sizes only. Dynamo reports symbolic sizes as ints,
+    and a signature holding one cannot be passed to _untimed_choice, so this asks the trace's shape
+    environment (symbols of the inputs and of data-dependent sizes exist before any op uses them)."""
+    from torch._guards import TracingContext
+
+    context = TracingContext.try_get()
+    shape_env = context.fake_mode.shape_env if context is not None and context.fake_mode is not None else None
+    return shape_env is None or not shape_env.var_to_range
 
 
 @torch.compiler.assume_constant_result
@@ -392,7 +414,7 @@ class TunedOp:
         options = self.options.get(device.type)
         if options is None:
             return self.fallback(*args, **kwargs)
-        if len(options) == 1:
+        if len(options) == 1 or not _trace_has_no_symbols():  # symbolic sizes cannot key a lookup
             return self.candidates[device.type][0][1](*args, **kwargs)
         return options[_untimed_choice(self.token, device, signature(args, kwargs))](*args, **kwargs)
 

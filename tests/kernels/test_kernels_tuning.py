@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+import torch._dynamo.testing
 from kernel_test_utils import assert_close_to_fp32, native_ops
 
 from svd_fast import kernels, layers
@@ -301,17 +302,19 @@ def _qkv(n, s, c):
     return fused[..., :c], fused[..., c:2 * c], fused[..., 2 * c:]
 
 
-# op -> [(label, call(fn, *tensors), tensors)] at odd shapes; float tensors are cast to the tested dtype.
+# op -> [(label, call(fn, *tensors), make tensors)] at odd shapes; every tensor is cast to the tested dtype.
 ODD_CASES = {
     "group_norm": [
         ("per-clip-silu-channels-last", lambda fn, x, w, b: fn(x, 3, w, b, 1e-5, True, 3),
          lambda: (_cl(6, 9, 5, 3), torch.randn(9), torch.randn(9))),
-        ("per-frame-tokens-no-affine", lambda fn, x: fn(x, 2, None, None, 1e-6, False, None), lambda: (torch.randn(5, 6, 7),)),
+        ("per-frame-tokens-no-affine", lambda fn, x: fn(x, 2, None, None, 1e-6, False, None),
+         lambda: (torch.randn(5, 6, 7),)),
     ],
     "temporal_conv": [
-        ("channels-last-k3", lambda fn, x, w, b: fn(x, w, b, 3), lambda: (_cl(6, 5, 3, 7), torch.randn(7, 5, 3, 1, 1),
-                                                                       torch.randn(7))),
-        ("nchw-k5-no-bias", lambda fn, x, w: fn(x, w, None, 5), lambda: (torch.randn(10, 3, 1, 5), torch.randn(4, 3, 5, 1, 1))),
+        ("channels-last-k3", lambda fn, x, w, b: fn(x, w, b, 3),
+         lambda: (_cl(6, 5, 3, 7), torch.randn(7, 5, 3, 1, 1), torch.randn(7))),
+        ("nchw-k5-no-bias", lambda fn, x, w: fn(x, w, None, 5),
+         lambda: (torch.randn(10, 3, 1, 5), torch.randn(4, 3, 5, 1, 1))),
     ],
     "temporal_attention": [
         ("fused-projection-views-T5", lambda fn, q, k, v: fn(q, k, v, 5, 3), lambda: _qkv(10, 3, 24)),
@@ -321,10 +324,13 @@ ODD_CASES = {
         ("cross-attention-odd-lengths", lambda fn, q, k, v: fn(q, k, v, 2),
          lambda: (torch.randn(3, 7, 24), torch.randn(3, 5, 24), torch.randn(3, 5, 24))),
     ],
-    "alpha_blend": [("channels-last", lambda fn, a, b, al: fn(a, b, al), lambda: (_cl(6, 5, 3, 3), _cl(6, 5, 3, 3),
-                                                                                 torch.rand(6)))],
-    "alpha_blend_residual": [("tokens", lambda fn, a, b, al: fn(a, b, al), lambda: (torch.randn(6, 7, 5),
-                                                                                   torch.randn(6, 7, 5), torch.rand(6)))],
+    "alpha_blend": [
+        ("channels-last", lambda fn, a, b, al: fn(a, b, al), lambda: (_cl(6, 5, 3, 3), _cl(6, 5, 3, 3), torch.rand(6))),
+    ],
+    "alpha_blend_residual": [
+        ("tokens", lambda fn, a, b, al: fn(a, b, al),
+         lambda: (torch.randn(6, 7, 5), torch.randn(6, 7, 5), torch.rand(6))),
+    ],
     "geglu": [("odd-width", lambda fn, x: fn(x), lambda: (torch.randn(3, 5, 22),))],
 }
 CASE_IDS = [(op, label) for op, cases in ODD_CASES.items() for label, _, _ in cases]
@@ -367,8 +373,6 @@ def test_every_backend_matches_the_reference(op, label, dtype):
 
 
 def test_compile_traces_auto_without_timing_or_graph_breaks(monkeypatch):
-    import torch._dynamo.testing
-
     def no_timing(*args, **kwargs):
         raise AssertionError("timed while torch.compile traced")
 
@@ -414,3 +418,23 @@ def test_compile_uses_the_cached_choice(winner, monkeypatch):
     ran_native = any(e.key == "svd_fast_native::geglu_fwd" for e in prof.key_averages())
     assert ran_native == (winner == "native")
     torch.testing.assert_close(got, reference.geglu(x) * 2, atol=1e-5, rtol=1e-5)
+
+
+def test_compile_with_dynamic_shapes_uses_the_starting_order(monkeypatch):
+    """Symbolic sizes cannot key the cache: the starting order is traced, with no graph break."""
+    native_ops()
+    kernels.set_backend("auto")
+    monkeypatch.setattr(tuning, "measure", lambda candidates, *a: ({"reference": 1.0, "native": 2.0}, {}, 1))
+    for rows in (3, 5):
+        layers.geglu(torch.randn(rows, 10))  # eager: the cache now says reference for both shapes
+    monkeypatch.setattr(tuning, "measure", lambda *a: pytest.fail("timed while torch.compile traced"))
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda t: layers.geglu(t) * 2, backend=counter, fullgraph=True, dynamic=True)
+    for rows in (3, 5):
+        x = torch.randn(rows, 10)
+        with torch.profiler.profile() as prof:
+            got = compiled(x)
+        assert any(e.key == "svd_fast_native::geglu_fwd" for e in prof.key_averages())  # AUTO_CHOICES: native
+        torch.testing.assert_close(got, reference.geglu(x) * 2, atol=1e-5, rtol=1e-5)
+    assert counter.frame_count == 1
