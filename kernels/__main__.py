@@ -32,7 +32,8 @@ def _print_measured(tuning, devices: list[str]) -> dict:
         for entry in tuning.measured(device, machine).values():
             per_op.setdefault((entry["op"], device), []).append(entry)
     count = sum(len(v) for v in per_op.values())
-    print(f"kernel choices measured on this machine: {count} call shapes in {path}")
+    cost = sum(e.get("cost_ms", 0) for v in per_op.values() for e in v) / 1e3
+    print(f"kernel choices measured on this machine: {count} call shapes ({cost:.1f} s of timing) in {path}")
     for device, machine in here.items():
         print(f"  {device}: {machine}")
     others = {m: n for m, n in tuning.cached_machines().items() if m not in here.values()}

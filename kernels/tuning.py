@@ -50,6 +50,9 @@ MIN_REPEATS, MAX_REPEATS = 2, 25
 LONG_CALL_S = 0.1
 # A candidate earlier in the starting order stays chosen unless another is faster by more than this.
 TIE_MARGIN = 0.03
+# The file keeps the newest entries of the newest machine sections (a section per machine, thread
+# count and torch/svd_fast version; old versions' sections would otherwise pile up).
+MAX_ENTRIES, MAX_SECTIONS = 2000, 8
 # Stands for a float argument (eps): part of no signature.
 UNKEYED = "*"
 
@@ -168,12 +171,14 @@ def entry_key(op: str, device_type: str, sig: tuple) -> str:
 
 
 def _valid_entry(entry) -> bool:
-    if not isinstance(entry, dict) or not isinstance(entry.get("winner"), str):
+    text_fields = ("winner", "op", "device", "args")
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in text_fields):
         return False
     times = entry.get("times_ms")
     if not isinstance(times, dict) or entry["winner"] not in times:
         return False
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in times.values())
+    values = (*times.values(), entry.get("cost_ms", 0))
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     failed = entry.get("failed", {})
     return numbers and isinstance(failed, dict) and all(isinstance(k, str) for k in (*times, *failed))
 
@@ -205,6 +210,20 @@ def _read(path: Path) -> dict:
         _warn_once(f"read {path}", f"svd_fast.kernels: ignoring {dropped} malformed entries of the kernel choice "
                                    f"cache {path}; they will be rewritten")
     return out
+
+
+def _newest(entries: dict, keep: int) -> dict:
+    """The `keep` most recently measured of {key: entry}."""
+    if len(entries) <= keep:
+        return entries
+    return dict(sorted(entries.items(), key=lambda kv: str(kv[1].get("measured", "")))[-keep:])
+
+
+def _pruned(machines: dict) -> dict:
+    latest = {m: max((str(e.get("measured", "")) for e in entries.values()), default="")
+              for m, entries in machines.items()}
+    sections = sorted(machines, key=latest.get)[-MAX_SECTIONS:]
+    return {m: _newest(machines[m], MAX_ENTRIES) for m in sections}
 
 
 def _write(path: Path, machines: dict) -> None:
@@ -248,6 +267,7 @@ class _Store:
             merged = _read(self.path)  # entries other processes wrote since we loaded
             for m, entries in self.machines.items():
                 merged.setdefault(m, {}).update(entries)
+            merged = _pruned(merged)
             _write(self.path, merged)
             self.machines = merged
         except OSError as err:
@@ -460,14 +480,16 @@ class TunedOp:
 
     def _measure(self, device, sig, args, kwargs) -> str | None:
         candidates = self.candidates[device.type]
+        start = time.perf_counter()
         times, failed, repeats = measure(candidates, args, kwargs, device)
+        cost = time.perf_counter() - start
         if not times:
             return None  # every candidate raised: the starting choice will raise the caller's error
         winner = pick_winner([n for n, _ in candidates], times)
         when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         entry = {"op": self.op, "device": device.type, "dtype": _first_dtype(sig), "args": signature_text(sig),
                  "times_ms": {n: round(t * 1e3, 6) for n, t in times.items()}, "winner": winner,
-                 "repeats": repeats, "measured": when}
+                 "repeats": repeats, "cost_ms": round(cost * 1e3, 3), "measured": when}
         if failed:
             entry["failed"] = failed
         _store.put(machine_key(device), entry_key(self.op, device.type, sig), entry)

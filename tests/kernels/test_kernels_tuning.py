@@ -159,6 +159,30 @@ def test_entries_of_the_wrong_types_are_dropped_and_measured_again(private_cache
     assert entries(private_cache)[key]["winner"] == "second"
 
 
+def _old_entry(when: str) -> dict:
+    return {"op": "geglu", "device": "cpu", "args": "fp32[1,2]", "winner": "first", "times_ms": {"first": 1.0},
+            "measured": when}
+
+
+def test_the_file_keeps_the_newest_entries_and_sections(monkeypatch, private_cache):
+    monkeypatch.setattr(tuning, "MAX_ENTRIES", 3)
+    monkeypatch.setattr(tuning, "MAX_SECTIONS", 2)
+    here = tuning.machine_key(torch.device("cpu"))
+    private_cache.parent.mkdir(parents=True)
+    private_cache.write_text(json.dumps({"format": 1, "machines": {
+        here: {"old-2018": _old_entry("2018-01-01T00:00:00+00:00"),
+               "old-2021": _old_entry("2021-01-01T00:00:00+00:00")},
+        "an old version, 2019": {"a": _old_entry("2019-01-01T00:00:00+00:00")},
+        "an old version, 2020": {"b": _old_entry("2020-01-01T00:00:00+00:00")},
+    }}))
+    op, _, _ = geglu_op("first")
+    op(torch.randn(1, 4))
+    op(torch.randn(1, 6))
+    machines = json.loads(private_cache.read_text())["machines"]
+    assert set(machines) == {here, "an old version, 2020"}
+    assert set(machines[here]) == {"old-2021", "geglu cpu (fp32[1,4])", "geglu cpu (fp32[1,6])"}
+
+
 def test_a_cached_winner_that_no_longer_exists_is_measured_again(private_cache):
     op, first, second = geglu_op("first")
     x = torch.randn(2, 6)
@@ -282,7 +306,7 @@ def test_list_shows_the_starting_choices_and_the_cache_location(private_cache):
     result = subprocess.run([sys.executable, "-m", "svd_fast.kernels", "--list"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
-    assert f"0 call shapes in {private_cache}" in result.stdout
+    assert f"0 call shapes (0.0 s of timing) in {private_cache}" in result.stdout
     for op in kernels.OPS:
         assert op in result.stdout
 
