@@ -7,7 +7,14 @@
 times the whole image-to-video call with per-stage times (image encode, each UNet step, VAE
 decode). Both report median/min of repeats, peak memory, achieved TFLOP/s (FLOPs counted on the
 real graph with torch's FlopCounterMode) against this machine's measured matmul peak, and the
-ratio ours/theirs.
+ratio ours/theirs. --mode unet also splits FLOPs and time into convolutions, GEMMs, attention
+and the rest (torch.profiler self times of an eager call) for the TFLOP/s of each class.
+
+--dtype auto takes svd_fast's choice for this machine (svd_fast.accel.dtypes).
+--baseline-dtypes fp32,bf16 times diffusers in each and compares against its fastest.
+--compile compiles both sides: ours through svd_fast.accelerate(compile=True) (inductor,
+freezing on CPU), diffusers' UNet as its docs recommend (torch.compile(pipe.unet)); the first
+call's extra time is reported as compile time (cold or warm: see inductor_cache in the JSON).
 """
 from __future__ import annotations
 
@@ -36,7 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--frames", type=int, help="default: the preset's")
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--width", type=int, default=128)
-    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default="auto", choices=["auto", *sorted(DTYPES)])
+    p.add_argument("--baseline-dtypes", help="comma-separated dtypes to time diffusers in (default: --dtype's)")
+    p.add_argument("--compile", action="store_true", help="torch.compile both sides")
     p.add_argument("--steps", type=int, default=3, help="denoising steps per pipeline call")
     p.add_argument("--no-cfg", action="store_true", help="UNet batch 1 (no classifier-free guidance)")
     p.add_argument("--baseline", default="diffusers", choices=["diffusers", "none"])
@@ -70,23 +79,52 @@ def build_config(name: str, frames: int | None) -> SVDConfig:
     return config
 
 
-def build_pipelines(args):
+def build_pipelines(args, dtype):
+    """Ours in `dtype`, and diffusers (same weights) in each baseline dtype: {name: pipeline}."""
     from svd_fast.pipeline import SVDPipeline
 
-    dtype = DTYPES[args.dtype]
     start = time.perf_counter()
     ours = SVDPipeline.from_config(build_config(args.config, args.frames), torch_dtype=dtype, device=args.device)
     ours.set_progress_bar_config(disable=True)
-    load_ours = time.perf_counter() - start
-    theirs, load_theirs = None, None
+    load = {"ours_s": time.perf_counter() - start, "diffusers_s": None}
+    theirs = {}
     if args.baseline == "diffusers":
         from svd_fast.diffusers_bridge import to_diffusers_pipeline
 
-        start = time.perf_counter()
-        theirs = to_diffusers_pipeline(ours)
-        theirs.set_progress_bar_config(disable=True)
-        load_theirs = time.perf_counter() - start
-    return ours, theirs, {"ours_s": load_ours, "diffusers_s": load_theirs}
+        for name in baseline_dtypes(args, dtype):
+            start = time.perf_counter()
+            pipe = to_diffusers_pipeline(ours)
+            if DTYPES[name] != dtype:  # its own copies in its dtype (the CLIP tower is shared otherwise)
+                import copy
+
+                pipe.image_encoder = copy.deepcopy(ours.image_encoder)
+                for module in (pipe.unet, pipe.vae, pipe.image_encoder):
+                    module.to(DTYPES[name])
+            pipe.set_progress_bar_config(disable=True)
+            theirs[f"diffusers_{name}"] = pipe
+            load["diffusers_s"] = time.perf_counter() - start
+    return ours, theirs, load
+
+
+def baseline_dtypes(args, dtype) -> list[str]:
+    if args.baseline_dtypes:
+        names = [n.strip() for n in args.baseline_dtypes.split(",")]
+        unknown = [n for n in names if n not in DTYPES]
+        if unknown:
+            raise SystemExit(f"error: unknown baseline dtype(s) {unknown}; choose from {sorted(DTYPES)}")
+        return names
+    return [{v: k for k, v in DTYPES.items()}[dtype]]
+
+
+def compile_sides(ours, theirs, args) -> None:
+    """svd_fast's compile path for ours; torch.compile(pipe.unet) for diffusers, as its docs do."""
+    if not args.compile:
+        return
+    from svd_fast.accel import accelerate
+
+    accelerate(ours, compile=True)
+    for pipe in theirs.values():
+        pipe.unet = torch.compile(pipe.unet, fullgraph=True)
 
 
 def unet_inputs(config: SVDConfig, args, device, dtype):
@@ -114,35 +152,91 @@ def count_flops(fn) -> int:
 def bench_unet(ours, theirs, args, peak_tflops):
     """One UNet evaluation per side; the sides' repeats alternate, so load drift hits both alike."""
     cfg = ours.config
-    inputs = unet_inputs(cfg, args, ours.device, ours.dtype)
-    sides = {"ours": lambda: ours.unet(*inputs)}
-    if theirs is not None:
-        sides["diffusers"] = lambda: theirs.unet(*inputs, return_dict=False)[0]
-    flops, memory, times = {}, {}, {name: [] for name in sides}
+    inputs = {"ours": unet_inputs(cfg, args, ours.device, ours.dtype)}
+    sides = {"ours": lambda: ours.unet(*inputs["ours"])}
+    for name, pipe in theirs.items():
+        inputs[name] = unet_inputs(cfg, args, pipe.device, pipe.unet.dtype)
+        sides[name] = (lambda p, i: lambda: p.unet(*i, return_dict=False)[0])(pipe, inputs[name])
+    flops, memory, first_call, times, classes = {}, {}, {}, {name: [] for name in sides}, {}
     with torch.inference_mode():
         for name, run in sides.items():
-            flops[name] = count_flops(run)  # doubles as the first warm-up call
-            with PeakMemory() as mem:  # a second call: the peak above the resting level
+            start = time.perf_counter()
+            run()  # compiles when --compile
+            first_call[name] = time.perf_counter() - start
+            flops[name] = count_flops(run) if not args.compile else None
+            with PeakMemory() as mem:  # a further call: the peak above the resting level
                 time_repeats(run, 1, warmup=max(args.warmup - 1, 0))
             memory[name] = mem.peak_bytes
+            if not args.compile:
+                classes[name] = op_classes(run)
         for _ in range(args.repeat):
             for name, run in sides.items():
                 times[name] += time_repeats(run, 1, warmup=0)
     results = {}
     for name in sides:
         stats = summary(times[name])
-        rate = flops[name] / stats["median_s"] / 1e12
+        n_flops = flops[name] or flops_of_eager(ours, theirs, name, inputs[name])
+        rate = n_flops / stats["median_s"] / 1e12
         results[name] = {
             "unet_step": stats,
-            "flops": flops[name],
+            "flops": n_flops,
             "tflops_per_s": rate,
-            "fraction_of_peak": rate / peak_tflops,
-            "frames_per_s": cfg.num_frames * inputs[0].shape[0] / stats["median_s"],
+            "fraction_of_peak": rate / peak_tflops[name],
+            "frames_per_s": cfg.num_frames * inputs[name][0].shape[0] / stats["median_s"],
             "peak_memory_bytes": memory[name],
+            "compile_s": max(first_call[name] - stats["median_s"], 0.0) if args.compile else None,
         }
+        if name in classes:
+            results[name]["op_classes"] = {
+                k: {**v, "fraction_of_peak": v["tflops_per_s"] / peak_tflops[name]} for k, v in classes[name].items()
+            }
     if args.profile:
-        profile(lambda: ours.unet(*inputs), args.profile)
+        profile(sides["ours"], args.profile)
     return results
+
+
+def flops_of_eager(ours, theirs, name, inputs) -> int:
+    """FLOPs of the eager model behind a compiled side (counting through a compiled graph sees none)."""
+    from svd_fast.accel.compile import uncompile
+
+    model = uncompile(ours.unet) if name == "ours" else theirs[name].unet._orig_mod
+    if name == "ours":
+        return count_flops(lambda: model(*inputs))
+    return count_flops(lambda: model(*inputs, return_dict=False))
+
+
+# per class: (profiler event keys, matched by substring, self time) and (FlopCounterMode op names, by prefix)
+OP_CLASSES = {
+    "conv": (("convolution",), ("convolution",)),
+    "gemm": (("aten::addmm", "aten::mm", "aten::bmm", "linear_pointwise", "mkl_linear"), ("addmm", "mm", "bmm")),
+    "attention": (("scaled_dot_product", "temporal_attention"), ("_scaled_dot_product",)),
+}
+
+
+def op_classes(run) -> dict:
+    """Per op class: FLOPs, self time in one profiled eager call, TFLOP/s (and 'other' time)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run()
+    op_flops = {str(op).removeprefix("aten."): n for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    events = [(e.key, e.self_cpu_time_total / 1e6) for e in prof.key_averages()]
+    total_time = sum(t for _, t in events)
+    out, claimed = {}, 0.0
+    for cls, (event_keys, flop_prefixes) in OP_CLASSES.items():
+        seconds = sum(t for key, t in events if any(k in key for k in event_keys))
+        n_flops = sum(n for op, n in op_flops.items() if op.startswith(flop_prefixes))
+        claimed += seconds
+        out[cls] = {"flops": n_flops, "seconds": seconds, "tflops_per_s": n_flops / seconds / 1e12 if seconds else 0.0}
+    out["other"] = {"flops": 0, "seconds": total_time - claimed, "tflops_per_s": 0.0}
+    for v in out.values():
+        v["share_of_time"] = v["seconds"] / total_time if total_time else 0.0
+    return out
 
 
 def bench_pipeline(ours, theirs, args, peak_tflops):
@@ -151,16 +245,25 @@ def bench_pipeline(ours, theirs, args, peak_tflops):
     cfg = ours.config
     g = torch.Generator().manual_seed(0)
     image = Image.fromarray((torch.rand(args.height, args.width, 3, generator=g) * 255).byte().numpy())
-    common = dict(height=args.height, width=args.width, num_frames=cfg.num_frames, num_inference_steps=args.steps,
+    common = dict(height=args.height, width=args.width, num_frames=cfg.num_frames,
                   max_guidance_scale=1.0 if args.no_cfg else 3.0, output_type="np")
     results = {}
-    run_ours = lambda: ours(image, generator=torch.Generator().manual_seed(0), **common)  # noqa: E731
+
+    def run_ours(steps=args.steps):
+        return ours(image, generator=torch.Generator().manual_seed(0), num_inference_steps=steps, **common)
+
     results["ours"] = _pipeline_stats(run_ours, args, lambda out: out.timings)
-    if theirs is not None:
-        timer = _DiffusersStageTimer(theirs)
-        results["diffusers"] = _pipeline_stats(
-            lambda: timer.run(image, generator=torch.Generator().manual_seed(0), **common), args, lambda stages: stages
-        )
+    if args.compile:
+        from svd_fast.accel import compile_seconds
+
+        results["ours"]["compile_s"] = compile_seconds(ours)
+    for name, pipe in theirs.items():
+        timer = _DiffusersStageTimer(pipe)
+
+        def run_theirs(steps=args.steps, timer=timer):
+            return timer.run(image, generator=torch.Generator().manual_seed(0), num_inference_steps=steps, **common)
+
+        results[name] = _pipeline_stats(run_theirs, args, lambda stages: stages)
     if args.profile:
         profile(run_ours, args.profile)
     return results
@@ -169,7 +272,9 @@ def bench_pipeline(ours, theirs, args, peak_tflops):
 def _pipeline_stats(run, args, timings_of):
     stage_runs, totals = [], []
     with torch.inference_mode():
-        run()  # warm-up
+        start = time.perf_counter()
+        run(steps=2)  # warm-up (and compilation) on a short schedule: every stage runs, in the same shapes
+        first_call = time.perf_counter() - start
         with PeakMemory() as mem:
             for _ in range(args.repeat):
                 start = time.perf_counter()
@@ -183,6 +288,7 @@ def _pipeline_stats(run, args, timings_of):
         "unet_step": summary(steps),
         "vae_decode": summary([r["vae_decode"] for r in stage_runs]),
         "peak_memory_bytes": mem.peak_bytes,
+        "warmup_call_s": first_call,
     }
 
 
@@ -228,28 +334,48 @@ def profile(fn, path):
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
-def ratio(results, key):
-    if "diffusers" not in results:
-        return None
-    return results["diffusers"][key]["median_s"] / results["ours"][key]["median_s"]
+def speedups(results, keys) -> dict:
+    """diffusers/ours median time per key against diffusers' fastest dtype (the one with the lowest
+    median for the first key: unet_step or total), plus the ratios against every baseline."""
+    baselines = [name for name in results if name.startswith("diffusers")]
+    if not baselines:
+        return {}
+    best = min(baselines, key=lambda name: results[name][keys[0]]["median_s"])
+    out = {"baseline": best}
+    for key in keys:
+        out[key] = results[best][key]["median_s"] / results["ours"][key]["median_s"]
+        out[f"{key}_per_baseline"] = {
+            name: results[name][key]["median_s"] / results["ours"][key]["median_s"] for name in baselines
+        }
+    return out
 
 
 def print_block(report):
     gib = 1024**3
+    m = report["machine"]
     print(f"== svd_fast bench: {report['args']['mode']} | config {report['args']['config']} | {report['shape']} | "
-          f"{report['args']['dtype']} | {report['machine']['host_cpu']} x{report['machine']['torch_threads']} threads")
+          f"ours {report['dtype']} | {m['host_cpu']} x{m['torch_threads']} threads | load {m['load_average'][0]:.1f}")
+    compiled = "torch.compile (both sides)" if report["args"]["compile"] else "none (eager)"
     print(f"load: ours {report['load']['ours_s']:.1f}s, diffusers {report['load']['diffusers_s'] or 0:.1f}s | "
-          f"compile/capture: none (eager) | measured matmul peak {report['peak_tflops']:.2f} TFLOP/s")
+          f"compile: {compiled} | measured matmul peak " +
+          ", ".join(f"{k} {v:.2f}" for k, v in report["peak_tflops_by_dtype"].items()) + " TFLOP/s")
     for side, r in report["results"].items():
         stages = [k for k in ("total", "image_encode", "unet_step", "vae_decode") if k in r]
         line = ", ".join(f"{k} {r[k]['median_s']:.3f}/{r[k]['min_s']:.3f}s" for k in stages)
         extra = ""
         if "tflops_per_s" in r:
-            extra = (f" | {r['flops'] / 1e12:.3f} TFLOP, {r['tflops_per_s']:.2f} TFLOP/s "
+            extra = (f" | {r['flops'] / 1e12:.3f} TFLOP, {r['tflops_per_s']:.3f} TFLOP/s "
                      f"({100 * r['fraction_of_peak']:.0f}% of peak), {r['frames_per_s']:.2f} frames/s")
-        print(f"  {side:9s} median/min: {line}{extra} | peak memory +{r['peak_memory_bytes'] / gib:.2f} GiB")
+        if r.get("compile_s") is not None:
+            extra += f" | compile {r['compile_s']:.1f}s"
+        print(f"  {side:15s} median/min: {line}{extra} | peak memory +{r['peak_memory_bytes'] / gib:.2f} GiB")
+        for cls, c in r.get("op_classes", {}).items():
+            rate = f"{c['tflops_per_s']:.3f} TFLOP/s ({100 * c['fraction_of_peak']:.0f}% of peak)" if c["flops"] else ""
+            print(f"      {cls:9s} {100 * c['share_of_time']:4.0f}% of time {rate}")
     if report["speedup"]:
-        print("  speedup (diffusers/ours, median): " + ", ".join(f"{k} {v:.2f}x" for k, v in report["speedup"].items()))
+        sp = report["speedup"]
+        print(f"  speedup (diffusers/ours, median, vs the fastest baseline {sp['baseline']}): " +
+              ", ".join(f"{k} {v:.2f}x" for k, v in sp.items() if k != "baseline" and not k.endswith("per_baseline")))
 
 
 def main(argv=None):
@@ -261,27 +387,48 @@ def main(argv=None):
         from svd_fast.kernels import set_backend
 
         set_backend(args.backend)
-    ours, theirs, load = build_pipelines(args)
-    peak = matmul_peak_tflops(DTYPES[args.dtype] if args.dtype != "fp16" or torch.cuda.is_available() else torch.bfloat16)
+    from svd_fast.accel.dtypes import cpu_flags, dtype_name, resolve_dtype
+
+    dtype, dtype_reason = resolve_dtype(args.dtype, args.device)
+    ours, theirs, load = build_pipelines(args, dtype)
+    compile_sides(ours, theirs, args)
+    peak_by_dtype = {}
+    for name in {dtype_name(dtype), *baseline_dtypes(args, dtype)}:
+        d = DTYPES[name]
+        peak_by_dtype[name] = matmul_peak_tflops(d if d != torch.float16 or torch.cuda.is_available() else torch.bfloat16)
+    peaks = {"ours": peak_by_dtype[dtype_name(dtype)], **{k: peak_by_dtype[k.split("_", 1)[1]] for k in theirs}}
     bench = bench_unet if args.mode == "unet" else bench_pipeline
-    results = bench(ours, theirs, args, peak)
+    results = bench(ours, theirs, args, peaks)
     keys = ["unet_step"] if args.mode == "unet" else ["total", "image_encode", "unet_step", "vae_decode"]
     from svd_fast.kernels import get_backend
 
+    machine = machine_info()
+    machine["cpu_flags"] = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c")))
     report = {
         "args": vars(args),
+        "dtype": dtype_name(dtype),
+        "dtype_reason": dtype_reason,
         "shape": f"{ours.config.num_frames} frames {args.height}x{args.width} batch {1 if args.no_cfg else 2}",
         "kernel_backend": get_backend(),
-        "machine": machine_info(),
-        "peak_tflops": peak,
+        "machine": machine,
+        "peak_tflops_by_dtype": peak_by_dtype,
+        "inductor_cache": inductor_cache_state() if args.compile else None,
         "load": load,
         "results": results,
-        "speedup": {k: ratio(results, k) for k in keys} if theirs is not None else {},
+        "speedup": speedups(results, keys),
     }
     print_block(report)
     if args.json:
         print(f"wrote {write_json(args.json, report)}")
     return report
+
+
+def inductor_cache_state() -> dict:
+    import os
+
+    path = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""))
+    files = sum(1 for _ in path.rglob("*")) if path.is_dir() else 0
+    return {"dir": str(path), "files_after_run": files}
 
 
 if __name__ == "__main__":

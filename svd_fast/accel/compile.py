@@ -48,6 +48,9 @@ class CompiledModule:
     """
 
     def __init__(self, module: torch.nn.Module, device_type: str):
+        from svd_fast.kernels import get_backend
+
+        get_backend()  # resolve the kernel table now, not inside the first trace
         self.inner = module
         self.compiled = torch.compile(module, fullgraph=True, dynamic=False, **compile_options(device_type))
         self.compile_seconds: dict = {}
