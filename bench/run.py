@@ -83,8 +83,13 @@ def build_pipelines(args, dtype):
     """Ours in `dtype`, and diffusers (same weights) in each baseline dtype: {name: pipeline}."""
     from svd_fast.pipeline import SVDPipeline
 
+    config = build_config(args.config, args.frames)
+    if args.mode == "unet":  # the UNet alone is timed: a tiny CLIP tower saves GBs of memory
+        import dataclasses
+
+        config = dataclasses.replace(config, image_encoder=SVDConfig.from_name("tiny").image_encoder)
     start = time.perf_counter()
-    ours = SVDPipeline.from_config(build_config(args.config, args.frames), torch_dtype=dtype, device=args.device)
+    ours = SVDPipeline.from_config(config, torch_dtype=dtype, device=args.device)
     ours.set_progress_bar_config(disable=True)
     load = {"ours_s": time.perf_counter() - start, "diffusers_s": None}
     theirs = {}
@@ -95,11 +100,12 @@ def build_pipelines(args, dtype):
             start = time.perf_counter()
             pipe = to_diffusers_pipeline(ours)
             if DTYPES[name] != dtype:  # its own copies in its dtype (the CLIP tower is shared otherwise)
-                import copy
+                pipe.unet.to(DTYPES[name])
+                if args.mode == "pipeline":  # --mode unet needs only the UNet
+                    import copy
 
-                pipe.image_encoder = copy.deepcopy(ours.image_encoder)
-                for module in (pipe.unet, pipe.vae, pipe.image_encoder):
-                    module.to(DTYPES[name])
+                    pipe.image_encoder = copy.deepcopy(ours.image_encoder).to(DTYPES[name])
+                    pipe.vae.to(DTYPES[name])
             pipe.set_progress_bar_config(disable=True)
             theirs[f"diffusers_{name}"] = pipe
             load["diffusers_s"] = time.perf_counter() - start
