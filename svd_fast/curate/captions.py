@@ -34,6 +34,7 @@ STILL_FLOW = 1.0
 CAMERA_SPEED = 0.03
 ZOOM_RATE = 0.03
 SUBJECT_SPEED = 0.05
+MAX_FLOW_GAP = 1.5  # seconds between caption frames beyond which motion is not described
 HUES = [(10, "red"), (22, "orange"), (34, "yellow"), (78, "green"), (100, "cyan"), (130, "blue"), (150, "purple"),
         (170, "pink"), (180, "red")]  # OpenCV hue (0..180) upper bounds
 
@@ -195,8 +196,13 @@ class TrivialCaptioner:
         return f"{'an' if light[0] in 'aeiou' else 'a'} {light} scene, mostly {describe_colours(image)}"
 
     def caption_video(self, frames: np.ndarray, times: list[float] | None = None) -> str:
-        motion = describe_motion(frames, times)
         parts = [self.caption_image(frames[len(frames) // 2])]
+        gap = float(np.median(np.diff(times))) if times is not None and len(times) > 1 else 0.0
+        if gap > MAX_FLOW_GAP:
+            # Optical flow cannot follow things between frames this far apart: say so, not "still".
+            parts.append(f"motion not measured (caption frames {gap:.1f} s apart)")
+            return "; ".join(parts)
+        motion = describe_motion(frames, times)
         if motion.camera == "static camera":
             parts.append("static camera")
         else:

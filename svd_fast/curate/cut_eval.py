@@ -76,12 +76,22 @@ TRANSITION_VIDEOS = {
 }
 
 
-def transition_set(folder: str, fps: float = 25.0, size: tuple[int, int] = (192, 108)) -> list[LabelledVideo]:
+# Held out: never looked at while choosing thresholds; bench/curate.py reports it separately.
+HELD_OUT_VIDEOS = {
+    "heldout_c": dict(shots=[("vtest", 500, 80), ("bigbuckbunny", 50, 80), ("bikes", 140, 45), ("megamind", 160, 38),
+                             ("carphone", 20, 90), ("vtest", 700, 90)],
+                      plan=[("fade", 20), ("dissolve", 16), ("wipe", 12), ("cut", 0), ("dissolve", 30)],
+                      fade_in=0),
+}
+
+
+def transition_set(folder: str, fps: float = 25.0, size: tuple[int, int] = (192, 108),
+                   specs: dict | None = None) -> list[LabelledVideo]:
     """Real shots joined by rendered transitions (exact truth), written under `folder` once."""
     os.makedirs(folder, exist_ok=True)
     cache: dict[str, list[np.ndarray]] = {}
     videos = []
-    for name, spec in TRANSITION_VIDEOS.items():
+    for name, spec in (TRANSITION_VIDEOS if specs is None else specs).items():
         path = os.path.join(folder, f"{name}.mp4")
         truth_path = path + ".json"
         if not (os.path.exists(path) and os.path.exists(truth_path)):

@@ -163,10 +163,9 @@ def _mixture_weights(frames: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[
 
     A black anchor is zero and carries no weight: its column is dropped.
     """
-    basis = [v for v in (a, b)]
-    use = [float(np.abs(v).mean()) > DARK for v in basis]
+    use = [float(np.abs(v).mean()) > DARK for v in (a, b)]
     weights = np.zeros((2, len(frames)))
-    cols = [v for v, u in zip(basis, use) if u]
+    cols = [v for v, u in zip((a, b), use) if u]
     if cols:
         matrix = np.stack(cols, 1)
         solution, *_ = np.linalg.lstsq(matrix, frames.T, rcond=None)
