@@ -65,7 +65,7 @@ setup(
         "test": ["pytest", "diffusers>=0.30", "accelerate", "triton"],
         "bench": ["diffusers>=0.30", "accelerate", "nvidia-ml-py", "psutil"],
         "train": ["deepspeed", "bitsandbytes", "tensorboard"],
-        "curate": ["ray[data]", "scenedetect", "opencv-python", "pytesseract", "pyarrow", "matplotlib", "pandas"],
+        "curate": ["ray[data]", "opencv-python", "pytesseract", "pyarrow", "matplotlib", "pandas", "psutil"],
         "gpu": ["triton", "flash-attn"],
     },
     entry_points={"console_scripts": ["svd-fast-sample=svd_fast.sample:main"]},
