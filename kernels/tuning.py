@@ -5,10 +5,12 @@ the int/bool arguments such as num_frames, heads or silu; float arguments like e
 the speed and are not part of it) times every implementation available for that device on the
 call's own inputs: one warm-up call each, then round-robin repeats (about BUDGET_S per candidate,
 MIN_REPEATS to MAX_REPEATS; one for calls over LONG_CALL_S), forward only, under no_grad, min
-time. The winner serves every later call of that signature from an in-memory dict (a lookup of a
-few microseconds). A candidate within TIE_MARGIN of the fastest that comes earlier in the starting
-order (AUTO_CHOICES) is kept instead, so timer noise does not flip choices. Every candidate
-supports autograd, so a winner chosen under no_grad also serves calls that need gradients.
+time. On CPU a sample during which the process did not have the CPU (other load, nice) is retried;
+a choice timed only in such samples serves the process but is not cached. The winner serves every
+later call of that signature from an in-memory dict (a lookup of a few microseconds). A candidate
+within TIE_MARGIN of the fastest that comes earlier in the starting order (AUTO_CHOICES) is kept
+instead, so timer noise does not flip choices. Every candidate supports autograd, so a winner
+chosen under no_grad also serves calls that need gradients.
 
 Choices persist in `$SVD_FAST_CACHE_DIR/kernel_choices.json` (default ~/.cache/svd_fast), one
 section per machine key (CPU model and thread count or GPU name, torch and svd_fast versions),
@@ -48,6 +50,12 @@ FORMAT = 1
 BUDGET_S = 0.02
 MIN_REPEATS, MAX_REPEATS = 2, 25
 LONG_CALL_S = 0.1
+# A CPU sample counts only if the process ran for most of it (CPU time >= this share of the wall
+# time): otherwise it timed the scheduler, not the kernel (a loaded or niced machine). Starved
+# samples are retried, up to MAX_ATTEMPTS calls or STARVED_CAP_S per candidate; a choice with no
+# clean sample of some candidate serves this process but is not written to the cache.
+CLEAN_CPU_SHARE = 0.8
+MAX_ATTEMPTS, STARVED_CAP_S = 4 * MAX_REPEATS, 10 * BUDGET_S
 # A candidate earlier in the starting order stays chosen unless another is faster by more than this.
 TIE_MARGIN = 0.03
 # The file keeps the newest entries of the newest machine sections (a section per machine, thread
@@ -332,39 +340,63 @@ def _timer(device: torch.device):
     return time.perf_counter
 
 
-def measure(candidates: list, args: tuple, kwargs: dict, device: torch.device) -> tuple[dict, dict, int]:
-    """({name: min seconds}, {name: error of a candidate that raised}, most repeats) of candidates [(name, fn)]."""
+class _Samples:
+    """One candidate's timings: min over clean samples (the process had the CPU), attempts, time spent."""
+
+    def __init__(self, warmup_s: float):
+        self.long = warmup_s >= LONG_CALL_S
+        self.best = self.best_any = float("inf")
+        self.clean = self.attempts = 0
+        self.spent = 0.0
+
+    def add(self, wall: float, cpu: float | None) -> None:
+        self.attempts += 1
+        self.spent += wall
+        self.best_any = min(self.best_any, wall)
+        if cpu is None or cpu >= CLEAN_CPU_SHARE * wall:
+            self.clean += 1
+            self.best = min(self.best, wall)
+
+    def more(self) -> bool:
+        if self.long:
+            return self.clean < 1 and self.attempts < 3
+        if self.clean < MIN_REPEATS:
+            return self.attempts < MAX_ATTEMPTS and self.spent < STARVED_CAP_S
+        return self.clean < MAX_REPEATS and self.spent < BUDGET_S
+
+    def result(self) -> tuple[float, bool]:
+        """(min seconds, whether it comes from clean samples)."""
+        return (self.best, True) if self.clean else (self.best_any, False)
+
+
+def measure(candidates: list, args: tuple, kwargs: dict, device: torch.device) -> tuple[dict, dict, int, bool]:
+    """({name: min seconds}, {name: error of a candidate that raised}, most samples, every time clean)
+    of candidates [(name, fn)]."""
     now = _timer(device)
-    first, failed = {}, {}
+    cpu_clock = time.process_time if device.type == "cpu" else None  # a GPU sync may sleep: no check
+    failed, samples = {}, {}
+    fns = dict(candidates)
     with torch.no_grad():
         for name, fn in candidates:  # warm-up: lazy initialisation, JIT compiles, oneDNN primitive caches
             try:
                 start = now()
                 fn(*args, **kwargs)
-                first[name] = now() - start
+                samples[name] = _Samples(now() - start)
             except Exception as err:  # a candidate that cannot take this call is not a choice
                 failed[name] = f"{type(err).__name__}: {err}"[:200]
-        fns = dict(candidates)
-        best = {n: float("inf") for n in first}
-        spent = {n: 0.0 for n in first}
-        repeats = {n: 0 for n in first}
-
-        def more(name):
-            if first[name] >= LONG_CALL_S:
-                return repeats[name] < 1
-            return repeats[name] < MAX_REPEATS and (repeats[name] < MIN_REPEATS or spent[name] < BUDGET_S)
-
-        active = [n for n in first if more(n)]
+        active = [n for n in samples if samples[n].more()]
         while active:  # round-robin: load changes hit every candidate alike
             for name in active:
+                cpu0 = cpu_clock() if cpu_clock else 0.0
                 start = now()
                 fns[name](*args, **kwargs)
-                elapsed = now() - start
-                best[name] = min(best[name], elapsed)
-                spent[name] += elapsed
-                repeats[name] += 1
-            active = [n for n in active if more(n)]
-    return best, failed, max(repeats.values(), default=0)
+                wall = now() - start
+                samples[name].add(wall, cpu_clock() - cpu0 if cpu_clock else None)
+            active = [n for n in active if samples[n].more()]
+    results = {n: s.result() for n, s in samples.items()}
+    times = {n: t for n, (t, _) in results.items()}
+    repeats = max((s.attempts for s in samples.values()), default=0)
+    return times, failed, repeats, all(clean for _, clean in results.values())
 
 
 def pick_winner(order: list[str], times: dict) -> str:
@@ -481,11 +513,13 @@ class TunedOp:
     def _measure(self, device, sig, args, kwargs) -> str | None:
         candidates = self.candidates[device.type]
         start = time.perf_counter()
-        times, failed, repeats = measure(candidates, args, kwargs, device)
+        times, failed, repeats, clean = measure(candidates, args, kwargs, device)
         cost = time.perf_counter() - start
         if not times:
             return None  # every candidate raised: the starting choice will raise the caller's error
         winner = pick_winner([n for n, _ in candidates], times)
+        if not clean:
+            return winner  # timed while starved of CPU: good enough for now, not worth keeping
         when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         entry = {"op": self.op, "device": device.type, "dtype": _first_dtype(sig), "args": signature_text(sig),
                  "times_ms": {n: round(t * 1e3, 6) for n, t in times.items()}, "winner": winner,
