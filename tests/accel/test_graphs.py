@@ -417,3 +417,25 @@ def test_cuda_capture_failure_falls_back_to_eager():
         torch.testing.assert_close(graphed(x), x * x.sum().item())
         torch.testing.assert_close(graphed(x) + 1, x * x.sum().item() + 1)  # the device still works
     assert (graphed.stats["failed_captures"], graphed.stats["eager_calls"], graphed.stats["captures"]) == (1, 3, 0)
+
+
+def test_pipeline_with_the_runner_gives_the_same_video():
+    """SVDPipeline with its UNet slot graphed (what accelerate(cuda_graphs=...) does): the same
+    latents, one capture for the CFG batch, one replay per step and per later call."""
+    from svd_fast.pipeline import SVDPipeline
+
+    pipe = SVDPipeline.from_config("tiny", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    kw = dict(height=64, width=64, num_frames=3, num_inference_steps=3, output_type="latent")
+    reference = pipe(image, generator=torch.Generator().manual_seed(1), **kw).frames
+    plain = pipe.unet
+    pipe.unet = graph_unet(plain, enabled=True, capture=EagerCapture(), warmup=0)
+    first = pipe(image, generator=torch.Generator().manual_seed(1), **kw).frames
+    second = pipe(image, generator=torch.Generator().manual_seed(1), **kw).frames
+    torch.testing.assert_close(first, reference, **EXACT)
+    torch.testing.assert_close(second, reference, **EXACT)
+    stats = pipe.unet.stats
+    assert (stats["captures"], stats["replays"], stats["eager_calls"]) == (1, 6, 0)
+    (signature,) = stats["per_key"]
+    assert "arg0=float32[2,3,8,8,8]" in signature  # both CFG halves in one batch
