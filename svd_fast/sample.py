@@ -110,5 +110,16 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli(argv=None) -> int:
+    """main() for the command line: bad input is one line on stderr and exit status 2, no traceback."""
+    from svd_fast.checkpoints import CheckpointError
+
+    try:
+        return main(argv)
+    except (ValueError, OSError, CheckpointError) as err:  # FileNotFoundError is an OSError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

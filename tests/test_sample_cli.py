@@ -71,6 +71,17 @@ def test_missing_image_and_bad_format(model_dir, tmp_path, image_path):
     assert not list(tmp_path.glob("*.xyz")) and not list(tmp_path.glob(".o.*"))  # nothing half-written
 
 
+def test_bad_input_is_one_line_without_traceback(model_dir, image_path, tmp_path):
+    for extra, message in ((["--height", "60"], "multiples of 8"), (["--dtype", "auto", "--cuda-graphs"], "CUDA device")):
+        if "--cuda-graphs" in extra and __import__("torch").cuda.is_available():
+            continue  # on a CUDA machine graphs are allowed
+        args = _args(model_dir, image_path, tmp_path / "o.gif") + extra
+        out = subprocess.run([sys.executable, "-m", "svd_fast.sample", *args], capture_output=True, text=True)
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert out.stderr.strip().startswith("error:") and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("o*"))
+
+
 def test_module_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "svd_fast.sample", "--help"], capture_output=True, text=True, check=True)
     assert "--motion-bucket" in out.stdout and "--decode-chunk" in out.stdout
