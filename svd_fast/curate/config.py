@@ -164,6 +164,10 @@ class RayConfig:
     """CPUs of the local cluster started when no address is given."""
     model_actor_cpus: float = 0.5
     """CPUs reserved by each model actor (captions, CLIP); fractional so tasks still get cores."""
+    task_cpus: float = 1.0
+    """CPUs reserved by each per-source and per-clip task. On nodes of 1 CPU use 0.5: a 1-CPU task
+    cannot start on a node where a 0.5-CPU actor sits, and with an actor on every node the run
+    waits forever (measured on a 1 + 1 CPU cluster)."""
     object_store_mb: int = 1024
     """Object store of the local cluster."""
 

@@ -160,14 +160,14 @@ class RayExecutor:
         ray = self._ensure()
         items = [{"source": s.name, "source_path": s.path} for s in sources]
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
-        dataset = dataset.flat_map(source_rows, fn_kwargs={"config": config})
+        dataset = dataset.flat_map(source_rows, fn_kwargs={"config": config}, num_cpus=config.ray.task_cpus)
         threads = max(1, int(config.ray.model_actor_cpus))
         for stage in clip_stages(config):
             if stage.actor:
                 dataset = dataset.map(stage.fn, fn_constructor_kwargs={"config": config, "threads": threads},
                                       compute=ray.data.ActorPoolStrategy(size=1), num_cpus=config.ray.model_actor_cpus)
             else:
-                dataset = dataset.map(stage.fn, fn_kwargs={"config": config})
+                dataset = dataset.map(stage.fn, fn_kwargs={"config": config}, num_cpus=config.ray.task_cpus)
         for row in dataset.map(drop_payload).iter_rows():
             yield {key: _plain(value) for key, value in row.items()}
 

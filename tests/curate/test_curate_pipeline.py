@@ -215,7 +215,7 @@ def test_two_node_cluster_survives_losing_a_node(full_run, pipeline_inputs, tiny
     from svd_fast.curate.cluster import LocalCluster
 
     out = str(tmp_path / "out")
-    # Logical CPUs: the flat_map task and the two model actors (0.5 CPU each) must fit at once.
+    # A 2-CPU head: with 1-CPU nodes the 1-CPU tasks need --set ray.task_cpus=0.5 (see RayConfig).
     with LocalCluster(nodes=[2, 1]) as cluster:
         command = [sys.executable, "-m", "svd_fast.curate", pipeline_inputs[0], "--out", out,
                    "--address", cluster.address, *cli_settings(tiny_clip)]
