@@ -1,10 +1,15 @@
-"""Throughput of each curation stage: clips per second per core, on rendered synthetic videos.
+"""Curation on real footage: per-stage clips per second per core, and the cut detector's
+precision/recall per transition kind and per cascade level on the labelled set.
 
-Each stage's plain per-clip function runs in this process on one thread (torch, OpenCV and x264
-limited to one), so clips/s here is clips/s per core. With --ray the whole pipeline also runs on
-a local Ray cluster and its end-to-end clips/s (and per core) is reported.
+Inputs are the real videos of svd_fast.real_media (the hand-labelled set in
+tests/curate/data/labels.json). Each stage's plain per-clip function runs in this process on one
+thread (torch, OpenCV and x264 limited to one), so clips/s here is clips/s per core. The cut
+detector is scored on the real videos (hand-checked cuts), on real shots joined by rendered
+transitions (the set the thresholds were tuned on) and on a held-out rendered video, with a
+sweep of its main thresholds. With --ray the whole pipeline also runs end to end on one local
+node (2 CPUs) and on a two-node cluster (1 + 1 CPUs, `ray start` processes).
 
-    python bench/curate.py --json bench/results/curate.json [--videos 6] [--clip base] [--ray]
+    python bench/curate.py --json bench/results/curate-real-cpu-DATE.json [--clip base] [--ray]
 
 The CLIP model has random weights in the real ViT-B/32 shape (--clip base) or ViT-L/14 (large),
 so its cost is the real model's cost; nothing is downloaded.
@@ -35,16 +40,10 @@ from svd_fast.curate.frames import caption_indices, decode_clip  # noqa: E402
 from svd_fast.curate.motion import motion_score  # noqa: E402
 from svd_fast.curate.probe import probe_video  # noqa: E402
 from svd_fast.curate.shards import encode_clip  # noqa: E402
-from svd_fast.curate.synthetic import Scene, render_video  # noqa: E402
+from svd_fast.curate import cut_eval  # noqa: E402
+from svd_fast.curate.config import CutConfig  # noqa: E402
 from svd_fast.curate.text import TesseractDetector, text_area  # noqa: E402
 
-SCENES = [
-    Scene(3, "blue", "yellow", velocity=(2.0, 0.0)),
-    Scene(3, "green", "white", fade_in=1),
-    Scene(3, "white", "blue", text="BREAKING NEWS", text_scale=1.2),
-    Scene(3, "purple", "yellow", velocity=(0.0, 1.5), fade_in=1),
-    Scene(3, "orange", "blue", velocity=(-1.5, 0.5)),
-]  # durations in seconds here, turned into frames at --fps
 CLIP_SHAPES = {  # (hidden, layers, heads, patch, image size, projection) of the vision and text towers
     "tiny": dict(vision=(32, 2, 2, 8, 32), text=(32, 2, 2), projection=16),
     "base": dict(vision=(768, 12, 12, 32, 224), text=(512, 12, 8), projection=512),  # ViT-B/32
@@ -52,17 +51,66 @@ CLIP_SHAPES = {  # (hidden, layers, heads, patch, image size, projection) of the
 }
 
 
-def render_inputs(folder: str, count: int, fps: float, width: int, height: int) -> list[str]:
+LABELS = Path(__file__).resolve().parents[1] / "tests" / "curate" / "data" / "labels.json"
+
+
+def real_inputs(folder: str) -> list[str]:
+    """The labelled real videos, linked into one input folder."""
+    os.makedirs(folder, exist_ok=True)
     paths = []
-    for index in range(count):
-        order = SCENES[index % len(SCENES):] + SCENES[:index % len(SCENES)]
-        scenes = [Scene(int(s.frames * fps), s.background, s.square, s.velocity, s.text, s.text_scale,
-                        int(s.fade_in * fps) if position else 0) for position, s in enumerate(order)]
-        paths.append(render_video(os.path.join(folder, f"v{index:03d}.mp4"), scenes, fps, width, height,
-                                  seed=index).path)
+    for video in cut_eval.load_real_set(str(LABELS)):
+        link = os.path.join(folder, video.name + Path(video.path).suffix)
+        os.symlink(video.path, link)
+        paths.append(link)
     return paths
 
 
+def machine() -> dict:
+    info = machine_info()
+    with open("/proc/cpuinfo") as handle:
+        flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    info["cpu_flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "sse4", "fma", "f16c")))
+    return info
+
+
+def pr_table(result: dict) -> dict:
+    return {kind: {k: result[kind][k] for k in ("true", "found", "hits", "precision", "recall")}
+            for kind in (*cut_eval.KINDS, "all")}
+
+
+def cut_quality(tmp: str) -> dict:
+    """P/R per kind on each labelled set, per cascade level, and a sweep of the main thresholds."""
+    config = CutConfig()
+    sets = {"real_hand_labelled": cut_eval.load_real_set(str(LABELS)),
+            "rendered_tuning": cut_eval.transition_set(os.path.join(tmp, "rendered")),
+            "rendered_held_out": cut_eval.transition_set(os.path.join(tmp, "held_out"), specs=cut_eval.HELD_OUT_VIDEOS)}
+    start = time.perf_counter()
+    for videos in sets.values():
+        cut_eval.attach_features(videos, config)
+    report = {"tolerance_frames": cut_eval.TOLERANCE, "feature_seconds": time.perf_counter() - start,
+              "config": {k: v for k, v in config.__dict__.items()}}
+    everything = [v for videos in sets.values() for v in videos]
+    for name, videos in sets.items():
+        result = cut_eval.score(videos, config)
+        report[name] = {"videos": [v.name for v in videos], "per_kind": pr_table(result), "errors": result["errors"]}
+    names = [level["name"] for level in config.levels] + ["edges"]
+    report["per_level_all_sets"] = {name: pr_table(cut_eval.score(everything, config, levels=[name])) for name in names}
+    tuning = sets["real_hand_labelled"] + sets["rendered_tuning"]
+    sweep = []
+    for field, values in [("cut_ratio", [2.0, 3.0, 4.0, 6.0, 10.0]), ("gradual_ratio", [1.5, 2.5, 4.0, 6.0]),
+                          ("gradual_max_residual", [0.15, 0.25, 0.35, 0.5, 0.8]),
+                          ("gradual_min_change", [0.06, 0.12, 0.2, 0.3])]:
+        for value in values:
+            trial = CutConfig()
+            if field == "cut_ratio":
+                trial.levels = [dict(level, ratio=value) if level["kind"] == "cut" else level for level in trial.levels]
+            else:
+                setattr(trial, field, value)
+            result = cut_eval.score(tuning, trial)
+            sweep.append({"setting": field, "value": value, "all": pr_table(result)["all"],
+                          "cut": pr_table(result)["cut"]})
+    report["threshold_sweep_on_tuning_sets"] = sweep
+    return report
 def save_random_clip(folder: str, size: str) -> str:
     """A CLIPModel + CLIPProcessor with random weights in the chosen shape."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
@@ -126,52 +174,70 @@ def measure_stages(paths: list[str], config: CurateConfig, clip_path: str) -> li
     return [stage_stats(name, seconds, clips) for name, seconds in timings.items()]
 
 
-def measure_ray(folder: str, out: str, config: CurateConfig, num_cpus: int) -> dict:
-    from svd_fast.curate.pipeline import run
+def measure_ray(folder: str, out: str, config: CurateConfig, nodes: list[int]) -> dict:
+    """End to end on one local node (`nodes` = [cpus]) or a `ray start` cluster of several."""
+    import subprocess
 
-    config.ray.num_cpus = num_cpus
+    from svd_fast.curate.cluster import LocalCluster
+
+    cpus = sum(nodes)
     start = time.perf_counter()
-    summary = run(folder, out, config)
+    if len(nodes) == 1:
+        from svd_fast.curate.pipeline import run
+
+        config.ray.num_cpus = nodes[0]
+        summary = run(folder, out, config)
+    else:
+        with LocalCluster(nodes) as cluster:
+            start = time.perf_counter()  # cluster start-up is not the pipeline's
+            command = [sys.executable, "-m", "svd_fast.curate", folder, "--out", out, "--address", cluster.address,
+                       "--set", f"clip.model_path={config.clip.model_path}", "--set", "ray.task_cpus=0.5"]
+            subprocess.run(command, env=cluster.env, check=True, capture_output=True, timeout=900)
+        import json
+
+        summary = json.load(open(os.path.join(out, "summary.json")))
     seconds = time.perf_counter() - start
     clips = summary["counts"]["cuts"]["clips"]
-    return {"clips": clips, "seconds": seconds, "clips_per_s": clips / seconds,
-            "clips_per_s_per_core": clips / seconds / num_cpus, "num_cpus": num_cpus,
-            "note": "includes Ray start-up and model loading"}
+    return {"nodes": nodes, "spans": clips, "seconds": seconds, "spans_per_s": clips / seconds,
+            "spans_per_s_per_core": clips / seconds / cpus, "note": "includes Ray job start-up and model loading"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", required=True, help="where to write the results")
-    parser.add_argument("--videos", type=int, default=6)
-    parser.add_argument("--fps", type=float, default=24.0)
-    parser.add_argument("--width", type=int, default=480)
-    parser.add_argument("--height", type=int, default=270)
     parser.add_argument("--clip", choices=sorted(CLIP_SHAPES), default="base")
-    parser.add_argument("--ray", action="store_true", help="also time the whole pipeline on a local Ray cluster")
-    parser.add_argument("--ray-cpus", type=int, default=2)
+    parser.add_argument("--ray", action="store_true", help="also time the whole pipeline on one and two Ray nodes")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory() as tmp:
         folder = os.path.join(tmp, "videos")
-        paths = render_inputs(folder, args.videos, args.fps, args.width, args.height)
+        paths = real_inputs(folder)
         config = CurateConfig()
         config.clip.model_path = save_random_clip(os.path.join(tmp, "clip"), args.clip)
-        config.captions = CaptionConfig()  # the offline trivial captioner
+        config.captions = CaptionConfig()  # the built-in captioner
         stages = measure_stages(paths, config, config.clip.model_path)
-        ray_result = measure_ray(folder, os.path.join(tmp, "out"), config, args.ray_cpus) if args.ray else None
-    result = {"benchmark": "curate", "machine": machine_info(),
-              "inputs": {"videos": args.videos, "fps": args.fps, "size": [args.width, args.height],
-                         "seconds_per_video": sum(s.frames + s.fade_in for s in SCENES), "clip_model": args.clip,
-                         "captioner": "trivial"},
-              "stages": stages, "ray_pipeline": ray_result}
+        cuts = cut_quality(tmp)
+        ray_results = None
+        if args.ray:
+            ray_results = [measure_ray(folder, os.path.join(tmp, f"out{len(n)}"), config, n) for n in ([2], [1, 1])]
+    result = {"benchmark": "curate", "machine": machine(), "load_average_at_start": load_at_start,
+              "load_average_at_end": os.getloadavg(),
+              "inputs": {"videos": [os.path.basename(p) for p in paths], "source": "svd_fast.real_media",
+                         "clip_model": f"random weights, {args.clip} shape", "captioner": "built-in"},
+              "stages": stages, "cut_detection": cuts, "ray_pipeline": ray_results}
     print(f"{'stage':<10}{'clips':>7}{'clips/s/core':>14}{'median ms':>11}{'min ms':>9}")
     for row in stages:
         print(f"{row['stage']:<10}{row['clips']:>7}{row['clips_per_s_per_core']:>14.2f}"
               f"{row['median_s'] * 1e3:>11.1f}{row['min_s'] * 1e3:>9.1f}")
-    if ray_result:
-        print(f"ray pipeline: {ray_result['clips']} clips in {ray_result['seconds']:.1f} s = "
-              f"{ray_result['clips_per_s']:.2f} clips/s ({ray_result['clips_per_s_per_core']:.2f} per core)")
+    for name in ("real_hand_labelled", "rendered_tuning", "rendered_held_out"):
+        table = cuts[name]["per_kind"]
+        print(name, ", ".join(f"{k} P={v['precision']:.2f} R={v['recall']:.2f} ({v['hits']}/{v['true']})"
+                              for k, v in table.items() if v["true"] or v["found"]))
+    for row in ray_results or []:
+        print(f"ray {row['nodes']}: {row['spans']} spans in {row['seconds']:.1f} s = "
+              f"{row['spans_per_s_per_core']:.2f} spans/s/core")
     print(f"written to {write_json(args.json, result)}")
 
 
