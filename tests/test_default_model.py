@@ -47,16 +47,30 @@ def _card_figures() -> dict:
             "ground_truth_clips": dict(zip(keys[1:], map(float, truth.groups())))}
 
 
-def test_shipped_files_are_safetensors_within_30_mb():
+def _card_architecture() -> dict:
+    """The UNet and VAE shapes MODEL_CARD.md states."""
+    text = (MODEL / "MODEL_CARD.md").read_text()
+    unet = re.search(r"^- UNet: widths \[([\d, ]+)\].* heads \[([\d, ]+)\], (\d+) ResBlock.* (\d+) input channels", text, re.M)
+    vae = re.search(r"^- VAE: .*widths \[([\d, ]+)\] \((\d+)x downsampling, (\d+) latent channels", text, re.M)
+    assert unet and vae, "MODEL_CARD.md lacks the architecture lines"
+    ints = lambda group: tuple(int(x) for x in group.split(","))
+    return {"unet": (ints(unet[1]), ints(unet[2]), int(unet[3]), int(unet[4])),
+            "vae": (ints(vae[1]), int(vae[2]), int(vae[3]))}
+
+
+def test_shipped_files_are_safetensors_within_40_mb_and_match_the_card():
     files = [p for p in MODEL.rglob("*") if p.is_file()]
     weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt")]
     assert weights and all(p.suffix == ".safetensors" for p in weights)
-    assert sum(p.stat().st_size for p in files) <= 30e6
+    assert sum(p.stat().st_size for p in files) <= 40e6
     assert detect_layout(MODEL) == "diffusers"
     config = load_components(MODEL)["config"]
     recipe = _recipe()
     assert (config.height, config.width, config.num_frames) == (recipe.HIGH, recipe.HIGH, recipe.FRAMES)
-    assert config.unet == recipe.CONFIG.unet
+    u, v = config.unet, config.vae
+    assert _card_architecture() == {
+        "unet": (u.block_out_channels, u.num_attention_heads, u.layers_per_block, u.in_channels),
+        "vae": (v.block_out_channels, v.downsample_factor, v.latent_channels)}
     assert {p.dtype for p in load_components(MODEL)["unet"].parameters()} == {torch.float16}
 
 
