@@ -5,7 +5,7 @@ the int/bool arguments such as num_frames, heads or silu; float arguments like e
 the speed and are not part of it) times every implementation available for that device on the
 call's own inputs: one warm-up call each, then round-robin repeats (about BUDGET_S per candidate,
 MIN_REPEATS to MAX_REPEATS; one for calls over LONG_CALL_S), forward only, under no_grad, min
-time. On CPU a sample during which the process did not have the CPU (other load, nice) is retried;
+time. On CPU a sample during which the thread did not have the CPU (other load, nice) is retried;
 a choice timed only in such samples serves the process but is not cached. The winner serves every
 later call of that signature from an in-memory dict (a lookup of a few microseconds). A candidate
 within TIE_MARGIN of the fastest that comes earlier in the starting order (AUTO_CHOICES) is kept
@@ -50,10 +50,12 @@ FORMAT = 1
 BUDGET_S = 0.02
 MIN_REPEATS, MAX_REPEATS = 2, 25
 LONG_CALL_S = 0.1
-# A CPU sample counts only if the process ran for most of it (CPU time >= this share of the wall
-# time): otherwise it timed the scheduler, not the kernel (a loaded or niced machine). Starved
-# samples are retried, up to MAX_ATTEMPTS calls or STARVED_CAP_S per candidate; a choice with no
-# clean sample of some candidate serves this process but is not written to the cache.
+# A CPU sample counts only if the calling thread ran for most of it (its CPU time >= this share of
+# the wall time; it works or spins at the OpenMP barriers for the whole of an undisturbed call):
+# otherwise it timed the scheduler, not the kernel (a loaded or niced machine). The process's CPU
+# time would miss it: idle OpenMP workers spin while the calling thread waits to be scheduled.
+# Starved samples are retried, up to MAX_ATTEMPTS calls or STARVED_CAP_S per candidate; a choice
+# with no clean sample of some candidate serves this process but is not written to the cache.
 CLEAN_CPU_SHARE = 0.8
 MAX_ATTEMPTS, STARVED_CAP_S = 4 * MAX_REPEATS, 10 * BUDGET_S
 # A candidate earlier in the starting order stays chosen unless another is faster by more than this.
@@ -341,7 +343,7 @@ def _timer(device: torch.device):
 
 
 class _Samples:
-    """One candidate's timings: min over clean samples (the process had the CPU), attempts, time spent."""
+    """One candidate's timings: min over clean samples (the thread had the CPU), attempts, time spent."""
 
     def __init__(self, warmup_s: float):
         self.long = warmup_s >= LONG_CALL_S
@@ -373,7 +375,7 @@ def measure(candidates: list, args: tuple, kwargs: dict, device: torch.device) -
     """({name: min seconds}, {name: error of a candidate that raised}, most samples, every time clean)
     of candidates [(name, fn)]."""
     now = _timer(device)
-    cpu_clock = time.process_time if device.type == "cpu" else None  # a GPU sync may sleep: no check
+    cpu_clock = time.thread_time if device.type == "cpu" else None  # a GPU sync may sleep: no check
     failed, samples = {}, {}
     fns = dict(candidates)
     with torch.no_grad():
