@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 import torch
 
@@ -42,6 +43,10 @@ def _print_measured(tuning, devices: list[str]) -> dict:
     return per_op
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)  # a CLI user needs the message, not our source line
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m svd_fast.kernels", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,19 +54,24 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", choices=BACKENDS, help="describe this backend instead of the current one")
     parser.add_argument("--clear", action="store_true", help="delete the measured kernel choices of every machine")
     args = parser.parse_args(argv)
-    if args.clear:
-        from . import tuning
-
-        tuning.clear()
-        print(f"deleted {tuning.cache_path()}")
-    if not args.list:
-        if not args.clear:
-            parser.print_help()
+    if not (args.list or args.clear):
+        parser.print_help()
         return 0
-    if args.backend:
-        set_backend(args.backend)
-    import torch
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        if args.clear:
+            from . import tuning
 
+            tuning.clear()
+            print(f"deleted {tuning.cache_path()}")
+        if args.list:
+            _list(args.backend)
+    return 0
+
+
+def _list(backend: str | None) -> None:
+    if backend:
+        set_backend(backend)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"backend: {get_backend()}  (torch {torch.__version__}, {torch.get_num_threads()} threads)")
     try:
@@ -81,7 +91,6 @@ def main(argv=None) -> int:
             print(f"  {op:22s} {device:5s} {impl:10s} {reason}")
             for entry in sorted(per_op.get((op, device), []), key=lambda e: e["args"]):
                 print(f"      {entry['args']}:  {_times(entry)}")
-    return 0
 
 
 if __name__ == "__main__":
