@@ -51,7 +51,16 @@ HELD_OUT_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 LATENT_CHANNELS = 16
 """8x downsampling to 16 channels (12 pixel values per latent value, as 4x to 4 channels) keeps
 the UNet on 8x8 latents: a 4x VAE would make every UNet step about 4x dearer"""
-VAE_DESIGN_TABLE = "(measurements pending)"
+VAE_DESIGN_TABLE = """\
+| VAE | data | steps | PSNR astronaut / coffee / chelsea / rocket (dB) | mean | worst colour shift (/255) |
+|---|---|---|---|---|---|
+| v1: 8x, 4 channels, widths 32-32-64-64 | procedural | 2500 | 10.7 / 10.4 / 15.5 / 14.2 | 12.7 | 84.3 |
+| 4x, 4 channels, widths 32-64-64 | real photos (pans) + footage | 300 | 13.7 / 12.6 / 16.8 / 18.6 | 15.4 | 57.6 |
+| 8x, 16 channels, widths 32-64-64-64 (chosen) | real photos (pans) + footage | 300 | 11.8 / 11.6 / 18.0 / 12.7 | 13.5 | 83.3 |
+
+(2026-11-30, the project's 2-core CPU machine, batch 2 x 4 frames, lr 2e-3, L1 + MSE; the 300-step rows are
+early points of training, not converged.) Both new designs have 12 pixel values per latent value; the 8x one
+keeps the UNet on 8x8 latents, the 4x one would make every UNet step about 4x dearer."""
 
 CONFIG = SVDConfig(
     unet=UNetConfig(in_channels=2 * LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
@@ -403,7 +412,7 @@ def _loss_summary(run_dir: Path) -> dict:
 
 
 VAE_DESIGN = """\
-Chosen by measuring candidates on this CPU before the run (same data, same steps, held-out photos at 64 px):
+Candidates measured on this CPU before the run (held-out photos at 64 px, centre square):
 
 {table}
 """
