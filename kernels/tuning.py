@@ -13,7 +13,8 @@ instead, so timer noise does not flip choices. Every candidate supports autograd
 chosen under no_grad also serves calls that need gradients.
 
 Choices persist in `$SVD_FAST_CACHE_DIR/kernel_choices.json` (default ~/.cache/svd_fast), one
-section per machine key (CPU model and thread count or GPU name, torch and svd_fast versions),
+section per machine key (CPU model and thread count or GPU name, torch and svd_fast versions, and a
+fingerprint of the kernel sources and native library, so a rebuilt kernel is timed again),
 written atomically (temporary file + os.replace) after merging with what is on disk, so parallel
 processes add to each other's entries. An unreadable or malformed file is ignored with one warning
 and rewritten by the next measurement. An entry serves only while the candidates it timed still
@@ -31,6 +32,8 @@ from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -157,13 +160,39 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def fingerprint(paths) -> str:
+    """Short hash of the names, sizes and modification times of files (missing ones count as absent)."""
+    digest = hashlib.sha256()
+    for path in sorted(map(str, paths)):
+        try:
+            stat = os.stat(path)
+            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}:absent\n".encode())
+    return digest.hexdigest()[:10]
+
+
+def kernel_files() -> list:
+    """The sources of every candidate (this package's Python files) and the native extension: a
+    rebuilt or edited kernel must be timed again, even at the same svd_fast version."""
+    here = Path(__file__).resolve().parent
+    files = [f for f in (*here.glob("*.py"), *here.glob("native/*.py")) if f.name not in ("__main__.py", "build.py")]
+    try:
+        spec = importlib.util.find_spec("svd_fast._C")  # locates the built library without loading it
+    except ImportError:
+        spec = None
+    if spec is not None and spec.origin:
+        files.append(Path(spec.origin))
+    return files
+
+
 @functools.cache
 def _versions() -> str:
     try:
         from svd_fast import __version__ as version
     except ImportError:
         version = "unknown"
-    return f"torch {torch.__version__} | svd_fast {version}"
+    return f"torch {torch.__version__} | svd_fast {version} | kernels {fingerprint(kernel_files())}"
 
 
 def machine_key(device: torch.device) -> str:

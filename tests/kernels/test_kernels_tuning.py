@@ -223,6 +223,21 @@ def test_an_unwritable_cache_keeps_choices_in_memory(private_cache):
     assert (first.calls, second.calls) == (calls[0], calls[1] + 1)  # the winner, from memory
 
 
+def test_an_edited_or_rebuilt_kernel_gets_a_new_cache_section(tmp_path):
+    source, library = tmp_path / "group_norm.py", tmp_path / "_C.so"
+    source.write_text("a")
+    library.write_bytes(b"x")
+    before = tuning.fingerprint([source, library])
+    assert tuning.fingerprint([library, source]) == before  # order does not matter
+    os.utime(library, ns=(0, 10**9))  # rebuilt: new modification time
+    assert tuning.fingerprint([source, library]) != before
+    library.unlink()
+    assert tuning.fingerprint([source, library]) != before
+    names = {f.name for f in tuning.kernel_files()}
+    assert {"reference.py", "tuning.py", "ops.py"} <= names
+    assert f"kernels {tuning.fingerprint(tuning.kernel_files())}" in tuning.machine_key(torch.device("cpu"))
+
+
 def test_keys_differ_by_shape_dtype_layout_and_int_arguments_not_by_eps():
     x = torch.randn(6, 8, 3, 2)
     sig = tuning.signature
