@@ -69,21 +69,13 @@ def _contiguous(state_dict: dict) -> dict:
     return {k: v.contiguous() for k, v in state_dict.items()}
 
 
-class DiffusersUNet(torch.nn.Module):
-    """svd_fast's VideoUNet behind diffusers' UNetSpatioTemporalConditionModel interface.
+class _DiffusersFacade(torch.nn.Module):
+    """An svd_fast model (`inner`) with a diffusers model's `config`, `dtype` and `device`."""
 
-    The pipeline keeps calling `unet(sample, t, encoder_hidden_states=..., added_time_ids=...,
-    return_dict=False)[0]` and reading `unet.config`; the work runs in svd_fast's UNet.
-    """
-
-    def __init__(self, unet, diffusers_config):
+    def __init__(self, inner, diffusers_config):
         super().__init__()
-        self.inner = unet
+        self.inner = inner
         self.config = diffusers_config
-
-    @property
-    def add_embedding(self):  # read by the pipeline to check the micro-conditioning width
-        return self.inner.add_embedding
 
     @property
     def dtype(self) -> torch.dtype:
@@ -92,6 +84,18 @@ class DiffusersUNet(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.inner.parameters()).device
+
+
+class DiffusersUNet(_DiffusersFacade):
+    """svd_fast's VideoUNet behind diffusers' UNetSpatioTemporalConditionModel interface.
+
+    The pipeline keeps calling `unet(sample, t, encoder_hidden_states=..., added_time_ids=...,
+    return_dict=False)[0]` and reading `unet.config`; the work runs in svd_fast's UNet.
+    """
+
+    @property
+    def add_embedding(self):  # read by the pipeline to check the micro-conditioning width
+        return self.inner.add_embedding
 
     def forward(self, sample, timestep, encoder_hidden_states, added_time_ids, return_dict: bool = True):
         from diffusers.models.unets.unet_spatio_temporal_condition import UNetSpatioTemporalConditionOutput
@@ -160,23 +164,10 @@ class _Mode:
         return self.mean
 
 
-class DiffusersVAE(torch.nn.Module):
+class DiffusersVAE(_DiffusersFacade):
     """svd_fast's TemporalVAE behind the part of AutoencoderKLTemporalDecoder's interface that
     StableVideoDiffusionPipeline uses: encode(x).latent_dist.mode(), decode(z, num_frames).sample,
     config, dtype, device (and .to(), which it calls around fp16 upcasting)."""
-
-    def __init__(self, vae, diffusers_config):
-        super().__init__()
-        self.inner = vae
-        self.config = diffusers_config
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.inner.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.inner.parameters()).device
 
     def encode(self, x, return_dict: bool = True):
         mode = _Mode(self.inner.encode(x))
