@@ -1,7 +1,10 @@
 """Shared test set-up: deterministic, small, CPU only."""
 import os
+import tempfile
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # no GPU here: Triton kernels run in the interpreter
+# Kernel choices and inductor's compiled code go to a per-run folder, not the user's ~/.cache.
+os.environ.setdefault("SVD_FAST_CACHE_DIR", tempfile.mkdtemp(prefix="svd_fast_test_cache_"))
 
 import pytest
 import torch
