@@ -54,7 +54,7 @@ def restore(pipe):
         return pipe
     unet_owner, vae = _unet_owner(pipe), _svd_vae(pipe)
     if state["graphed"]:
-        unet_owner.inner.reset() if hasattr(unet_owner.inner, "reset") else None
+        unet_owner.inner.reset()  # free the graphs and their buffers
         unet_owner.inner = state.pop("pre_graph_unet")
     unet_owner.inner = _compile.uncompile(unet_owner.inner)
     _compile.uncompile_vae_decoder(vae)
@@ -68,8 +68,9 @@ def compile_seconds(pipe) -> float:
     """Wall time spent compiling so far (first calls of each shape), 0 when not compiled."""
     if getattr(pipe, _STATE, None) is None:
         return 0.0
-    vae = _svd_vae(pipe)
-    return _compile.total_compile_seconds(_unet_owner(pipe).inner, vae.compiled_decoder)
+    state, vae = getattr(pipe, _STATE), _svd_vae(pipe)
+    unet = state.get("pre_graph_unet", _unet_owner(pipe).inner)  # the compiled UNet sits inside the graph runner
+    return _compile.total_compile_seconds(unet, vae.compiled_decoder)
 
 
 # ----------------------------------------------------------------------------------- plumbing
@@ -115,12 +116,10 @@ def _swap_diffusers_components(pipe, numerics: str, state: dict) -> None:
     from svd_fast.diffusers_bridge import DiffusersUNet, DiffusersVAE, encode_image_for_diffusers, svd_unet, svd_vae
 
     state["unet_config"], state["vae_config"] = dict(pipe.unet.config), dict(pipe.vae.config)
-    unet_dtype_device = (pipe.unet.dtype, pipe.unet.device)
     pipe.unet = DiffusersUNet(svd_unet(pipe.unet, numerics), pipe.unet.config)
     pipe.vae = DiffusersVAE(svd_vae(pipe.vae), pipe.vae.config)
     # the CLIP tower is the same transformers module on both sides; the preprocessing is ours
     pipe._encode_image = encode_image_for_diffusers.__get__(pipe)
-    state["unet_dtype_device"] = unet_dtype_device
 
 
 def _restore_diffusers_components(pipe, state: dict) -> None:
