@@ -20,6 +20,22 @@ def v_scalings(sigma: torch.Tensor):
     return c_skip, c_out, c_in, c_noise
 
 
+def consistency_scalings(sigma: torch.Tensor, boundary_sigma: float):
+    """The v-scalings with the output pair shifted so the model is the identity at boundary_sigma.
+
+    c_skip = 1/((sigma - eps)^2 + 1), c_out = -(sigma - eps)/sqrt(sigma^2 + 1), eps = boundary_sigma:
+    the consistency models paper's parametrisation (App. C, sigma_data = 1) in the sign convention
+    of the v-prediction UNet. f(x, eps) = x exactly, whatever the network outputs, and for
+    sigma >> eps the scalings are SVD's own, so a student initialised from the teacher starts as
+    the teacher's denoiser. eps = 0 is AnimateLCM-SVD's released parametrisation (its scheduler
+    uses the plain v-scalings, the identity only at sigma = 0).
+    """
+    c_skip = 1.0 / ((sigma - boundary_sigma) ** 2 + 1.0)
+    c_out = -(sigma - boundary_sigma) / (sigma**2 + 1.0) ** 0.5
+    _, _, c_in, c_noise = v_scalings(sigma)
+    return c_skip, c_out, c_in, c_noise
+
+
 @dataclass
 class Conditioning:
     """Everything the UNet is conditioned on, already batched like the latents it goes with.
@@ -67,8 +83,16 @@ class Denoiser:
     sigma: scalar or (B,) noise level. Returns D in x's dtype.
     """
 
-    def __init__(self, unet):
+    def __init__(self, unet, boundary_sigma: float | None = None):
         self.unet = unet
+        self.boundary_sigma = boundary_sigma
+        """None: the diffusion model's EDM denoiser D; a float eps: the consistency function
+        f(x, sigma) of a distilled student, exactly x at sigma = eps (consistency_scalings)"""
+
+    def output_scalings(self, sigma: torch.Tensor):
+        if self.boundary_sigma is None:
+            return v_scalings(sigma)[:2]
+        return consistency_scalings(sigma, self.boundary_sigma)[:2]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -86,7 +110,7 @@ class Denoiser:
 
     def denoised_from_output(self, x, sigma, v):
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1, 1)
-        c_skip, c_out, _, _ = v_scalings(sigma)
+        c_skip, c_out = self.output_scalings(sigma)
         return (c_skip * x.float() + c_out * v.float()).to(x.dtype)
 
     def __call__(self, x, sigma, cond: Conditioning) -> torch.Tensor:

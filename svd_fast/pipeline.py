@@ -5,6 +5,7 @@ initial latents), so the same torch.Generator seed gives the same video as diffu
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 
 from svd_fast import conditioner
 from svd_fast.config import SVDConfig
+from svd_fast.consistency import ConsistencySchedule, default_sampler, is_consistency_scheduler
 from svd_fast.denoiser import Conditioning, Denoiser, LinearGuidedDenoiser, UnguidedDenoiser
 from svd_fast.layers import channels_last_
 from svd_fast.sampling import SAMPLERS, get_sigmas_karras, init_noise_scale
@@ -49,6 +51,10 @@ class SVDPipeline:
         self.unet, self.vae, self.image_encoder = unet, vae, image_encoder
         self.config = config
         self.scheduler_config = {**DEFAULT_SCHEDULER, **(scheduler_config or {})}
+        # A consistency checkpoint (AnimateLCM-SVD, svd_fast.train.distill) samples with its own grid.
+        self.default_sampler = default_sampler(scheduler_config)
+        self.consistency = ConsistencySchedule.from_scheduler_config(
+            self.scheduler_config if is_consistency_scheduler(scheduler_config) else {})
         self.progress = True
         for module in (unet, vae, image_encoder):
             module.eval().requires_grad_(False)
@@ -164,16 +170,20 @@ class SVDPipeline:
         output_type: str = "pil",
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
-        sampler: str = "euler",
+        sampler: str | None = None,
         sigmas: list[float] | torch.Tensor | None = None,
+        eta: float = 1.0,
         return_dict: bool = True,
     ):
         """Sample a video from a conditioning image (PIL, array or tensor; a list or batch of them).
 
         Arguments and defaults follow diffusers' StableVideoDiffusionPipeline; `fps` is the frame
-        rate (the model sees fps - 1). Extra: `sampler` ('euler', 'heun', 'dpmpp_2m') and explicit
-        `sigmas` (descending, ending in 0).
+        rate (the model sees fps - 1). Extra: `sampler` ('euler', 'heun', 'dpmpp_2m', 'consistency';
+        default: the checkpoint's, 'consistency' for AnimateLCM-SVD-style checkpoints and svd_fast's
+        distilled students, else 'euler'), explicit `sigmas` (descending, ending in 0) and `eta`
+        (consistency sampler: 1 re-noises with fresh noise between steps, 0 deterministically).
         """
+        sampler = sampler if sampler is not None else self.default_sampler
         num_frames = num_frames if num_frames is not None else self.unet.config.num_frames
         decode_chunk_size = decode_chunk_size if decode_chunk_size is not None else num_frames
         self._check_arguments(height, width, num_frames, num_inference_steps, decode_chunk_size, output_type, sampler)
@@ -195,7 +205,7 @@ class SVDPipeline:
             context=embeddings,
             added_time_ids=conditioner.added_time_ids(fps, motion_bucket_id, noise_aug_strength, batch, self.dtype, device),
         )
-        sigma_schedule = self._sigmas(num_inference_steps, sigmas).to(device)
+        sigma_schedule = self._sigmas(num_inference_steps, sigmas, sampler).to(device)
         f = self.vae.config.downsample_factor
         shape = (batch, num_frames, self.vae.config.latent_channels, height // f, width // f)
         if latents is None:
@@ -204,7 +214,8 @@ class SVDPipeline:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         x = latents.to(device) * init_noise_scale(sigma_schedule)
 
-        denoiser = Denoiser(self.unet)
+        consistency = sampler == "consistency"
+        denoiser = Denoiser(self.unet, boundary_sigma=self.consistency.boundary_sigma if consistency else None)
         if max_guidance_scale > 1:
             denoise = LinearGuidedDenoiser(denoiser, cond, min_guidance_scale, max_guidance_scale, num_frames)
         else:
@@ -225,7 +236,11 @@ class SVDPipeline:
                     x_next.copy_(out["latents"])
             step_start[0] = time.perf_counter()
 
-        x = SAMPLERS[sampler](denoise, x, sigma_schedule, callback=on_step)
+        run = SAMPLERS[sampler]
+        if consistency:  # its re-noising draws come after the initial latents, from the same generator(s)
+            run = functools.partial(run, noise=lambda shape: randn(shape, generator, device, torch.float32), eta=eta,
+                                    s_noise=self.consistency.s_noise, clip_denoised=self.consistency.clip_denoised)
+        x = run(denoise, x, sigma_schedule, callback=on_step)
         bar.close()
         timings["unet_steps"] = step_times
 
@@ -240,7 +255,9 @@ class SVDPipeline:
             return frames
         return SVDPipelineOutput(frames=frames, timings=timings)
 
-    def _sigmas(self, steps: int, sigmas) -> torch.Tensor:
+    def _sigmas(self, steps: int, sigmas, sampler: str) -> torch.Tensor:
+        if sigmas is None and sampler == "consistency":
+            return self.consistency.sigmas(steps)
         if sigmas is None:
             return get_sigmas_karras(steps, self.scheduler_config["sigma_min"], self.scheduler_config["sigma_max"])
         sigmas = torch.as_tensor(sigmas, dtype=torch.float32).flatten()

@@ -2,7 +2,7 @@
 
     python -m svd_fast.sample --image IN.png --out OUT.mp4 [--model PATH] [--frames N] [--steps N]
         [--seed S] [--fps F] [--motion-bucket M] [--dtype auto|bf16|fp16|fp32] [--decode-chunk N]
-        [--compile] [--cuda-graphs | --no-cuda-graphs]
+        [--sampler euler|heun|dpmpp_2m|consistency] [--eta E] [--compile] [--cuda-graphs | --no-cuda-graphs]
 
 Without --model the embedded default model (svd_fast/assets/default_model) is used.
 """
@@ -38,7 +38,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
                    help="compute dtype; auto: fp16 on CUDA, bf16 on CPUs with native bf16 (AMX/AVX512-BF16), else fp32")
     p.add_argument("--decode-chunk", type=int, help="frames decoded at once (less memory; default: all)")
-    p.add_argument("--sampler", choices=["euler", "heun", "dpmpp_2m"], default="euler")
+    p.add_argument("--sampler", choices=["euler", "heun", "dpmpp_2m", "consistency"],
+                   help="default: the model's (consistency for AnimateLCM-SVD-style and distilled checkpoints, else euler)")
+    p.add_argument("--eta", type=float, default=1.0,
+                   help="consistency sampler: 1 re-noises with fresh noise between steps (LCM), 0 deterministically")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--ema", action="store_true", help="use EMA weights when the checkpoint has them")
     p.add_argument("--compile", action="store_true",
@@ -93,6 +96,7 @@ def main(argv=None) -> int:
         generator=torch.Generator("cpu").manual_seed(args.seed),
         output_type="np",
         sampler=args.sampler,
+        eta=args.eta,
     )
     start = time.perf_counter()
     written = save_video(result.frames[0], args.out, fps=fps)

@@ -23,9 +23,29 @@ def get_sigmas_karras(n: int, sigma_min: float = 0.002, sigma_max: float = 700.0
     """Karras et al. (2022) schedule of n noise levels, then a final 0 (float32, computed in float64)."""
     if n < 1:
         raise ValueError(f"number of steps must be >= 1, got {n}")
-    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    sigmas = _karras(torch.linspace(0, 1, n, dtype=torch.float64), sigma_min, sigma_max, rho)
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
+
+
+def _karras(ramp: torch.Tensor, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
+    """Karras sigmas at positions ramp in [0, 1] (0: sigma_max, 1: sigma_min)."""
     min_inv, max_inv = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    sigmas = (max_inv + ramp * (min_inv - max_inv)) ** rho
+    return (max_inv + ramp * (min_inv - max_inv)) ** rho
+
+
+def get_sigmas_consistency(n: int, num_train_timesteps: int = 40, sigma_min: float = 0.002,
+                           sigma_max: float = 700.0, rho: float = 7.0) -> torch.Tensor:
+    """Few-step schedule of a consistency model distilled on a Karras grid of num_train_timesteps points.
+
+    The n sigmas are grid points evenly spaced by index from sigma_max: indices 0, k, 2k, ...,
+    (n-1)k with k = num_train_timesteps // n (AnimateLCM-SVD's scheduler and the consistency
+    models paper's multistep sampler pick them this way), then a final 0. The student was trained
+    only on grid points, so off-grid sigmas are never asked of it.
+    """
+    if not 1 <= n <= num_train_timesteps:
+        raise ValueError(f"consistency sampling takes 1 to {num_train_timesteps} steps (its training grid), got {n}")
+    index = torch.arange(n, dtype=torch.float64) * (num_train_timesteps // n)
+    sigmas = _karras(index / (num_train_timesteps - 1), sigma_min, sigma_max, rho)
     return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
 
 
@@ -96,4 +116,37 @@ def sample_dpmpp_2m(denoise: Denoise, x, sigmas, callback: StepCallback | None =
     return x
 
 
-SAMPLERS = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}
+def sample_consistency(denoise: Denoise, x, sigmas, callback: StepCallback | None = None,
+                       noise: Callable[[tuple], torch.Tensor] | None = None, eta: float = 1.0, s_noise: float = 1.0,
+                       clip_denoised: bool = False):
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1; LCM / AnimateLCM's scheduler).
+
+    `denoise` is the consistency function f(x, sigma): a clean estimate from any point of the
+    trajectory. Each step predicts x0 = f(x, sigma_i) and, unless sigma_{i+1} = 0, re-noises it to
+    the next level: x = x0 + sigma_{i+1} * e, with
+        e = eta * z + sqrt(1 - eta^2) * (x - x0) / sigma_i,   z = s_noise * noise(shape) fresh,
+    so eta = 1 is the stochastic LCM step and eta = 0 reuses the noise the step implies (then the
+    step is exactly Euler's with f as the denoiser). One step returns f(x, sigma_0).
+    """
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    x = _state(x)
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = _state(denoise(x, sigma))
+        if clip_denoised:
+            denoised = denoised.clamp(-1, 1)
+        if sigma_next == 0:
+            x = denoised
+        else:
+            implied = (x - denoised) / sigma
+            if eta > 0:
+                fresh = noise(tuple(x.shape)) if noise is not None else torch.randn_like(x)
+                implied = eta * s_noise * _state(fresh) + math.sqrt(1 - eta**2) * implied
+            x = denoised + sigma_next * implied
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+SAMPLERS = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m, "consistency": sample_consistency}

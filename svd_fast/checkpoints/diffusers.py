@@ -5,7 +5,8 @@
     vae/             config.json + diffusion_pytorch_model.safetensors   (AutoencoderKLTemporalDecoder)
     image_encoder/   config.json + model.safetensors                     (transformers CLIPVisionModelWithProjection)
     feature_extractor/preprocessor_config.json                           (CLIPImageProcessor)
-    scheduler/       scheduler_config.json                               (EulerDiscreteScheduler)
+    scheduler/       scheduler_config.json                               (EulerDiscreteScheduler; AnimateLCM-SVD's
+                     AnimateLCMSVDStochasticIterativeScheduler selects the consistency sampler, svd_fast.consistency)
     unet_ema/        optional: EMA weights of the UNet, as diffusers' training scripts save them
 
 Our modules use diffusers' parameter names, so weights load with an identity mapping.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from svd_fast.checkpoints.io import CheckpointError, TensorSource, open_tensors, save_safetensors, write_json, write_text
 from svd_fast.conditioner import CLIP_MEAN, CLIP_STD
+from svd_fast.consistency import FEW_STEP_DEFAULTS, ConsistencySchedule, is_consistency_scheduler
 from svd_fast.config import ImageEncoderConfig, SVDConfig, UNetConfig, VAEConfig
 
 PIPELINE_CLASS = "StableVideoDiffusionPipeline"
@@ -137,6 +139,12 @@ def read_config(folder: Path, numerics: str) -> tuple[SVDConfig, dict]:
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{folder / name / 'config.json'}: {exc}") from exc
     defaults = {"num_frames": parts["unet"].num_frames}
+    if is_consistency_scheduler(scheduler):  # AnimateLCM-SVD style: few-step defaults unless the folder says otherwise
+        try:
+            ConsistencySchedule.from_scheduler_config(scheduler)
+        except ValueError as exc:
+            raise CheckpointError(f"{scheduler_path}: {exc}") from exc
+        defaults.update(FEW_STEP_DEFAULTS)
     defaults_path = folder / SAMPLING_DEFAULTS_FILE
     if defaults_path.exists():
         stored = {k: v for k, v in read_json(defaults_path).items() if k in SAMPLING_DEFAULT_TYPES}
