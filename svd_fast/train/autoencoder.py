@@ -51,6 +51,19 @@ def zero_init_residuals(vae):
     return vae
 
 
+def identity_frame_mixing(vae):
+    """Start the decoder's last layer, a (3,1,1) conv mixing neighbouring frames' RGB, as the
+    identity (centre tap = I, bias 0): a random init scrambles colours across frames and channels,
+    and the first hundreds of steps go into undoing that."""
+    conv = vae.decoder.time_conv_out
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        for c in range(conv.weight.shape[0]):
+            conv.weight[c, c, 1] = 1.0
+    return vae
+
+
 def gradient_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of the horizontal and vertical pixel differences of images a, b."""
     dx = (a[..., :, 1:] - a[..., :, :-1]) - (b[..., :, 1:] - b[..., :, :-1])
@@ -81,7 +94,7 @@ def train_vae(config: VAEConfig, clips: Iterator[torch.Tensor], settings: Autoen
     from svd_fast.vae import TemporalVAE
 
     torch.manual_seed(seed)
-    vae = channels_last_(zero_init_residuals(TemporalVAE(config))).train()
+    vae = channels_last_(identity_frame_mixing(zero_init_residuals(TemporalVAE(config)))).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()

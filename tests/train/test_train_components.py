@@ -99,3 +99,25 @@ def test_image_reconstruction_reports_psnr_and_colour_shift_of_each_image():
     # error 0.01 on [0, 1] in one channel of three: MSE 1e-4 / 3
     assert rows[0]["psnr_db"] == pytest.approx(10 * np.log10(3 / 1e-4), abs=1e-3)
     assert rows[1]["colour_shift_255"] == pytest.approx(0.01 * 255, abs=1e-3)
+
+
+def test_identity_frame_mixing_makes_the_decoder_decode_each_frame_on_its_own():
+    """With the frame-mixing conv at identity, a clip decodes to the frames its last spatial conv
+    gives (checked against the decoder's layers called by hand), and no frame sees another."""
+    from svd_fast.config import VAEConfig
+    from svd_fast.train.autoencoder import identity_frame_mixing
+    from svd_fast.vae import TemporalVAE
+
+    torch.manual_seed(0)
+    vae = identity_frame_mixing(TemporalVAE(VAEConfig(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                                                      latent_channels=4))).eval()
+    z = torch.randn(3, 4, 4, 4)
+    with torch.no_grad():
+        clip = vae.decode(z, num_frames=3)
+        dec = vae.decoder
+        x = dec.mid_block(dec.conv_in(z), 3)
+        for block in dec.up_blocks:
+            x = block(x, 3)
+        by_hand = dec.conv_out(torch.nn.functional.silu(dec.conv_norm_out(x)))
+    torch.testing.assert_close(clip, by_hand, rtol=1e-5, atol=1e-5)
+    assert float(vae.decoder.time_conv_out.weight.abs().sum()) == 3.0  # one unit tap per colour channel
