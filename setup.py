@@ -62,11 +62,12 @@ setup(
         "av",
     ],
     extras_require={
-        "test": ["pytest", "diffusers>=0.30", "accelerate", "triton"],
+        "test": ["pytest", "diffusers>=0.30", "accelerate", "triton", "torchao>=0.18"],
         "bench": ["diffusers>=0.30", "accelerate", "nvidia-ml-py", "psutil"],
         "train": ["deepspeed", "bitsandbytes", "tensorboard"],
         "curate": ["ray[data]", "opencv-python", "pytesseract", "pyarrow", "matplotlib", "pandas", "psutil"],
         "gpu": ["triton", "flash-attn"],
+        "int8": ["torchao>=0.18"],
     },
     entry_points={"console_scripts": ["svd-fast-sample=svd_fast.sample:main"]},
     ext_modules=NATIVE,

@@ -1,5 +1,13 @@
 """svd_fast: Stable Video Diffusion inference, kernels, training and data curation."""
+import logging
+
 __version__ = "0.1.0"
+
+# transformers imports torchao whenever it is installed (svd_fast's int8 mode uses it), and that
+# import logs warnings about torchao's CUDA-only extensions and a torch pytree deprecation on every
+# run: noise on a CPU machine, not something a user can act on.
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 __all__ = ["SVDPipeline", "SVDConfig", "load_components", "accelerate", "restore"]
 

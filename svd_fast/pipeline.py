@@ -225,10 +225,15 @@ class SVDPipeline:
         bar = tqdm(total=steps, desc="denoise", disable=not self.progress, leave=False)
         step_times: list[float] = []
         step_start = [time.perf_counter()]
+        feature_cache = getattr(self.unet, "feature_cache", None)  # svd_fast.accel.feature_cache follows the run
+        if feature_cache is not None:
+            feature_cache.start_run(steps)
 
         def on_step(i, x_next, denoised):
             step_times.append(time.perf_counter() - step_start[0])
             bar.update()
+            if feature_cache is not None:
+                feature_cache.at_step(i + 1)
             if callback_on_step_end is not None:
                 values = {"latents": x_next, "denoised": denoised}
                 out = callback_on_step_end(self, i, sigma_schedule[i], {k: values[k] for k in callback_on_step_end_tensor_inputs})

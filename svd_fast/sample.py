@@ -3,6 +3,7 @@
     python -m svd_fast.sample --image IN.png --out OUT.mp4 [--model PATH] [--frames N] [--steps N]
         [--seed S] [--fps F] [--motion-bucket M] [--dtype auto|bf16|fp16|fp32] [--decode-chunk N]
         [--sampler euler|heun|dpmpp_2m|consistency] [--eta E] [--compile] [--cuda-graphs | --no-cuda-graphs]
+        [--quantize int8] [--cache-interval N]
 
 Without --model the embedded default model (svd_fast/assets/default_model) is used.
 """
@@ -48,6 +49,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch.compile the UNet and VAE decoder (slow first call, cached on disk for later runs)")
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="replay the UNet step from CUDA graphs (default: on with CUDA)")
+    p.add_argument("--quantize", choices=["int8"],
+                   help="int8 UNet convs and linears (x86 CPUs; approximate, fast with --compile)")
+    p.add_argument("--cache-interval", type=int,
+                   help="feature caching: run the UNet's deep blocks every N steps (and the first and last), "
+                        "reuse them between (approximate; 1 = exact; not with --compile)")
     return p.parse_args(argv)
 
 
@@ -78,6 +84,10 @@ def main(argv=None) -> int:
     dtype = DTYPES.get(args.dtype, args.dtype)  # "auto" is resolved (and reported) by the pipeline
     pipe = SVDPipeline.from_pretrained(model, torch_dtype=dtype, device=args.device, use_ema=args.ema,
                                        compile=args.compile, cuda_graphs=args.cuda_graphs)
+    if args.quantize or args.cache_interval is not None:
+        from svd_fast.accel import accelerate
+
+        accelerate(pipe, quantize=args.quantize, cache_interval=args.cache_interval)
     load_time = time.perf_counter() - start
     cfg = pipe.config
     fps = args.fps or cfg.fps

@@ -10,6 +10,7 @@ and the tokens a transformer sees, (B*T, H*W, C), are a view of the channels_las
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -324,14 +325,18 @@ class DownBlock(LevelBlock):
             self.downsamplers = nn.ModuleList([Downsample(c_out)])
         self.has_downsample = downsample
 
-    def forward(self, x, ctx, skips: list):
-        for i in range(len(self.resnets)):
-            x = self.layer(i, x, ctx)
-            skips.append(x)
-        if self.has_downsample:
-            x = self.downsamplers[0](x)
-            skips.append(x)
-        return x
+    def steps(self) -> list:
+        """The block as steps f(x, ctx, skips) -> x that each add one skip: its layers, then its downsampler."""
+        layers = [functools.partial(self._layer_step, i) for i in range(len(self.resnets))]
+        return layers + [self._downsample_step] if self.has_downsample else layers
+
+    def _layer_step(self, i, x, ctx, skips):
+        skips.append(self.layer(i, x, ctx))
+        return skips[-1]
+
+    def _downsample_step(self, x, ctx, skips):
+        skips.append(self.downsamplers[0](x))
+        return skips[-1]
 
 
 class UpBlock(LevelBlock):
@@ -345,10 +350,14 @@ class UpBlock(LevelBlock):
             self.upsamplers = nn.ModuleList([Upsample(c_out)])
         self.has_upsample = upsample
 
-    def forward(self, x, ctx, skips: list):
-        for i in range(len(self.resnets)):
-            x = self.layer(i, torch.cat([x, skips.pop()], dim=1), ctx)
-        if self.has_upsample:
+    def steps(self) -> list:
+        """The block as steps f(x, ctx, skips) -> x that each take one skip: its layers (the last
+        one followed by the upsampler)."""
+        return [functools.partial(self._layer_step, i) for i in range(len(self.resnets))]
+
+    def _layer_step(self, i, x, ctx, skips):
+        x = self.layer(i, torch.cat([x, skips.pop()], dim=1), ctx)
+        if self.has_upsample and i == len(self.resnets) - 1:
             x = self.upsamplers[0](x, skips[-1].shape[-2:])
         return x
 
@@ -402,6 +411,8 @@ class VideoUNet(nn.Module):
             )
         self.conv_norm_out = GroupNorm(widths[0], 1e-5)
         self.conv_out = nn.Conv2d(widths[0], cfg.out_channels, 3, padding=1)
+        self.feature_cache = None
+        """svd_fast.accel.feature_cache: when set, the deep part's output may be reused (see forward)"""
         # SVD uses 32 groups everywhere. Narrow models need fewer: with one channel per group the
         # norm removes every channel's mean, and with it the colour of a frame. The group count
         # does not change any parameter shape, so it is set here rather than threaded through.
@@ -440,10 +451,29 @@ class VideoUNet(nn.Module):
         x = sample.reshape(b * t, c, hgt, wid).contiguous(memory_format=torch.channels_last)
         x = self.conv_in(x)
         skips = [x]
-        for block in self.down_blocks:
-            x = block(x, ctx, skips)
-        x = self.mid_block(x, ctx)
-        for block in self.up_blocks:
-            x = block(x, ctx, skips)
+        # The down path's steps each add a skip, the up path's each take one (len(up) = len(down) + 1).
+        # A feature cache (DeepCache, arXiv 2312.00858) splits them: the first `depth` down steps
+        # and the up steps that take their skips are shallow and always run; the deep part between
+        # them runs only when the cache has no output of it to give back for this input signature.
+        down = [step for block in self.down_blocks for step in block.steps()]
+        up = [step for block in self.up_blocks for step in block.steps()]
+        cache = self.feature_cache
+        depth = len(down) if cache is None else cache.depth
+        for step in down[:depth]:
+            x = step(x, ctx, skips)
+        key = (tuple(sample.shape), sample.dtype, sample.device)
+        deep = None if cache is None else cache.reuse(key)
+        if deep is None:
+            for step in down[depth:]:
+                x = step(x, ctx, skips)
+            x = self.mid_block(x, ctx)
+            for step in up[: len(up) - depth - 1]:
+                x = step(x, ctx, skips)
+            if cache is not None:
+                cache.store(key, x)
+        else:
+            x = deep
+        for step in up[len(up) - depth - 1 :]:
+            x = step(x, ctx, skips)
         x = self.conv_out(self.conv_norm_out(x, silu=True))
         return x.reshape(b, t, -1, hgt, wid)

@@ -107,9 +107,21 @@ def read_video(path) -> tuple[np.ndarray, float]:
     """All frames of a video file as (T, H, W, 3) uint8, and its frame rate."""
     import imageio.v2 as imageio
 
+    if Path(path).suffix.lower() == ".gif":  # imageio's ffmpeg reader does not take GIFs
+        return _read_gif(path)
+
     reader = imageio.get_reader(str(path), format="FFMPEG")
     try:
         fps = float(reader.get_meta_data().get("fps", 0.0))
         return np.stack([np.asarray(f) for f in reader]), fps
     finally:
         reader.close()
+
+
+def _read_gif(path) -> tuple[np.ndarray, float]:
+    from PIL import Image, ImageSequence
+
+    with Image.open(path) as gif:
+        frames = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(gif)]
+        duration_ms = gif.info.get("duration") or 0
+    return np.stack(frames), (1000.0 / duration_ms if duration_ms else 0.0)

@@ -114,3 +114,31 @@ def test_the_models_sampling_defaults_fill_absent_flags(tmp_path, image_path):
                         "--dtype", "fp32", "--motion-bucket", "127"]) == 0
     frames = np.stack([np.asarray(Image.open(p)) for p in sorted(tmp_path.glob("w_*.png"))])
     assert np.abs(frames - reference(motion_bucket_id=127)).max() <= 1
+
+
+def test_read_video_reads_back_the_gif_save_video_writes(tmp_path):
+    from svd_fast.video_io import save_video
+
+    frames = np.random.default_rng(1).integers(0, 256, (4, 16, 24, 3), dtype=np.uint8)
+    frames[:, :8] = 0  # flat areas keep GIF palette quantisation honest: they must come back exactly
+    save_video(frames.astype(np.float32) / 255, tmp_path / "clip.gif", fps=5)
+    back, fps = read_video(tmp_path / "clip.gif")
+    assert back.shape == frames.shape and fps == pytest.approx(5)
+    assert (back[:, :8] == 0).all() and np.abs(back.astype(int) - frames).mean() < 40  # 256-colour palette
+
+
+def test_cache_interval_1_gives_exact_mode_video_and_bad_combinations_are_one_line(model_dir, image_path, tmp_path):
+    def frames(name, *extra):
+        assert sample.main(_args(model_dir, image_path, tmp_path / f"{name}.png", "--steps", "3", *extra)) == 0
+        return np.stack([np.asarray(Image.open(p)) for p in sorted(tmp_path.glob(f"{name}_*.png"))])
+
+    exact = frames("exact")
+    np.testing.assert_array_equal(frames("cached1", "--cache-interval", "1"), exact)
+    assert not np.array_equal(frames("cached2", "--cache-interval", "2"), exact)
+    for extra, message in ((["--cache-interval", "0"], "cache_interval must be an integer >= 1"),
+                           (["--cache-interval", "2", "--compile"], "cannot be combined with compile")):
+        result = subprocess.run([sys.executable, "-m", "svd_fast.sample", *_args(model_dir, image_path, tmp_path / "x.gif", *extra)],
+                                capture_output=True, text=True)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip().startswith("error:") and message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1

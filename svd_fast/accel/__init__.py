@@ -5,7 +5,11 @@ On a diffusers pipeline the UNet, the VAE and the image-conditioning path are re
 svd_fast's (same weights, moved not copied; same outputs and random numbers; the call signature
 is diffusers'). Then, on either kind of pipeline:
   compile=True      torch.compile of the UNet and the VAE decoder (accel/compile.py);
-  cuda_graphs=None  replay the UNet step from CUDA graphs (auto: on CUDA only; accel/graphs.py).
+  quantize='int8'   int8 weights and dynamic int8 activations for the UNet's convs and linears
+                    (x86 CPUs; accel/quantize.py). Approximate: see bench/quantize.py.
+  cuda_graphs=None  replay the UNet step from CUDA graphs (auto: on CUDA only; accel/graphs.py);
+  cache_interval=N  reuse the UNet's deep features on all but every N-th step and the first and
+                    last (DeepCache; accel/feature_cache.py). Approximate: see bench/quality.py.
 """
 from __future__ import annotations
 
@@ -17,25 +21,42 @@ from svd_fast.accel.dtypes import resolve_dtype  # noqa: F401  (re-exported: svd
 _STATE = "_svd_fast_accel"  # attribute on an accelerated pipeline: what to undo
 
 
-def accelerate(pipe, compile: bool = False, cuda_graphs: bool | None = None, numerics: str = "diffusers"):
+def accelerate(pipe, compile: bool = False, cuda_graphs: bool | None = None, numerics: str = "diffusers",
+               cache_interval: int | None = None, cache_branch: int = 0,
+               quantize: str | None = None):
     """Speed up `pipe` in place and return it. Calling it again adds what is newly asked for.
 
     numerics (diffusers pipelines only): 'diffusers' keeps diffusers' GroupNorm epsilons so the
     video matches the unaccelerated pipeline; 'sgm' uses those of the released training code.
+    quantize: None (exact) or 'int8' (accel/quantize.py; pair it with compile=True for speed).
+    cache_interval / cache_branch: feature caching (accel/feature_cache.py; 1 = exact); it runs
+    the eager UNet, so it does not combine with compile or CUDA graphs yet.
     """
+    if quantize is not None:
+        from svd_fast.accel.quantize import check_mode
+
+        check_mode(quantize)
     state = getattr(pipe, _STATE, None)
+    caching = cache_interval is not None or (state is not None and "feature_cache" in state)
+    if caching and (compile or cuda_graphs or (state is not None and (state["compiled"] or state["graphed"]))):
+        raise ValueError("feature caching (cache_interval) runs the eager UNet and cannot be combined with "
+                         "compile or cuda_graphs yet")
     if state is None:
         state = {"kind": _kind(pipe), "compiled": False, "graphed": False}
         if state["kind"] == "diffusers":
             _swap_diffusers_components(pipe, numerics, state)
         setattr(pipe, _STATE, state)
     unet_owner, vae = _unet_owner(pipe), _svd_vae(pipe)
+    if cache_interval is not None:
+        _cache_features(pipe, unet_owner.inner, cache_interval, cache_branch, state)
+    if quantize is not None and "quantized" not in state:
+        _quantize_unet(unet_owner, quantize, state)
     if compile and not state["compiled"]:
         unet_owner.inner = _compile.compile_unet(unet_owner.inner)
         _compile.compile_vae_decoder(vae)
         state["compiled"] = True
     on_cuda = next(unet_owner.inner.parameters()).device.type == "cuda"
-    if (cuda_graphs or (cuda_graphs is None and on_cuda)) and not state["graphed"]:
+    if (cuda_graphs or (cuda_graphs is None and on_cuda and not caching)) and not state["graphed"]:
         from svd_fast.accel.graphs import graph_unet
 
         graphed = graph_unet(unet_owner.inner, enabled=cuda_graphs)
@@ -53,10 +74,16 @@ def restore(pipe):
     if state is None:
         return pipe
     unet_owner, vae = _unet_owner(pipe), _svd_vae(pipe)
+    if state.pop("feature_cache", None) is not None:
+        _stop_caching_features(pipe, unet_owner.inner, state)
     if state["graphed"]:
         unet_owner.inner.reset()  # free the graphs and their buffers
         unet_owner.inner = state.pop("pre_graph_unet")
     unet_owner.inner = _compile.uncompile(unet_owner.inner)
+    if "quantized" in state:
+        from svd_fast.accel.quantize import dequantize_unet
+
+        dequantize_unet(state.pop("quantized"))
     _compile.uncompile_vae_decoder(vae)
     if state["kind"] == "diffusers":
         _restore_diffusers_components(pipe, state)
@@ -110,6 +137,34 @@ def _svd_vae(pipe):
     from svd_fast.diffusers_bridge import DiffusersVAE
 
     return pipe.vae.inner if isinstance(pipe.vae, DiffusersVAE) else pipe.vae
+
+
+def _cache_features(pipe, unet, interval: int, branch: int, state: dict) -> None:
+    from svd_fast.accel import feature_cache
+
+    cache = feature_cache.attach(unet, interval, branch)
+    if state["kind"] == "diffusers":  # diffusers' pipeline has no step hook of ours: follow its scheduler
+        feature_cache.unfollow_scheduler(pipe.unet)
+        feature_cache.follow_scheduler(pipe.unet, pipe, cache)
+    state["feature_cache"] = cache
+
+
+def _stop_caching_features(pipe, unet, state: dict) -> None:
+    from svd_fast.accel import feature_cache
+
+    feature_cache.detach(unet)
+    if state["kind"] == "diffusers":
+        feature_cache.unfollow_scheduler(pipe.unet)
+
+
+def _quantize_unet(unet_owner, mode: str, state: dict) -> None:
+    """Quantize the eager UNet; a UNet compiled earlier is compiled again around it."""
+    from svd_fast.accel.quantize import quantize_unet
+
+    eager = _compile.uncompile(unet_owner.inner)
+    state["quantized"] = quantize_unet(eager, mode)
+    if state["compiled"]:
+        unet_owner.inner = _compile.compile_unet(eager)
 
 
 def _swap_diffusers_components(pipe, numerics: str, state: dict) -> None:
