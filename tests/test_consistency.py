@@ -17,7 +17,7 @@ from svd_fast.sampling import get_sigmas_consistency, sample_consistency, sample
 from svd_fast.pipeline import SVDPipeline
 from svd_fast.unet import VideoUNet
 
-from conftest import randomize_
+from tests.conftest import randomize_
 
 # AnimateLCM-SVD-xt's scheduler as its release constructs it (G-U-N/AnimateLCM animatelcm_svd/app.py).
 ANIMATELCM_SCHEDULER = {"_class_name": CONSISTENCY_SCHEDULER, "_diffusers_version": "0.25.1", "num_train_timesteps": 40,
