@@ -133,8 +133,10 @@ def test_cache_interval_1_gives_exact_mode_video_and_bad_combinations_are_one_li
         return np.stack([np.asarray(Image.open(p)) for p in sorted(tmp_path.glob(f"{name}_*.png"))])
 
     exact = frames("exact")
-    np.testing.assert_array_equal(frames("cached1", "--cache-interval", "1"), exact)
-    assert not np.array_equal(frames("cached2", "--cache-interval", "2"), exact)
+    # Bitwise equality of interval 1 is tested on the pipeline (tests/test_feature_cache.py); across CLI
+    # runs the kernel auto-selection may time a different candidate first, so allow one 8-bit level.
+    assert np.abs(frames("cached1", "--cache-interval", "1").astype(int) - exact).max() <= 1
+    assert np.abs(frames("cached2", "--cache-interval", "2").astype(int) - exact).max() > 1
     for extra, message in ((["--cache-interval", "0"], "cache_interval must be an integer >= 1"),
                            (["--cache-interval", "2", "--compile"], "cannot be combined with compile")):
         result = subprocess.run([sys.executable, "-m", "svd_fast.sample", *_args(model_dir, image_path, tmp_path / "x.gif", *extra)],
