@@ -143,4 +143,10 @@ def test_8bit_adamw_resume_continues_exactly(tiny_recipe, tmp_path):
     resumed = dataclasses.replace(straight, output_dir=str(tmp_path / "resumed"), max_steps=2)
     train(resumed)
     train(dataclasses.replace(resumed, max_steps=4), resume=True)
-    assert _losses(resumed.output_dir) == _losses(straight.output_dir)
+    # Equal to float32 rounding: one clean-clone CI run differed by 6e-8 (1e-7 relative) at step 4, the
+    # size of a reduction summed in another order; a lost or re-initialised 8-bit state restarts Adam's
+    # moments, which changes the step-3 update of every weight itself (bias correction restarts too).
+    straight_losses, resumed_losses = _losses(straight.output_dir), _losses(resumed.output_dir)
+    assert resumed_losses.keys() == straight_losses.keys()
+    for step, loss in straight_losses.items():
+        assert resumed_losses[step] == pytest.approx(loss, rel=1e-6, abs=0), step
