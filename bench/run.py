@@ -211,12 +211,24 @@ def flops_of_eager(ours, theirs, name, inputs) -> int:
     return count_flops(lambda: model(*inputs, return_dict=False))
 
 
-# per class: (profiler event keys, matched by substring, self time) and (FlopCounterMode op names, by prefix)
+# per class: (profiler event keys, matched by substring, self time) and (FlopCounterMode op names, by prefix).
+# Winograd convs count their direct convolution's FLOPs (kernels/native/ops.py) and their GEMMs' time.
+WINOGRAD = "winograd_conv3x3"
 OP_CLASSES = {
-    "conv": (("convolution",), ("convolution",)),
+    "conv": (("convolution", WINOGRAD), ("convolution", "svd_fast_native.winograd_conv3x3")),
     "gemm": (("aten::addmm", "aten::mm", "aten::bmm", "linear_pointwise", "mkl_linear"), ("addmm", "mm", "bmm")),
     "attention": (("scaled_dot_product", "temporal_attention"), ("_scaled_dot_product",)),
 }
+
+
+def _class_key(event) -> str:
+    """The event's name, or the enclosing Winograd conv's for the GEMMs that conv runs."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if WINOGRAD in parent.name:
+            return parent.name
+        parent = parent.cpu_parent
+    return event.name
 
 
 def op_classes(run) -> dict:
@@ -231,7 +243,7 @@ def op_classes(run) -> dict:
     op_flops = {str(op).removeprefix("aten."): n for op, n in counter.get_flop_counts().get("Global", {}).items()}
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         run()
-    events = [(e.key, e.self_cpu_time_total / 1e6) for e in prof.key_averages()]
+    events = [(_class_key(e), e.self_cpu_time_total / 1e6) for e in prof.events()]
     total_time = sum(t for _, t in events)
     out, claimed = {}, 0.0
     for cls, (event_keys, flop_prefixes) in OP_CLASSES.items():

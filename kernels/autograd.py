@@ -99,3 +99,23 @@ def blend_backward_torch(grad, a, b, p, q):
     per_sample = (-1,) + (1,) * (a.ndim - 1)
     return ((g * p.reshape(per_sample)).to(a.dtype), (g * q.reshape(per_sample)).to(b.dtype),
             (g * a.float()).flatten(1).sum(1), (g * b.float()).flatten(1).sum(1))
+
+
+class Conv3x3(torch.autograd.Function):
+    """y = conv2d(x, weight, bias, padding=1) computed by fwd(x, u, bias) from a transformed weight u
+    (Winograd); the backward is PyTorch's convolution backward on the original weight."""
+
+    @staticmethod
+    def forward(ctx, fwd, x, weight, u, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return fwd(x, u, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, _, need_b = ctx.needs_input_grad[1:5]
+        dx, dw, db = torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+            [need_x, need_w, ctx.has_bias and need_b])
+        return None, dx, dw, None, db

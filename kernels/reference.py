@@ -88,6 +88,12 @@ def alpha_blend_residual(x_spatial, delta, alpha):
     return x_spatial + (1 - _per_sample(alpha, x_spatial)) * delta
 
 
+def conv3x3(x, weight, bias):
+    """2-D convolution with a 3x3 kernel, stride 1, zero padding 1 (the UNet's and VAE's common conv).
+    x: (N, Cin, H, W); weight: (Cout, Cin, 3, 3); bias: (Cout,) or None."""
+    return F.conv2d(x, weight, bias, padding=1)
+
+
 def geglu(x):
     """GEGLU activation: value * GELU(gate) with exact GELU, x = [value | gate] on the last axis."""
     value, gate = x.chunk(2, dim=-1)
@@ -102,4 +108,5 @@ OPS = {
     "alpha_blend": alpha_blend,
     "alpha_blend_residual": alpha_blend_residual,
     "geglu": geglu,
+    "conv3x3": conv3x3,
 }

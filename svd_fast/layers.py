@@ -66,6 +66,24 @@ def geglu(x):
     return get_op("geglu")(x)
 
 
+def conv3x3(x, weight, bias):
+    """conv2d(x, weight, bias, padding=1) for a 3x3 kernel (stride 1, no dilation or groups)."""
+    if weight.shape[2:] != (3, 3) or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"conv3x3: weight {tuple(weight.shape)} does not fit input {tuple(x.shape)}")
+    return get_op("conv3x3")(x, weight, bias)
+
+
+class Conv2d(torch.nn.Conv2d):
+    """nn.Conv2d whose 3x3, stride-1, padding-1 case runs through the kernels package (conv3x3);
+    every other configuration is nn.Conv2d's. Same parameters and state-dict keys."""
+
+    def forward(self, x):
+        if (self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1) and self.dilation == (1, 1)
+                and self.groups == 1 and self.padding_mode == "zeros"):
+            return conv3x3(x, self.weight, self.bias)
+        return super().forward(x)
+
+
 def channels_last_(module: torch.nn.Module) -> torch.nn.Module:
     """Store every conv weight in channels-last order (4-D: channels_last, 5-D: channels_last_3d).
 

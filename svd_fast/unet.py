@@ -69,11 +69,11 @@ class ResnetBlock2D(nn.Module):
     def __init__(self, c_in: int, c_out: int, temb_dim: int, eps: float):
         super().__init__()
         self.norm1 = GroupNorm(c_in, eps)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.conv1 = layers.Conv2d(c_in, c_out, 3, padding=1)
         self.time_emb_proj = nn.Linear(temb_dim, c_out)
         self.norm2 = GroupNorm(c_out, eps)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.conv_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
+        self.conv2 = layers.Conv2d(c_out, c_out, 3, padding=1)
+        self.conv_shortcut = layers.Conv2d(c_in, c_out, 1) if c_in != c_out else None
 
     def forward(self, x, emb_act):
         """emb_act: SiLU of the per-frame embedding, (B*T, temb_dim)."""
@@ -274,7 +274,7 @@ class TransformerSpatioTemporalModel(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.conv = layers.Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x):
         return self.conv(x)
@@ -283,7 +283,7 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = layers.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x, size):
         """Nearest-neighbour upsampling to `size` (the skip connection's size; 2x when even)."""
@@ -383,7 +383,7 @@ class VideoUNet(nn.Module):
         cfg = config
         widths, temb = cfg.block_out_channels, cfg.time_embed_dim
         levels = len(widths)
-        self.conv_in = nn.Conv2d(cfg.in_channels, widths[0], 3, padding=1)
+        self.conv_in = layers.Conv2d(cfg.in_channels, widths[0], 3, padding=1)
         self.time_embedding = TimestepEmbedding(widths[0], temb)
         self.add_embedding = TimestepEmbedding(cfg.projection_class_embeddings_input_dim, temb)
 
@@ -410,7 +410,7 @@ class VideoUNet(nn.Module):
                 )
             )
         self.conv_norm_out = GroupNorm(widths[0], 1e-5)
-        self.conv_out = nn.Conv2d(widths[0], cfg.out_channels, 3, padding=1)
+        self.conv_out = layers.Conv2d(widths[0], cfg.out_channels, 3, padding=1)
         self.feature_cache = None
         """svd_fast.accel.feature_cache: when set, the deep part's output may be reused (see forward)"""
         # SVD uses 32 groups everywhere. Narrow models need fewer: with one channel per group the

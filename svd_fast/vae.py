@@ -33,10 +33,10 @@ class ResnetBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, groups: int):
         super().__init__()
         self.norm1 = GroupNorm(c_in, SPATIAL_EPS, groups)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.conv1 = layers.Conv2d(c_in, c_out, 3, padding=1)
         self.norm2 = GroupNorm(c_out, SPATIAL_EPS, groups)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.conv_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
+        self.conv2 = layers.Conv2d(c_out, c_out, 3, padding=1)
+        self.conv_shortcut = layers.Conv2d(c_in, c_out, 1) if c_in != c_out else None
 
     def forward(self, x, num_frames=None):
         """num_frames is accepted (and unused) so every VAE block has the same call signature."""
@@ -141,7 +141,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+        self.conv = layers.Conv2d(channels, channels, 3, stride=2)
 
     def forward(self, x):
         return self.conv(F.pad(x, (0, 1, 0, 1)))
@@ -152,7 +152,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = layers.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -190,7 +190,7 @@ class Encoder(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
         widths, groups = config.block_out_channels, config.norm_num_groups
-        self.conv_in = nn.Conv2d(config.in_channels, widths[0], 3, padding=1)
+        self.conv_in = layers.Conv2d(config.in_channels, widths[0], 3, padding=1)
         self.down_blocks = nn.ModuleList(
             DownBlock(widths[max(i - 1, 0)], w, config.layers_per_block, groups, downsample=i < len(widths) - 1)
             for i, w in enumerate(widths)
@@ -198,7 +198,7 @@ class Encoder(nn.Module):
         resnets = [ResnetBlock(widths[-1], widths[-1], groups) for _ in range(2)]
         self.mid_block = MidBlock(resnets, widths[-1], groups)
         self.conv_norm_out = GroupNorm(widths[-1], SPATIAL_EPS, groups)
-        self.conv_out = nn.Conv2d(widths[-1], 2 * config.latent_channels, 3, padding=1)
+        self.conv_out = layers.Conv2d(widths[-1], 2 * config.latent_channels, 3, padding=1)
 
     def forward(self, x):
         x = self.conv_in(x)
@@ -214,7 +214,7 @@ class TemporalDecoder(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
         widths, groups = list(reversed(config.block_out_channels)), config.norm_num_groups
-        self.conv_in = nn.Conv2d(config.latent_channels, widths[0], 3, padding=1)
+        self.conv_in = layers.Conv2d(config.latent_channels, widths[0], 3, padding=1)
         resnets = [VideoResnetBlock(widths[0], widths[0], groups) for _ in range(config.layers_per_block)]
         self.mid_block = MidBlock(resnets, widths[0], groups)
         self.up_blocks = nn.ModuleList(
@@ -222,7 +222,7 @@ class TemporalDecoder(nn.Module):
             for i, w in enumerate(widths)
         )
         self.conv_norm_out = GroupNorm(widths[-1], SPATIAL_EPS, groups)
-        self.conv_out = nn.Conv2d(widths[-1], config.out_channels, 3, padding=1)
+        self.conv_out = layers.Conv2d(widths[-1], config.out_channels, 3, padding=1)
         self.time_conv_out = nn.Conv3d(config.out_channels, config.out_channels, (3, 1, 1), padding=(1, 0, 0))
 
     def forward(self, z, num_frames: int):
@@ -247,7 +247,7 @@ class TemporalVAE(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = TemporalDecoder(config)
-        self.quant_conv = nn.Conv2d(2 * config.latent_channels, 2 * config.latent_channels, 1)
+        self.quant_conv = layers.Conv2d(2 * config.latent_channels, 2 * config.latent_channels, 1)
         self.compiled_decoder = None  # set by svd_fast.accel.compile (not a submodule: same state dict)
 
     @property

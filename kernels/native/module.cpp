@@ -29,6 +29,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_conv_bwd(const at::Tenso
 at::Tensor geglu_fwd(const at::Tensor&);
 at::Tensor geglu_bwd(const at::Tensor&, const at::Tensor&);
 at::Tensor blend_fwd(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
+at::Tensor winograd_conv3x3_fwd(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&);
 }  // namespace svd_fast
 
 TORCH_LIBRARY(svd_fast_native, m) {
@@ -44,6 +45,7 @@ TORCH_LIBRARY(svd_fast_native, m) {
   m.def("geglu_fwd(Tensor x) -> Tensor");
   m.def("geglu_bwd(Tensor grad, Tensor x) -> Tensor");
   m.def("blend_fwd(Tensor a, Tensor b, Tensor p, Tensor q) -> Tensor");
+  m.def("winograd_conv3x3_fwd(Tensor x, Tensor u, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(svd_fast_native, CPU, m) {
@@ -56,6 +58,7 @@ TORCH_LIBRARY_IMPL(svd_fast_native, CPU, m) {
   m.impl("geglu_fwd", &svd_fast::geglu_fwd);
   m.impl("geglu_bwd", &svd_fast::geglu_bwd);
   m.impl("blend_fwd", &svd_fast::blend_fwd);
+  m.impl("winograd_conv3x3_fwd", &svd_fast::winograd_conv3x3_fwd);
 }
 
 // A plain Python module whose import runs the registrations above; `ISA` names the vector

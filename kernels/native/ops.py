@@ -9,6 +9,7 @@ conv) to the reference.
 from __future__ import annotations
 
 import torch
+import torch.utils.flop_counter
 
 from .. import autograd, reference
 
@@ -92,6 +93,46 @@ def _blend_fwd_fake(a, b, p, q):
     return torch.empty_like(a)
 
 
+@torch.library.register_fake("svd_fast_native::winograd_conv3x3_fwd")
+def _winograd_conv3x3_fwd_fake(x, u, bias):
+    return _channels_last_empty(x, u.shape[2])
+
+
+@torch.utils.flop_counter.register_flop_formula(torch.ops.svd_fast_native.winograd_conv3x3_fwd)
+def _winograd_conv3x3_flops(x_shape, u_shape, bias_shape=None, *args, out_shape=None, **kwargs) -> int:
+    """The direct convolution's count (2 * 9 * Cin * Cout per output pixel), as for any conv algorithm:
+    FLOP rates of Winograd convs are then effective rates, comparable with oneDNN's direct ones."""
+    n, c, h, w = x_shape
+    return 2 * 9 * n * h * w * c * u_shape[2]
+
+
+# ---- Winograd F(2x2, 3x3) weights ----
+
+# U = G g G^T maps a 3x3 kernel g to the 4x4 Winograd domain (Lavin & Gray, arXiv 1509.09308).
+_WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+# weight -> (its version counter, its transform): the transform costs about a pass over the weight,
+# so a model's convs transform once (16/9 of the 3x3 weights' memory) and again only after the
+# weight changes in place (an optimizer step, load_state_dict).
+_transformed = torch.utils.weak.WeakIdKeyDictionary()
+
+
+def winograd_weight(weight):
+    """(Cout, Cin, 3, 3) -> U of shape (16, Cin, Cout), U[4i+j] = (G g G^T)[i, j], in weight's dtype."""
+    g = torch.tensor(_WINOGRAD_G, dtype=torch.float32, device=weight.device)
+    u = torch.einsum("ia,kcab,jb->ijck", g, weight.detach().float(), g)
+    return u.reshape(16, weight.shape[1], weight.shape[0]).contiguous().to(weight.dtype)
+
+
+def _cached_winograd_weight(weight):
+    if torch.compiler.is_compiling():  # a graph input: inductor's freezing folds it into a constant
+        return winograd_weight(weight)
+    entry = _transformed.get(weight)
+    if entry is None or entry[0] != weight._version:
+        entry = (weight._version, winograd_weight(weight))
+        _transformed[weight] = entry
+    return entry[1]
+
+
 # ---- the ops, with the reference signatures ----
 
 
@@ -147,6 +188,15 @@ def alpha_blend_residual(x_spatial, delta, alpha):
     )
 
 
+def conv3x3(x, weight, bias):
+    """Winograd F(2x2, 3x3): 4 multiply-adds per output instead of 9; output channels-last."""
+    if not (_native_ok(x) and x.ndim == 4 and weight.dtype == x.dtype and weight.shape[1:] == (x.shape[1], 3, 3)):
+        return reference.conv3x3(x, weight, bias)
+    x = x.contiguous(memory_format=torch.channels_last)
+    bias = None if bias is None else bias.to(x.dtype)
+    return autograd.Conv3x3.apply(_ops.winograd_conv3x3_fwd, x, weight, _cached_winograd_weight(weight), bias)
+
+
 OPS = {
     "group_norm": group_norm,
     "temporal_conv": temporal_conv,
@@ -155,4 +205,5 @@ OPS = {
     "alpha_blend": alpha_blend,
     "alpha_blend_residual": alpha_blend_residual,
     "geglu": geglu,
+    "conv3x3": conv3x3,
 }

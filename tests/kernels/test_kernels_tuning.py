@@ -402,6 +402,11 @@ ODD_CASES = {
          lambda: (torch.randn(6, 7, 5), torch.randn(6, 7, 5), torch.rand(6))),
     ],
     "geglu": [("odd-width", lambda fn, x: fn(x), lambda: (torch.randn(3, 5, 22),))],
+    "conv3x3": [
+        ("channels-last-odd-map", lambda fn, x, w, b: fn(x, w, b),
+         lambda: (_cl(3, 5, 7, 3), torch.randn(6, 5, 3, 3) / 4, torch.randn(6))),
+        ("nchw-no-bias", lambda fn, x, w: fn(x, w, None), lambda: (torch.randn(2, 17, 2, 5), torch.randn(3, 17, 3, 3) / 8)),
+    ],
 }
 CASE_IDS = [(op, label) for op, cases in ODD_CASES.items() for label, _, _ in cases]
 
