@@ -192,6 +192,8 @@ def bench_unet(ours, theirs, args, peak_tflops):
             "peak_memory_bytes": memory[name],
             "compile_s": max(first_call[name] - stats["median_s"], 0.0) if args.compile else None,
         }
+        if name == "ours":  # resident beside the weights, so not in the peak above them
+            results[name]["winograd_weight_bytes"] = winograd_weight_bytes()
         if name in classes:
             results[name]["op_classes"] = {
                 k: {**v, "fraction_of_peak": v["tflops_per_s"] / peak_tflops[name]} for k, v in classes[name].items()
@@ -199,6 +201,15 @@ def bench_unet(ours, theirs, args, peak_tflops):
     if args.profile:
         profile(sides["ours"], args.profile)
     return results
+
+
+def winograd_weight_bytes() -> int:
+    """Bytes of 3x3 conv weights cached in the Winograd domain (0 when the native kernels are absent)."""
+    try:
+        from svd_fast.kernels.native import load
+        return load().winograd_weight_bytes()
+    except ImportError:
+        return 0
 
 
 def flops_of_eager(ours, theirs, name, inputs) -> int:
@@ -271,6 +282,7 @@ def bench_pipeline(ours, theirs, args, peak_tflops):
         return ours(image, generator=torch.Generator().manual_seed(0), num_inference_steps=steps, **common)
 
     results["ours"] = _pipeline_stats(run_ours, args, lambda out: out.timings)
+    results["ours"]["winograd_weight_bytes"] = winograd_weight_bytes()
     if args.compile:
         from svd_fast.accel import compile_seconds
 
@@ -386,6 +398,8 @@ def print_block(report):
                      f"({100 * r['fraction_of_peak']:.0f}% of peak), {r['frames_per_s']:.2f} frames/s")
         if r.get("compile_s") is not None:
             extra += f" | compile {r['compile_s']:.1f}s"
+        if r.get("winograd_weight_bytes"):
+            extra += f" | Winograd weights {r['winograd_weight_bytes'] / gib:.2f} GiB"
         print(f"  {side:15s} median/min: {line}{extra} | peak memory +{r['peak_memory_bytes'] / gib:.2f} GiB")
         for cls, c in r.get("op_classes", {}).items():
             rate = f"{c['tflops_per_s']:.3f} TFLOP/s ({100 * c['fraction_of_peak']:.0f}% of peak)" if c["flops"] else ""

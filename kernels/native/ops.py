@@ -110,9 +110,11 @@ def _winograd_conv3x3_flops(x_shape, u_shape, bias_shape=None, *args, out_shape=
 
 # U = G g G^T maps a 3x3 kernel g to the 4x4 Winograd domain (Lavin & Gray, arXiv 1509.09308).
 _WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
-# weight -> (its version counter, its transform): the transform costs about a pass over the weight,
-# so a model's convs transform once (16/9 of the 3x3 weights' memory) and again only after the
-# weight changes in place (an optimizer step, load_state_dict).
+# weight -> (its version counter and storage, its transform), for frozen weights (inference): the
+# transform costs about a pass over the weight, so a model's convs transform once (16/9 of the 3x3
+# weights' memory) and again only if the weight changes in place (load_state_dict) or is swapped.
+# Weights that train change every step and may be re-gathered (ZeRO-3 swaps .data without a
+# version bump): they are transformed on every call, never cached.
 _transformed = torch.utils.weak.WeakIdKeyDictionary()
 
 
@@ -123,12 +125,20 @@ def winograd_weight(weight):
     return u.reshape(16, weight.shape[1], weight.shape[0]).contiguous().to(weight.dtype)
 
 
+def winograd_weight_bytes() -> int:
+    """Memory held by the cached transformed weights (16/9 of the 3x3 weights they serve)."""
+    return sum(u.numel() * u.element_size() for _, u in _transformed.values())
+
+
 def _cached_winograd_weight(weight):
     if torch.compiler.is_compiling():  # a graph input: inductor's freezing folds it into a constant
         return winograd_weight(weight)
+    if weight.requires_grad:
+        return winograd_weight(weight)
+    key = (weight._version, weight.data_ptr())
     entry = _transformed.get(weight)
-    if entry is None or entry[0] != weight._version:
-        entry = (weight._version, winograd_weight(weight))
+    if entry is None or entry[0] != key:
+        entry = (key, winograd_weight(weight))
         _transformed[weight] = entry
     return entry[1]
 

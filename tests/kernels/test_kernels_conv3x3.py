@@ -89,6 +89,21 @@ def test_unsupported_inputs_go_to_conv2d():
     torch.testing.assert_close(out, F.conv2d(x, w, None, padding=1))
 
 
+def test_training_weights_are_not_cached():
+    """A weight that trains is transformed on every call (its storage may be swapped without a version bump)."""
+    ops = native_ops()
+    conv = implementation("native", "conv3x3")
+    x = torch.randn(1, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(2, 3, 3, 3, requires_grad=True)
+    conv(x, w, None)
+    assert w not in ops._transformed
+    frozen = w.detach().clone()
+    conv(x, frozen, None)
+    assert frozen in ops._transformed
+    frozen.data = torch.zeros_like(frozen)  # same version counter, new storage: the cache must not serve it
+    assert conv(x, frozen, None).abs().max() == 0
+
+
 def test_compiles_without_graph_breaks():
     conv = implementation("native", "conv3x3")
     torch._dynamo.reset()
