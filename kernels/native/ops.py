@@ -135,7 +135,8 @@ def _cached_winograd_weight(weight):
         return winograd_weight(weight)
     if weight.requires_grad:
         return winograd_weight(weight)
-    key = (weight._version, weight.data_ptr())
+    # Inference tensors (made under torch.inference_mode) have no version counter: storage only.
+    key = (None if weight.is_inference() else weight._version, weight.data_ptr())
     entry = _transformed.get(weight)
     if entry is None or entry[0] != key:
         entry = (key, winograd_weight(weight))

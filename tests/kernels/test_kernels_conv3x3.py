@@ -104,6 +104,17 @@ def test_training_weights_are_not_cached():
     assert conv(x, frozen, None).abs().max() == 0
 
 
+def test_inference_tensor_weights():
+    """Weights made under inference_mode (no version counter) are transformed and cached too."""
+    conv = implementation("native", "conv3x3")
+    with torch.inference_mode():
+        x = torch.randn(2, 3, 5, 4).contiguous(memory_format=torch.channels_last)
+        w, b = torch.randn(4, 3, 3, 3), torch.randn(4)
+        expected = F.conv2d(x, w, b, padding=1)
+        for _ in range(2):
+            torch.testing.assert_close(conv(x, w, b), expected, atol=2e-5, rtol=1e-5)
+
+
 def test_compiles_without_graph_breaks():
     conv = implementation("native", "conv3x3")
     torch._dynamo.reset()
