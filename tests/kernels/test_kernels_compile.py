@@ -7,6 +7,8 @@ import pytest
 import torch
 from kernel_test_utils import IMPLEMENTATIONS, device_for, implementation, leaves
 
+from svd_fast import kernels
+
 # op -> (call with the op as first argument, input builder)
 CASES = {
     "group_norm": (lambda fn, x, w, b: fn(x, 2, w, b, 1e-5, True, 3),
@@ -20,11 +22,15 @@ CASES = {
     "alpha_blend": (lambda fn, a, b, al: fn(a, b, al), lambda: (torch.randn(6, 5), torch.randn(6, 5), torch.rand(6))),
     "alpha_blend_residual": (lambda fn, a, b, al: fn(a, b, al),
                              lambda: (torch.randn(6, 5), torch.randn(6, 5), torch.rand(6))),
+    "conv3x3": (lambda fn, x, w, b: fn(x, w, b),
+                lambda: (torch.randn(2, 5, 6, 7).contiguous(memory_format=torch.channels_last), torch.randn(4, 5, 3, 3) / 7,
+                         torch.randn(4))),
 }
+# conv3x3 has no Triton implementation (cuDNN's convs are used on GPUs)
+IMPL_OPS = [(impl, op) for impl in IMPLEMENTATIONS for op in CASES if impl != "triton" or op in kernels.TRITON_MODULES]
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-@pytest.mark.parametrize("op", list(CASES))
+@pytest.mark.parametrize("impl,op", IMPL_OPS)
 def test_compiles_without_graph_breaks(impl, op):
     fn, device = implementation(impl, op), device_for(impl)
     call, make = CASES[op]

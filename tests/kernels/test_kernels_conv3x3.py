@@ -115,23 +115,6 @@ def test_inference_tensor_weights():
             torch.testing.assert_close(conv(x, w, b), expected, atol=2e-5, rtol=1e-5)
 
 
-def test_compiles_without_graph_breaks():
-    conv = implementation("native", "conv3x3")
-    torch._dynamo.reset()
-    x = torch.randn(2, 5, 6, 7).contiguous(memory_format=torch.channels_last)
-    w, b = torch.randn(4, 5, 3, 3) / 7, torch.randn(4)
-    eager_in, compiled_in = leaves(x, w, b), leaves(x, w, b)
-    expected = conv(*eager_in)
-    got = torch.compile(conv, backend="aot_eager", fullgraph=True)(*compiled_in)
-    torch.testing.assert_close(got, expected)
-    assert got.stride() == expected.stride(), "fake impl layout differs from the real kernel's"
-    grad = torch.randn_like(expected)
-    expected.backward(grad)
-    got.backward(grad)
-    for ours, ref in zip(compiled_in, eager_in):
-        torch.testing.assert_close(ours.grad, ref.grad)
-
-
 @pytest.mark.parametrize("kwargs", [dict(stride=2, padding=1), dict(padding=0), dict(dilation=2, padding=2),
                                     dict(groups=2, padding=1), dict(padding=1, padding_mode="reflect")])
 def test_conv2d_layer_routes_only_the_plain_3x3_case(kwargs):
