@@ -131,9 +131,8 @@ def winograd_weight_bytes() -> int:
 
 
 def _cached_winograd_weight(weight):
-    if torch.compiler.is_compiling():  # a graph input: inductor's freezing folds it into a constant
-        return winograd_weight(weight)
-    if weight.requires_grad:
+    # While tracing, inductor's freezing folds the transform into a constant; training weights change every step.
+    if torch.compiler.is_compiling() or weight.requires_grad:
         return winograd_weight(weight)
     # Inference tensors (made under torch.inference_mode) have no version counter: storage only.
     key = (None if weight.is_inference() else weight._version, weight.data_ptr())
