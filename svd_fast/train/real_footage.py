@@ -16,6 +16,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,3 +95,29 @@ def video_parts(path: Path, short_side: int, max_seconds: float) -> tuple[list[l
     step = max(1, int(round(max_seconds * fps)))
     parts = [small[i : i + step] for i in range(0, len(small), step)]
     return [p for p in parts if len(p) >= fps], fps
+
+
+def photo_crop_clips(photos: list[torch.Tensor], count: int, frames: int, size: int, window: int,
+                     generator: torch.Generator, max_shift: int = 3) -> torch.Tensor:
+    """(count, frames, 3, window, window) short pans over random multi-scale crops of `photos`
+    ((3, H, W) tensors): a square of 25-100% of a photo's short side is area-resampled to `size`
+    px (whole photos at `size` px have that detail density) and a `window` px square slides over
+    it by up to `max_shift` px per frame. Small windows make cheap steps at the same density."""
+    def uniform(high: int) -> int:
+        return int(torch.randint(high, (1,), generator=generator))
+
+    out = []
+    for _ in range(count):
+        img = photos[uniform(len(photos))]
+        h, w = img.shape[1:]
+        side = int(min(h, w) * (0.25 + 0.75 * float(torch.rand(1, generator=generator))))
+        y, x = uniform(h - side + 1), uniform(w - side + 1)
+        crop = F.interpolate(img[None, :, y:y + side, x:x + side].float(), size=(size, size), mode="area")[0]
+        room = size - window
+        shift = min(max_shift, room // max(1, frames - 1))
+        dy, dx = (uniform(2 * shift + 1) - shift for _ in range(2))
+        y0 = uniform(room - abs(dy) * (frames - 1) + 1) + max(0, -dy) * (frames - 1)
+        x0 = uniform(room - abs(dx) * (frames - 1) + 1) + max(0, -dx) * (frames - 1)
+        out.append(torch.stack([crop[:, y0 + t * dy:y0 + t * dy + window, x0 + t * dx:x0 + t * dx + window]
+                                for t in range(frames)]))
+    return torch.stack(out)

@@ -54,3 +54,28 @@ def test_load_photo_gives_rgb_for_grey_images(tmp_path):
     Image.fromarray(_photo()[..., 0]).save(tmp_path / "grey.png")
     photo = load_photo(tmp_path / "grey.png")
     assert photo.shape == (96, 144, 3) and np.array_equal(photo[..., 0], photo[..., 2])
+
+
+def test_photo_crop_clips_are_pans_over_resampled_crops():
+    import torch
+
+    from svd_fast.train.real_footage import photo_crop_clips
+
+    # A photo whose pixel values encode their own coordinates: a window of a crop resampled at
+    # scale s must show coordinates that step by 1/s per pixel and shift the same way every frame.
+    h, w = 120, 90
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    photo = torch.stack([ys, xs, torch.zeros_like(ys)])
+    clips = photo_crop_clips([photo], count=20, frames=5, size=40, window=16, generator=torch.Generator().manual_seed(0),
+                             max_shift=2)
+    assert clips.shape == (20, 5, 3, 16, 16)
+    for clip in clips:
+        step_y = float((clip[0, 0, 1:, :] - clip[0, 0, :-1, :]).mean())
+        step_x = float((clip[0, 1, :, 1:] - clip[0, 1, :, :-1]).mean())
+        # Area resampling by a non-integer factor averages bins of unequal size: steps vary by a pixel.
+        assert step_y == pytest.approx(step_x, rel=0.1)  # a square crop, one scale
+        assert 90 * 0.25 / 40 * 0.9 <= step_y <= 90 / 40 * 1.1  # 25-100% of the short side over 40 px
+        shifts = clip[1:, :2, 0, 0] - clip[:-1, :2, 0, 0]  # per-frame move of the top-left pixel (y, x)
+        torch.testing.assert_close(shifts, shifts[:1].expand_as(shifts), atol=1.001, rtol=0)  # constant velocity (to a bin)
+        assert float(shifts.abs().max()) <= 2 * (step_y + 0.5)  # at most max_shift window pixels (uneven bins) per frame
+        assert float(clip.min()) >= 0 and float(clip[:, 0].max()) <= h and float(clip[:, 1].max()) <= w

@@ -100,6 +100,16 @@ def test_image_reconstruction_reports_psnr_and_colour_shift_of_each_image():
     assert rows[0]["psnr_db"] == pytest.approx(10 * np.log10(3 / 1e-4), abs=1e-3)
     assert rows[1]["colour_shift_255"] == pytest.approx(0.01 * 255, abs=1e-3)
 
+    class ShiftsLaterFrames(Identity):  # the first frame of each clip exact, the other frames green +0.02
+        def decode(self, z, num_frames):
+            later = (torch.arange(len(z)) % num_frames != 0).float().view(-1, 1, 1, 1)
+            return z + later * torch.tensor([0.0, 0.02, 0.0]).view(1, 3, 1, 1)
+
+    assert image_reconstruction(ShiftsLaterFrames(), images)[0]["psnr_db"] == float("inf")
+    rows = image_reconstruction(ShiftsLaterFrames(), images, num_frames=4)  # still clips: 3 of 4 frames shifted
+    assert rows[0]["psnr_db"] == pytest.approx(10 * np.log10(3 / 1e-4 * 4 / 3), abs=1e-3)
+    assert rows[1]["colour_shift_255"] == pytest.approx(0.75 * 0.01 * 255, abs=1e-3)
+
 
 def test_identity_frame_mixing_makes_the_decoder_decode_each_frame_on_its_own():
     """With the frame-mixing conv at identity, a clip decodes to the frames its last spatial conv
@@ -121,3 +131,53 @@ def test_identity_frame_mixing_makes_the_decoder_decode_each_frame_on_its_own():
         by_hand = dec.conv_out(torch.nn.functional.silu(dec.conv_norm_out(x)))
     torch.testing.assert_close(clip, by_hand, rtol=1e-5, atol=1e-5)
     assert float(vae.decoder.time_conv_out.weight.abs().sum()) == 3.0  # one unit tap per colour channel
+
+
+def test_patch_pca_matches_an_svd_of_the_patch_matrix_and_round_trips_its_span():
+    from svd_fast.train.autoencoder import PatchPCA
+
+    g = torch.Generator().manual_seed(0)
+    # Images whose 2x2 patches (12 values) lie in a 5-dimensional affine subspace, plus one image
+    # to compare the code with numpy's SVD of the centred patch matrix.
+    basis = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    offset = torch.randn(12, generator=g, dtype=torch.float64)
+    coeff = torch.randn(40, 6, 6, 5, generator=g, dtype=torch.float64) * torch.tensor([5.0, 4, 3, 2, 1], dtype=torch.float64)
+    patches = coeff @ basis.T + offset  # (40, 6, 6, 12)
+    images = torch.nn.functional.pixel_shuffle(patches.permute(0, 3, 1, 2), 2).float()  # (40, 3, 12, 12)
+    pca = PatchPCA.fit(images, factor=2, components=5)
+    code = pca.encode(images)
+    assert code.shape == (40, 5, 6, 6)
+    torch.testing.assert_close(pca.decode(code), images, atol=1e-4, rtol=0)  # the span is kept exactly
+    flat = code.permute(0, 2, 3, 1).reshape(-1, 5).double()
+    torch.testing.assert_close(flat.std(0, unbiased=True), torch.ones(5, dtype=torch.float64), atol=1e-3, rtol=0)  # whitened
+    rows = patches.reshape(-1, 12).numpy()
+    _, singular, vt = np.linalg.svd(rows - rows.mean(0), full_matrices=False)
+    # Each code channel is the projection on a right singular vector (up to sign), divided by its std.
+    reference = (rows - rows.mean(0)) @ vt[:5].T / (singular[:5] / np.sqrt(len(rows) - 1))
+    ours = flat.numpy()
+    for k in range(5):
+        assert min(np.abs(ours[:, k] - reference[:, k]).max(), np.abs(ours[:, k] + reference[:, k]).max()) < 1e-3
+    # Fewer components than the span: the reconstruction loses exactly the dropped variance.
+    two = PatchPCA.fit(images, factor=2, components=2)
+    lost = (two.decode(two.encode(images)) - images).double().pow(2).sum() / (len(rows) - 1)
+    assert float(lost) == pytest.approx(float((singular[2:] ** 2).sum() / (len(rows) - 1)), rel=1e-3)
+
+
+def test_the_patch_pca_anchor_pulls_the_encoder_to_the_pca_code():
+    from svd_fast.train.autoencoder import PatchPCA, vae_loss
+
+    config = SVDConfig.from_name("tiny").vae
+    clips = torch.stack([render_clip(random_clip_spec(i), 2, 32, 32)[0] for i in range(2)])
+    frames = clips.flatten(0, 1)
+    pca = PatchPCA.fit(frames, config.downsample_factor, config.latent_channels)
+
+    def distance(vae):
+        with torch.no_grad():
+            return float((vae.encode(frames) - pca.encode(frames)).pow(2).mean())
+
+    settings = AutoencoderTraining(steps=30, lr=3e-3, warmup_steps=5, final_lr_fraction=1.0)
+    free = train_vae(config, itertools.repeat(clips), settings)
+    anchored = train_vae(config, itertools.repeat(clips), dataclasses.replace(settings, anchor_weight=10.0), anchor=pca)
+    assert distance(anchored) < 0.5 * distance(free)
+    _, parts = vae_loss(anchored, clips, 0.0, torch.Generator().manual_seed(0), anchor=pca, anchor_weight=1.0)
+    assert parts["anchor"] == pytest.approx(distance(anchored), rel=0.05)
