@@ -65,14 +65,6 @@ def real_inputs(folder: str) -> list[str]:
     return paths
 
 
-def machine() -> dict:
-    info = machine_info()
-    with open("/proc/cpuinfo") as handle:
-        flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
-    info["cpu_flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "sse4", "fma", "f16c")))
-    return info
-
-
 def pr_table(result: dict) -> dict:
     return {kind: {k: result[kind][k] for k in ("true", "found", "hits", "precision", "recall")}
             for kind in (*cut_eval.KINDS, "all")}
@@ -222,7 +214,7 @@ def main() -> None:
         ray_results = None
         if args.ray:
             ray_results = [measure_ray(folder, os.path.join(tmp, f"out{len(n)}"), config, n) for n in ([2], [1, 1])]
-    result = {"benchmark": "curate", "machine": machine(), "load_average_at_start": load_at_start,
+    result = {"benchmark": "curate", "machine": machine_info(), "load_average_at_start": load_at_start,
               "load_average_at_end": os.getloadavg(),
               "inputs": {"videos": [os.path.basename(p) for p in paths], "source": "svd_fast.real_media",
                          "clip_model": f"random weights, {args.clip} shape", "captioner": "built-in"},

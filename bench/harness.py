@@ -109,16 +109,33 @@ def gpu_info() -> dict | None:
     return info
 
 
-def machine_info() -> dict:
-    cpu = platform.processor()
+def _cpuinfo() -> dict:
+    """The first processor's fields of /proc/cpuinfo (empty where it cannot be read)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
+    return fields
+
+
+def machine_info() -> dict:
+    """Where a figure was measured: the CPU (model name, family and model numbers: virtual machines often
+    name only the vendor, and Zen 4 and Zen 5 EPYCs differ 2-3x in bf16), its vector/matrix flags, the
+    software, and the load."""
+    cpu = _cpuinfo()
+    flags = cpu.get("flags", "").split()
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "host_cpu": cpu,
+        "host_cpu": cpu.get("model name") or platform.processor(),
+        "cpu_family": cpu.get("cpu family"),
+        "cpu_model_number": cpu.get("model"),
+        "cpu_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "sse4", "fma", "f16c"))),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

@@ -416,11 +416,10 @@ def main(argv=None) -> dict:
     torch.set_flush_denormal(True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from svd_fast.accel.dtypes import cpu_flags, resolve_dtype
+    from svd_fast.accel.dtypes import resolve_dtype
 
     modes = parse_modes(args.modes)
     machine = machine_info()
-    machine["cpu_flags"] = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c")))
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine, "modes": [m.name for m in modes]}
     if args.photos or args.procedural:  # part 1 needs images; --photos '' --procedural 0 skips it
         report["default_model"] = bench_default_model(args, modes, resolve_dtype(args.dtype, "cpu")[0])

@@ -135,10 +135,7 @@ def main(argv=None):
         r = results[name]
         print(f"  {name}: median/min {r['unet_step']['median_s']:.3f}/{r['unet_step']['min_s']:.3f} s"
               + (f", rel. error vs fp32 {r['rel_error_vs_fp32']:.4f}" if "rel_error_vs_fp32" in r else ""), flush=True)
-    from svd_fast.accel.dtypes import cpu_flags
-
     machine = machine_info()
-    machine["cpu_flags"] = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c")))
     machine["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     int8_step = results.get("int8", {}).get("unet_step", {}).get("median_s")
     report = {

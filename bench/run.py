@@ -419,7 +419,7 @@ def main(argv=None):
         from svd_fast.kernels import set_backend
 
         set_backend(args.backend)
-    from svd_fast.accel.dtypes import cpu_flags, dtype_name, resolve_dtype
+    from svd_fast.accel.dtypes import dtype_name, resolve_dtype
 
     dtype, dtype_reason = resolve_dtype(args.dtype, args.device)
     ours, theirs, load = build_pipelines(args, dtype)
@@ -435,7 +435,6 @@ def main(argv=None):
     from svd_fast.kernels import get_backend
 
     machine = machine_info()
-    machine["cpu_flags"] = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c")))
     report = {
         "args": vars(args),
         "dtype": dtype_name(dtype),
