@@ -144,3 +144,22 @@ def test_conv2d_layer_runs_the_kernel_for_3x3():
         kernels.set_backend(previous)
     assert any(e.key == "svd_fast_native::winograd_conv3x3_fwd" for e in prof.key_averages())
     torch.testing.assert_close(out, plain(x), atol=2e-5, rtol=1e-5)
+
+
+def test_compiled_graphs_transform_a_frozen_weight_once(monkeypatch):
+    """In a frozen compiled graph the transform comes from the cache (once per weight), not from traced
+    ops that re-run on every call; the results stay the direct conv's."""
+    ops = native_ops()
+    calls = []
+    transform = ops.winograd_weight
+    monkeypatch.setattr(ops, "winograd_weight", lambda w: (calls.append(tuple(w.shape)), transform(w))[1])
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(24, 40, 3, padding=1).requires_grad_(False)
+    x = torch.randn(2, 24, 9, 7).contiguous(memory_format=torch.channels_last)
+    expected = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    compiled = torch.compile(lambda x: implementation("native", "conv3x3")(x, conv.weight, conv.bias), fullgraph=True,
+                             options={"freezing": True})
+    with torch.inference_mode():
+        for _ in range(3):
+            torch.testing.assert_close(compiled(x), expected, atol=2e-5, rtol=1e-5)
+    assert calls == [(40, 24, 3, 3)]
