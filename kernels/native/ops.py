@@ -98,12 +98,16 @@ def _winograd_conv3x3_fwd_fake(x, u, bias):
     return _channels_last_empty(x, u.shape[2])
 
 
-@torch.utils.flop_counter.register_flop_formula(torch.ops.svd_fast_native.winograd_conv3x3_fwd)
-def _winograd_conv3x3_flops(x_shape, u_shape, bias_shape=None, *args, out_shape=None, **kwargs) -> int:
+def _direct_conv3x3_flops(x_shape, out_channels: int) -> int:
     """The direct convolution's count (2 * 9 * Cin * Cout per output pixel), as for any conv algorithm:
     FLOP rates of Winograd convs are then effective rates, comparable with oneDNN's direct ones."""
     n, c, h, w = x_shape
-    return 2 * 9 * n * h * w * c * u_shape[2]
+    return 2 * 9 * n * h * w * c * out_channels
+
+
+@torch.utils.flop_counter.register_flop_formula(torch.ops.svd_fast_native.winograd_conv3x3_fwd)
+def _winograd_conv3x3_flops(x_shape, u_shape, bias_shape=None, *args, out_shape=None, **kwargs) -> int:
+    return _direct_conv3x3_flops(x_shape, u_shape[2])
 
 
 # ---- Winograd F(2x2, 3x3) weights ----
@@ -159,8 +163,7 @@ def _winograd_conv3x3_frozen_fake(x, weight, bias):
 
 @torch.utils.flop_counter.register_flop_formula(torch.ops.svd_fast.winograd_conv3x3_frozen)
 def _winograd_conv3x3_frozen_flops(x_shape, w_shape, bias_shape=None, *args, out_shape=None, **kwargs) -> int:
-    n, c, h, w = x_shape
-    return 2 * 9 * n * h * w * c * w_shape[0]
+    return _direct_conv3x3_flops(x_shape, w_shape[0])
 
 
 # ---- the ops, with the reference signatures ----
