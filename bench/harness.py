@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import ctypes
 import datetime as _dt
+import importlib.util
 import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -164,3 +166,15 @@ def write_json(path, data: dict) -> Path:
         json.dump(data, f, indent=2, default=str)
     os.replace(tmp, path)
     return path
+
+
+def recipe_module():
+    """training/recipes/default_model.py as a module (held-out photos and procedural clips)."""
+    if "default_model_recipe" in sys.modules:
+        return sys.modules["default_model_recipe"]
+    path = Path(__file__).resolve().parents[1] / "training" / "recipes" / "default_model.py"
+    spec = importlib.util.spec_from_file_location("default_model_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look the module up
+    spec.loader.exec_module(module)
+    return module

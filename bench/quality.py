@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import importlib.util
 import os
 import statistics
 import sys
@@ -43,7 +42,7 @@ import torch
 # `kernels` library that diffusers probes for: the repository root replaces it (as bench/run.py).
 REPO = Path(__file__).resolve().parents[1]
 sys.path[0] = str(REPO)
-from bench.harness import PeakMemory, machine_info, write_json  # noqa: E402
+from bench.harness import PeakMemory, machine_info, recipe_module, write_json  # noqa: E402
 from bench.run import build_config  # noqa: E402
 
 from svd_fast import accelerate, restore  # noqa: E402
@@ -118,15 +117,6 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 # ------------------------------------------------------------------ part 1: the default model
-def recipe_module():
-    """training/recipes/default_model.py as a module (held-out photos and procedural clips)."""
-    spec = importlib.util.spec_from_file_location("default_model_recipe", REPO / "training/recipes/default_model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look the module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def held_out_images(args, size: int, frames: int) -> list[dict]:
     """[{name, image (3, size, size) in [0, 1], fps, motion}] of held-out photos and procedural frames."""
     from svd_fast.train.data import motion_bucket

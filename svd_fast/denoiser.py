@@ -145,3 +145,22 @@ class UnguidedDenoiser:
 
     def __call__(self, x, sigma) -> torch.Tensor:
         return self.denoiser(x, sigma, self.cond)
+
+
+class BidirectionalDenoiser:
+    """Training-free interpolation with an image-to-video model (in the spirit of ViBiDSampler and
+    of the time-reversal fusion of Feng et al. 2024): one guided denoiser conditioned on the first
+    frame runs on the clip, one conditioned on the last frame runs on the clip reversed in time,
+    and their estimates are fused, frame t weighted (T-1-t)/(T-1) towards the forward one. Each
+    end frame is then exactly its own direction's estimate (the frame that direction copies),
+    and the in-between frames are pulled towards both ends."""
+
+    def __init__(self, forward, backward, num_frames: int):
+        self.forward, self.backward = forward, backward
+        self.weight = torch.linspace(1.0, 0.0, num_frames).reshape(1, num_frames, 1, 1, 1)
+
+    def __call__(self, x, sigma) -> torch.Tensor:
+        ahead = self.forward(x, sigma).float()
+        back = self.backward(x.flip(1), sigma).float().flip(1)
+        weight = self.weight.to(x.device)
+        return (weight * ahead + (1 - weight) * back).to(x.dtype)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from svd_fast import conditioner
 from svd_fast.config import SVDConfig
 from svd_fast.consistency import ConsistencySchedule, default_sampler, is_consistency_scheduler
-from svd_fast.denoiser import Conditioning, Denoiser, LinearGuidedDenoiser, UnguidedDenoiser
+from svd_fast.denoiser import BidirectionalDenoiser, Conditioning, Denoiser, LinearGuidedDenoiser, UnguidedDenoiser
 from svd_fast.layers import channels_last_
 from svd_fast.sampling import SAMPLERS, get_sigmas_karras, init_noise_scale
 
@@ -125,10 +125,13 @@ class SVDPipeline:
         self.progress = not disable
 
     # ------------------------------------------------------------------------------- the stages
-    def encode_image(self, image, height: int, width: int, noise_aug_strength: float, generator):
-        """CLIP embedding (B, 1, D) of the clean image and VAE mean latent (B, 4, h, w) of the
-        noise-augmented one, resized to (height, width). Draws the augmentation noise first."""
-        embeddings = conditioner.encode_image(self.image_encoder, image).to(self.device, self.dtype)
+    def encode_image(self, image, height: int, width: int, noise_aug_strength: float, generator, embeddings=None):
+        """CLIP embedding (B, 1, D) of the clean image (unless `embeddings` are given) and VAE mean
+        latent (B, 4, h, w) of the noise-augmented one, resized to (height, width). Draws the
+        augmentation noise first."""
+        if embeddings is None:
+            embeddings = conditioner.encode_image(self.image_encoder, image)
+        embeddings = embeddings.to(self.device, self.dtype)
         pixels = conditioner.preprocess_image(image, height, width).to(self.device)
         pixels = pixels + noise_aug_strength * randn(pixels.shape, generator, self.device, pixels.dtype)
         return embeddings, self.vae.encode(pixels).to(self.dtype)
@@ -173,6 +176,8 @@ class SVDPipeline:
         sampler: str | None = None,
         sigmas: list[float] | torch.Tensor | None = None,
         eta: float = 1.0,
+        image_embeddings: torch.Tensor | None = None,
+        last_image=None,
         return_dict: bool = True,
     ):
         """Sample a video from a conditioning image (PIL, array or tensor; a list or batch of them).
@@ -181,7 +186,12 @@ class SVDPipeline:
         rate (the model sees fps - 1). Extra: `sampler` ('euler', 'heun', 'dpmpp_2m', 'consistency';
         default: the checkpoint's, 'consistency' for AnimateLCM-SVD-style checkpoints and svd_fast's
         distilled students, else 'euler'), explicit `sigmas` (descending, ending in 0) and `eta`
-        (consistency sampler: 1 re-noises with fresh noise between steps, 0 deterministically).
+        (consistency sampler: 1 re-noises with fresh noise between steps, 0 deterministically),
+        `image_embeddings` (B, 1, D) to condition cross-attention on instead of the image's own
+        CLIP embedding (svd_fast.long_video keeps the input image's for every chunk), and
+        `last_image`: the video's last frame, for training-free interpolation with any image-to-video
+        model (BidirectionalDenoiser: the video conditioned on `image` and the time-reversed video
+        conditioned on `last_image`, fused at every step).
         """
         sampler = sampler if sampler is not None else self.default_sampler
         num_frames = num_frames if num_frames is not None else self.unet.config.num_frames
@@ -193,18 +203,13 @@ class SVDPipeline:
         device = self.device
 
         start = time.perf_counter()
-        embeddings, image_latents = self.encode_image(image, height, width, noise_aug_strength, generator)
+        conditioning = functools.partial(self._conditioning, height=height, width=width, num_frames=num_frames, fps=fps,
+                                         motion_bucket_id=motion_bucket_id, noise_aug_strength=noise_aug_strength,
+                                         generator=generator, num_videos_per_prompt=num_videos_per_prompt)
+        cond = conditioning(image, image_embeddings=image_embeddings)
+        last_cond = conditioning(last_image) if last_image is not None else None
         timings["image_encode"] = time.perf_counter() - start
-        batch = image_latents.shape[0]
-        embeddings = embeddings.repeat_interleave(num_videos_per_prompt, dim=0)
-        image_latents = image_latents.repeat_interleave(num_videos_per_prompt, dim=0)
-        batch *= num_videos_per_prompt
-
-        cond = Conditioning(
-            image_latents=image_latents.unsqueeze(1).repeat(1, num_frames, 1, 1, 1),
-            context=embeddings,
-            added_time_ids=conditioner.added_time_ids(fps, motion_bucket_id, noise_aug_strength, batch, self.dtype, device),
-        )
+        batch = cond.image_latents.shape[0]
         sigma_schedule = self._sigmas(num_inference_steps, sigmas, sampler).to(device)
         f = self.vae.config.downsample_factor
         shape = (batch, num_frames, self.vae.config.latent_channels, height // f, width // f)
@@ -216,10 +221,15 @@ class SVDPipeline:
 
         consistency = sampler == "consistency"
         denoiser = Denoiser(self.unet, boundary_sigma=self.consistency.boundary_sigma if consistency else None)
-        if max_guidance_scale > 1:
-            denoise = LinearGuidedDenoiser(denoiser, cond, min_guidance_scale, max_guidance_scale, num_frames)
-        else:
-            denoise = UnguidedDenoiser(denoiser, cond)
+
+        def guided(cond):
+            if max_guidance_scale > 1:
+                return LinearGuidedDenoiser(denoiser, cond, min_guidance_scale, max_guidance_scale, num_frames)
+            return UnguidedDenoiser(denoiser, cond)
+
+        denoise = guided(cond)
+        if last_cond is not None:
+            denoise = BidirectionalDenoiser(denoise, guided(last_cond), num_frames)
 
         steps = len(sigma_schedule) - 1
         bar = tqdm(total=steps, desc="denoise", disable=not self.progress, leave=False)
@@ -259,6 +269,20 @@ class SVDPipeline:
         if not return_dict:
             return frames
         return SVDPipelineOutput(frames=frames, timings=timings)
+
+    def _conditioning(self, image, *, height, width, num_frames, fps, motion_bucket_id, noise_aug_strength, generator,
+                      num_videos_per_prompt, image_embeddings=None) -> Conditioning:
+        """The image's conditioning, batched like the latents (num_videos_per_prompt per image)."""
+        embeddings, image_latents = self.encode_image(image, height, width, noise_aug_strength, generator, image_embeddings)
+        embeddings = embeddings.repeat_interleave(num_videos_per_prompt, dim=0)
+        image_latents = image_latents.repeat_interleave(num_videos_per_prompt, dim=0)
+        batch = image_latents.shape[0]
+        return Conditioning(
+            image_latents=image_latents.unsqueeze(1).repeat(1, num_frames, 1, 1, 1),
+            context=embeddings,
+            added_time_ids=conditioner.added_time_ids(fps, motion_bucket_id, noise_aug_strength, batch, self.dtype,
+                                                      self.device),
+        )
 
     def _sigmas(self, steps: int, sigmas, sampler: str) -> torch.Tensor:
         if sigmas is None and sampler == "consistency":

@@ -1,6 +1,7 @@
 """Command line: sample a video from an image.
 
     python -m svd_fast.sample --image IN.png --out OUT.mp4 [--model PATH] [--frames N] [--steps N]
+        [--window W] [--overlap O] [--no-colour-anchor]
         [--seed S] [--fps F] [--motion-bucket M] [--dtype auto|bf16|fp16|fp32] [--decode-chunk N]
         [--sampler euler|heun|dpmpp_2m|consistency] [--eta E] [--compile] [--cuda-graphs | --no-cuda-graphs]
         [--quantize int8] [--cache-interval N]
@@ -25,7 +26,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image", required=True, help="conditioning image (png, jpg, ...)")
     p.add_argument("--out", required=True, help="output: .mp4/.webm, .gif, or .png (one file per frame)")
     p.add_argument("--model", help="diffusers folder or sgm .safetensors file (default: the embedded model)")
-    p.add_argument("--frames", type=int, help="number of frames (default: the model's)")
+    p.add_argument("--frames", type=int,
+                   help="number of frames (default: the model's); more than --window makes a long video in chunks")
+    p.add_argument("--window", type=int,
+                   help="frames the model makes at once (default: the model's number of frames); longer videos are "
+                        "chunks of this many frames, each continuing the one before (svd_fast.long_video)")
+    p.add_argument("--overlap", type=int, default=2,
+                   help="long videos: frames each chunk shares with the one before (held during sampling)")
+    p.add_argument("--colour-anchor", action=argparse.BooleanOptionalAction, default=True,
+                   help="long videos: give each chunk's conditioning frame the input image's colour statistics")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's preset, 25 for SVD)")
     p.add_argument("--seed", type=int, default=23)
     p.add_argument("--fps", type=int, help="frame rate of the output and the fps conditioning (default: the model's, 7 for SVD)")
@@ -91,11 +100,11 @@ def main(argv=None) -> int:
     load_time = time.perf_counter() - start
     cfg = pipe.config
     fps = args.fps or cfg.fps
-    result = pipe(
-        image,
+    frames = args.frames or cfg.num_frames
+    window = args.window or cfg.num_frames
+    common = dict(
         height=args.height or cfg.height,
         width=args.width or cfg.width,
-        num_frames=args.frames or cfg.num_frames,
         num_inference_steps=args.steps or cfg.num_inference_steps,
         min_guidance_scale=args.min_cfg,
         max_guidance_scale=cfg.max_guidance_scale if args.max_cfg is None else args.max_cfg,
@@ -104,10 +113,12 @@ def main(argv=None) -> int:
         noise_aug_strength=args.noise_aug,
         decode_chunk_size=args.decode_chunk,
         generator=torch.Generator("cpu").manual_seed(args.seed),
-        output_type="np",
         sampler=args.sampler,
         eta=args.eta,
     )
+    if frames > window:
+        return _long_video(pipe, image, frames, window, args, common, load_time, fps)
+    result = pipe(image, num_frames=frames, output_type="np", **common)
     start = time.perf_counter()
     written = save_video(result.frames[0], args.out, fps=fps)
     write_time = time.perf_counter() - start
@@ -121,6 +132,22 @@ def main(argv=None) -> int:
     print(f"load {load_time:.2f}s | image encode {t['image_encode']:.2f}s | denoise {sum(steps):.2f}s "
           f"({len(steps)} steps, {sum(steps) / max(len(steps), 1):.2f}s/step){compiled} | decode {t['vae_decode']:.2f}s | "
           f"write {write_time:.2f}s")
+    return 0
+
+
+def _long_video(pipe, image, frames: int, window: int, args, common: dict, load_time: float, fps: int) -> int:
+    from svd_fast.long_video import chunk_plan, sample_long_video
+    from svd_fast.video_io import save_video
+
+    chunks = len(chunk_plan(frames, window, args.overlap))
+    print(f"long video: {frames} frames in {chunks} chunks of {window} (overlap {args.overlap})")
+    start = time.perf_counter()
+    video = sample_long_video(pipe, image, frames, window=window, overlap=args.overlap, colour_anchor=args.colour_anchor,
+                              on_chunk=lambda c, n: print(f"chunk {c.index + 1}/{n} done", flush=True), **common)
+    sample_time = time.perf_counter() - start
+    written = save_video(video, args.out, fps=fps)
+    print(f"wrote {len(video)} frames to {written[0]}" + (f" (+{len(written) - 1} more)" if len(written) > 1 else ""))
+    print(f"load {load_time:.2f}s | sample {sample_time:.2f}s ({sample_time / chunks:.2f}s/chunk)")
     return 0
 
 

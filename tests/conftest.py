@@ -22,3 +22,21 @@ def randomize_(module: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torc
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * std)
     return module
+
+
+class ReturnsConditioning(torch.nn.Module):
+    """A UNet whose denoised estimate D is its conditioning latent times `scale` at every sigma:
+    samplers built on it must return exactly what they conditioned each frame on."""
+
+    def __init__(self, latent_channels: int, scale: float):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the pipeline a device and dtype
+        self.latent_channels, self.scale = latent_channels, scale
+
+    def forward(self, x_in, c_noise, context, added_time_ids, image_only_indicator=None):
+        from svd_fast.denoiser import v_scalings
+
+        sigma = torch.exp(4 * c_noise.float()).reshape(-1, 1, 1, 1, 1)
+        c_skip, c_out, c_in, _ = v_scalings(sigma)
+        x = x_in[:, :, : self.latent_channels] / c_in
+        return (self.scale * x_in[:, :, self.latent_channels :] - c_skip * x) / c_out

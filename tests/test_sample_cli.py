@@ -144,3 +144,30 @@ def test_cache_interval_1_gives_exact_mode_video_and_bad_combinations_are_one_li
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.strip().startswith("error:") and message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_frames_beyond_the_window_make_a_long_video(model_dir, image_path, tmp_path, capsys):
+    """--frames above --window: chunks of the window, the frames the library function makes."""
+    from svd_fast.long_video import sample_long_video
+
+    out = tmp_path / "long.png"
+    assert sample.main(_args(model_dir, image_path, out, "--frames", "7", "--window", "3", "--overlap", "1", "--seed", "4")) == 0
+    printed = capsys.readouterr().out
+    assert "7 frames in 3 chunks of 3 (overlap 1)" in printed and "chunk 3/3 done" in printed
+    frames = np.stack([np.asarray(Image.open(p)) for p in sorted(tmp_path.glob("long_*.png"))])
+    pipe = SVDPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    expected = sample_long_video(pipe, Image.open(image_path).convert("RGB"), 7, window=3, overlap=1, height=64, width=64,
+                                 num_inference_steps=2, generator=torch.Generator().manual_seed(4),
+                                 fps=pipe.config.fps, motion_bucket_id=pipe.config.motion_bucket_id,
+                                 max_guidance_scale=pipe.config.max_guidance_scale)
+    assert frames.shape == (7, 64, 64, 3)
+    np.testing.assert_allclose(frames / 255, expected, atol=1 / 255 + 1e-6)  # PNG rounding
+
+
+def test_bad_overlap_is_one_line(model_dir, image_path, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "svd_fast.sample",
+                             *_args(model_dir, image_path, tmp_path / "o.gif", "--frames", "6", "--window", "3", "--overlap", "3")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: overlap must be between 1 and window - 1 = 2, got 3"

@@ -1,0 +1,107 @@
+"""Command line: frames between two images, or a video at a higher frame rate.
+
+    python -m svd_fast.interpolate --first A.png --last B.png --out OUT.mp4 [--frames N]
+    python -m svd_fast.interpolate --video IN.mp4 --out OUT.mp4 [--factor 4]
+        [--model PATH] [--steps N] [--seed S] [--fps F] [--motion-bucket M] [--max-cfg Y]
+        [--height H] [--width W] [--dtype auto|bf16|fp16|fp32]
+
+Any image-to-video model interpolates here without training (SVDPipeline's `last_image`: the
+video conditioned on the first frame and the time-reversed video conditioned on the last, fused
+at every step). Without --model the embedded default model is used.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m svd_fast.interpolate", description="Frame interpolation.")
+    p.add_argument("--first", help="the first frame (png, jpg, ...)")
+    p.add_argument("--last", help="the last frame")
+    p.add_argument("--video", help="a video to raise to --factor x its frame rate (instead of --first/--last)")
+    p.add_argument("--out", required=True, help="output: .mp4/.webm, .gif, or .png (one file per frame)")
+    p.add_argument("--frames", type=int, help="--first/--last: frames in all, both ends included (default: the model's)")
+    p.add_argument("--factor", type=int, default=4, help="--video: output frames per input frame interval")
+    p.add_argument("--model", help="diffusers folder or sgm .safetensors file (default: the embedded model)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    p.add_argument("--seed", type=int, default=23)
+    p.add_argument("--fps", type=int, help="fps conditioning and output frame rate (default: the model's; --video: "
+                                              "factor x the input's)")
+    p.add_argument("--motion-bucket", type=int, help="motion conditioning (default: the model's)")
+    p.add_argument("--max-cfg", type=float, help="guidance at the far end of each direction (default: the model's)")
+    p.add_argument("--height", type=int, help="output height, a multiple of 8 (default: the model's)")
+    p.add_argument("--width", type=int, help="output width, a multiple of 8 (default: the model's)")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    if (args.video is None) == (args.first is None or args.last is None):
+        p.error("give either --first and --last, or --video")
+    if args.video is not None and args.factor < 2:
+        p.error(f"--factor must be >= 2, got {args.factor}")
+    if args.frames is not None and args.frames < 2:
+        p.error(f"--frames must be >= 2 (both ends), got {args.frames}")
+    return args
+
+
+def between(pipe, first, last, num_frames: int, *, seed: int, **call_args) -> np.ndarray:
+    """num_frames frames (T, H, W, 3) in [0, 1] from first to last (both included, approximately:
+    the model re-creates them)."""
+    return pipe(first, last_image=last, num_frames=num_frames, generator=torch.Generator().manual_seed(seed),
+                output_type="np", **call_args).frames[0]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from svd_fast.pipeline import SVDPipeline
+    from svd_fast.sample import DTYPES, resolve_model
+    from svd_fast.video_io import check_output_path, load_image, read_video, save_video
+
+    check_output_path(args.out)
+    model = resolve_model(args.model)
+    if args.video is not None:
+        source, source_fps = read_video(args.video)
+        if len(source) < 2:
+            raise ValueError(f"{args.video}: {len(source)} frame(s), interpolation needs at least 2")
+        keyframes = [torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in source]
+    else:
+        keyframes = [load_image(args.first), load_image(args.last)]
+    pipe = SVDPipeline.from_pretrained(model, torch_dtype=DTYPES.get(args.dtype, args.dtype), device=args.device)
+    cfg = pipe.config
+    frames = (args.frames or cfg.num_frames) if args.video is None else args.factor + 1
+    fps = args.fps or (cfg.fps if args.video is None else round(source_fps * args.factor))
+    call_args = dict(height=args.height or cfg.height, width=args.width or cfg.width,
+                     num_inference_steps=args.steps or cfg.num_inference_steps, fps=fps,
+                     motion_bucket_id=cfg.motion_bucket_id if args.motion_bucket is None else args.motion_bucket,
+                     max_guidance_scale=cfg.max_guidance_scale if args.max_cfg is None else args.max_cfg)
+    start = time.perf_counter()
+    pieces = []
+    for i, (a, b) in enumerate(zip(keyframes, keyframes[1:])):
+        clip = between(pipe, a, b, frames, seed=args.seed + i, **call_args)
+        pieces.append(clip if i == 0 else clip[1:])  # each interval's first frame is the last one's end
+        if len(keyframes) > 2:
+            print(f"interval {i + 1}/{len(keyframes) - 1} done", flush=True)
+    video = np.concatenate(pieces)
+    written = save_video(video, args.out, fps=fps)
+    print(f"wrote {len(video)} frames to {written[0]}" + (f" (+{len(written) - 1} more)" if len(written) > 1 else "")
+          + f" in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def cli(argv=None) -> int:
+    """main() for the command line: bad input is one line on stderr and exit status 2."""
+    from svd_fast.checkpoints import CheckpointError
+
+    try:
+        return main(argv)
+    except (ValueError, OSError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

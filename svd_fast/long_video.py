@@ -1,0 +1,156 @@
+"""Videos longer than the model's window: chunked continuation with held overlap frames.
+
+Chunk 0 is an ordinary sample from the input image. Every later chunk has the model's window of
+frames and starts `overlap` frames before the previous chunk ends:
+- its conditioning latent is the previous chunk's frame at that start (the first overlap frame),
+  as in StreamingSVD's and every image-to-video continuation: the model's strongest signal, the
+  frame it copies, is where the chunk begins;
+- its first `overlap` frames are held to the previous chunk's latents during sampling: at every
+  step they are replaced by those latents noised to the step's sigma with the chunk's own fixed
+  noise (the replacement method of video-diffusion inpainting), so the new frames are denoised
+  next to, and attend temporally to, frames the previous chunk already made; at sigma 0 the held
+  frames equal the previous ones, so the overlap is blended by construction, not cross-faded;
+- its cross-attention keeps the input image's CLIP embedding (StreamingSVD's appearance anchor):
+  the image the user gave, not the last frame, says what the video looks like;
+- with colour_anchor (the default), its conditioning frame first gets the input image's colour
+  statistics (mean and standard deviation of each Lab channel, Reinhard et al.'s colour
+  transfer, as long-video tools such as Deforum match colours to frame 0): the small colour error
+  each chunk makes when it copies its conditioning frame would otherwise add up chunk by chunk.
+FIFO-Diffusion's diagonal denoising (a queue of frames at rising noise levels) needs a model
+trained or tuned for unequal noise across frames; SVD shares one sigma per clip, so the chunked
+scheme fits the released models as they are.
+Only the previous chunk's overlap latents and one conditioning frame are carried from chunk to
+chunk: the memory of sampling does not grow with the length (the output frames, uint8, do).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from svd_fast.pipeline import randn
+from svd_fast.sampling import init_noise_scale
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One window of the long video: frames start .. start + window - 1 of the whole video, of
+    which the first `held` are the previous chunk's (kept as they are, not output again)."""
+
+    index: int
+    start: int
+    held: int
+
+
+def chunk_plan(num_frames: int, window: int, overlap: int) -> list[Chunk]:
+    """The chunks that cover num_frames frames (the last one may run past the end; its extra
+    frames are dropped)."""
+    if window < 2:
+        raise ValueError(f"window must be >= 2 frames, got {window}")
+    if not 1 <= overlap < window:
+        raise ValueError(f"overlap must be between 1 and window - 1 = {window - 1}, got {overlap}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    chunks = [Chunk(0, 0, 0)]
+    while chunks[-1].start + window < num_frames:
+        chunks.append(Chunk(len(chunks), chunks[-1].start + window - overlap, overlap))
+    return chunks
+
+
+def match_colours(frame: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """frame (3, H, W) in [0, 1] with the mean and standard deviation of each Lab channel of
+    reference (3, H', W') in [0, 1]."""
+    import cv2
+
+    def lab(image):
+        return cv2.cvtColor(image.permute(1, 2, 0).float().cpu().numpy(), cv2.COLOR_RGB2LAB).reshape(-1, 3)
+
+    ours, theirs = lab(frame), lab(reference)
+    scale = theirs.std(0) / np.maximum(ours.std(0), 1e-6)
+    moved = ((ours - ours.mean(0)) * scale + theirs.mean(0)).astype(np.float32)
+    rgb = cv2.cvtColor(moved.reshape(frame.shape[1], frame.shape[2], 3), cv2.COLOR_LAB2RGB)
+    return torch.from_numpy(rgb).permute(2, 0, 1).clamp(0, 1).to(frame.dtype)
+
+
+def sample_long_video(pipe, image, num_frames: int, *, window: int | None = None, overlap: int = 1,
+                      height: int, width: int, num_inference_steps: int, generator: torch.Generator,
+                      colour_anchor: bool = True, decode_chunk_size: int | None = None, on_chunk=None,
+                      **call_args) -> np.ndarray:
+    """num_frames frames (T, H, W, 3) float in [0, 1] from an image, `window` frames at a time.
+
+    call_args go to every pipe call (fps, motion_bucket_id, guidance, noise_aug_strength, sampler,
+    ...). on_chunk(chunk, total_chunks), when given, is called after each chunk.
+    """
+    from svd_fast import conditioner
+
+    window = window or pipe.config.num_frames
+    plan = chunk_plan(num_frames, window, overlap)
+    sampler = call_args.get("sampler") or pipe.default_sampler
+    sigmas = pipe._sigmas(num_inference_steps, None, sampler).to(pipe.device)
+    embeddings = conditioner.encode_image(pipe.image_encoder, image)  # the appearance anchor
+    reference = ((conditioner.preprocess_image(image, height, width)[0] + 1) / 2).clamp(0, 1)
+    f = pipe.vae.config.downsample_factor
+    shape = (1, window, pipe.vae.config.latent_channels, height // f, width // f)
+
+    out, previous, condition = [], None, image
+    for chunk in plan:
+        noise = randn(shape, generator, pipe.device, torch.float32)
+        x = noise * init_noise_scale(sigmas)
+        hold = None
+        if chunk.held:
+            held = previous[:, -chunk.held:].float()
+            x[:, : chunk.held] = held + sigmas[0] * noise[:, : chunk.held]
+
+            def hold(p, i, sigma, values, held=held, noise=noise, n=chunk.held):
+                latents = values["latents"]
+                latents[:, :n] = (held + sigmas[i + 1] * noise[:, :n]).to(latents.dtype)
+                return {"latents": latents}
+
+        latents = pipe(condition, height=height, width=width, num_frames=window, latents=x / init_noise_scale(sigmas),
+                       sigmas=sigmas, generator=generator, output_type="latent", image_embeddings=embeddings,
+                       callback_on_step_end=hold, **call_args).frames
+        frames = pipe.decode(latents, decode_chunk_size or window)[0]  # (T, 3, H, W) in [-1, 1]
+        if len(plan) > 1:  # the next chunk starts, and is conditioned, at the first overlap frame
+            condition = ((frames[window - overlap] + 1) / 2).clamp(0, 1)
+            if colour_anchor:
+                condition = match_colours(condition, reference)
+        previous = latents
+        out.append(((frames[chunk.held:] + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy())
+        if on_chunk is not None:
+            on_chunk(chunk, len(plan))
+    return np.concatenate(out)[:num_frames]
+
+
+# ------------------------------------------------------------------------------------ figures
+def seam_report(video: np.ndarray, plan: list[Chunk]) -> dict:
+    """Frame-to-frame PSNR at the chunk seams (the last frame kept from one chunk -> the first new
+    frame of the next) against that inside chunks, each from the mean squared difference of its
+    pairs: a visible seam is a dip at the seams."""
+    squared = [float(np.mean((b.astype(np.float64) - a) ** 2)) for a, b in zip(video, video[1:])]
+    seams = {c.start + c.held - 1 for c in plan[1:] if c.start + c.held < len(video)}
+
+    def db(errors):
+        mse = float(np.mean(errors)) if errors else float("nan")
+        return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
+
+    return {"seam_psnr": db([e for i, e in enumerate(squared) if i in seams]),
+            "inside_psnr": db([e for i, e in enumerate(squared) if i not in seams]), "seams": len(seams)}
+
+
+def drift_report(video: np.ndarray) -> dict:
+    """How far frame k drifts from frame 0: colour (largest channel-mean error, /255) and
+    sharpness (variance of the Laplacian of frame k / of frame 0), per frame and summarised."""
+    import cv2
+
+    def sharpness(frame):
+        grey = cv2.cvtColor((np.clip(frame, 0, 1) * 255).astype(np.uint8), cv2.COLOR_RGB2GRAY)
+        return float(cv2.Laplacian(grey.astype(np.float64), cv2.CV_64F).var())
+
+    means = video.reshape(len(video), -1, 3).mean(1)
+    colour = np.abs(means - means[0]).max(1) * 255
+    base = max(sharpness(video[0]), 1e-12)
+    sharp = np.array([sharpness(frame) / base for frame in video])
+    return {"colour_drift_255": colour.tolist(), "sharpness_ratio": sharp.tolist(),
+            "mean_colour_drift_255": float(colour.mean()), "last_colour_drift_255": float(colour[-1]),
+            "last_sharpness_ratio": float(sharp[-1])}

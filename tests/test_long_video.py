@@ -1,0 +1,113 @@
+"""Long videos (svd_fast.long_video): the chunk plan, and seams made of the previous chunk's frames,
+checked with a denoiser whose output is its conditioning latent."""
+import numpy as np
+import pytest
+import torch
+
+from svd_fast import conditioner, sample
+from svd_fast.long_video import Chunk, chunk_plan, drift_report, match_colours, sample_long_video, seam_report
+from svd_fast.pipeline import SVDPipeline
+from tests.conftest import ReturnsConditioning
+
+
+def test_chunk_plan_covers_the_video_with_the_given_overlap():
+    assert chunk_plan(20, 8, 2) == [Chunk(0, 0, 0), Chunk(1, 6, 2), Chunk(2, 12, 2)]  # 8 + 6 + 6 frames
+    assert chunk_plan(21, 8, 2) == [Chunk(0, 0, 0), Chunk(1, 6, 2), Chunk(2, 12, 2), Chunk(3, 18, 2)]
+    assert chunk_plan(8, 8, 1) == [Chunk(0, 0, 0)]
+    assert chunk_plan(3, 8, 1) == [Chunk(0, 0, 0)]
+    assert chunk_plan(15, 8, 1) == [Chunk(0, 0, 0), Chunk(1, 7, 1)]
+    for args in ((10, 8, 0), (10, 8, 8), (10, 1, 0), (0, 8, 1)):
+        with pytest.raises(ValueError):
+            chunk_plan(*args)
+
+
+class Recorder:
+    """The pipeline, recording what each call was conditioned on and what it returned."""
+
+    def __init__(self, pipe):
+        self.pipe, self.calls = pipe, []
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+    def __call__(self, image, **kwargs):
+        latents = self.pipe(image, **kwargs).frames
+        self.calls.append({"image": image, "embeddings": kwargs["image_embeddings"], "latents": latents})
+        return type("Output", (), {"frames": latents})()
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = SVDPipeline.from_pretrained(sample.DEFAULT_MODEL, torch_dtype=torch.float32)
+    pipe.unet = ReturnsConditioning(pipe.vae.config.latent_channels, pipe.vae.config.scaling_factor)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_each_chunk_continues_from_the_previous_chunks_frames(pipe):
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    window, overlap, total = 8, 3, 19
+    recorder = Recorder(pipe)
+    video = sample_long_video(recorder, image, total, window=window, overlap=overlap, height=64, width=64,
+                              num_inference_steps=6, generator=torch.Generator().manual_seed(1),
+                              noise_aug_strength=0.0, max_guidance_scale=1.0)
+    plan = chunk_plan(total, window, overlap)
+    assert len(recorder.calls) == len(plan) == 4 and video.shape == (total, 64, 64, 3)
+    anchor = conditioner.encode_image(pipe.image_encoder, image)
+    sf = pipe.vae.config.scaling_factor
+    expected_frames, previous = [], None
+    for chunk, call in zip(plan, recorder.calls):
+        latents = call["latents"][0]
+        torch.testing.assert_close(call["embeddings"], anchor)  # the input image's embedding in every chunk
+        if previous is not None:
+            # Held frames are the previous chunk's last `overlap` latents, exactly.
+            torch.testing.assert_close(latents[:overlap], previous[-overlap:], rtol=0, atol=1e-5)
+            # The chunk is conditioned on the previous chunk's frame where it starts.
+            start_frame = ((pipe.decode(previous[None], window)[0, window - overlap] + 1) / 2).clamp(0, 1)
+            torch.testing.assert_close(call["image"], match_colours(start_frame, image))
+        # This denoiser returns its conditioning: every new frame is the conditioning frame's latent.
+        cond = pipe.vae.encode(conditioner.preprocess_image(call["image"], 64, 64)) * sf
+        torch.testing.assert_close(latents[chunk.held:], cond.expand(window - chunk.held, -1, -1, -1),
+                                   rtol=1e-4, atol=1e-4)
+        expected_frames.append(((pipe.decode(latents[None], window)[0, chunk.held:] + 1) / 2).clamp(0, 1))
+        previous = latents
+    expected = torch.cat(expected_frames)[:total].permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(video, expected, atol=1e-5)
+
+
+def test_seam_and_drift_figures_on_a_known_video():
+    """A still video with noise of 1/255 per frame and a brightness jump of 20/255 at the seam:
+    the figures are the closed-form PSNRs of the frame differences, the drift is the jump."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.6, (1, 32, 32, 3)).repeat(9, 0)
+    video = base + rng.normal(0, 1 / 255, base.shape)
+    video[6:] += 20 / 255
+    plan = [Chunk(0, 0, 0), Chunk(1, 4, 2)]  # chunk 1's first new frame is 6: the seam pair is (5, 6)
+    report = seam_report(video, plan)
+    noise_mse = 2 / 255**2
+    assert report["seams"] == 1
+    assert report["seam_psnr"] == pytest.approx(10 * np.log10(1 / ((20 / 255) ** 2 + noise_mse)), abs=0.3)
+    assert report["inside_psnr"] == pytest.approx(10 * np.log10(1 / noise_mse), abs=0.3)
+    drift = drift_report(video)
+    np.testing.assert_allclose(drift["colour_drift_255"], [0] * 6 + [20] * 3, atol=0.2)
+    assert drift["last_colour_drift_255"] == pytest.approx(20, abs=0.2)
+    np.testing.assert_allclose(drift["sharpness_ratio"], 1.0, atol=0.1)
+
+
+def test_match_colours_gives_the_references_lab_statistics():
+    """Colour transfer: a frame whose Lab channels are an affine change of the reference's comes
+    back as the reference; any frame comes back with the reference's per-channel mean and std."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    reference = torch.from_numpy(rng.uniform(0.3, 0.7, (3, 16, 16)).astype(np.float32))
+    lab = cv2.cvtColor(reference.permute(1, 2, 0).numpy(), cv2.COLOR_RGB2LAB)
+    shifted = cv2.cvtColor((lab * [0.9, 1.1, 0.95] + [3, -2, 2]).astype(np.float32), cv2.COLOR_LAB2RGB)
+    assert shifted.min() > 0 and shifted.max() < 1  # inside the gamut: the change is exactly affine in Lab
+    shifted = torch.from_numpy(shifted).permute(2, 0, 1)
+    # OpenCV's float Lab conversion round-trips to ~2e-3 by itself (measured 1.9e-3): 1/255 allowed.
+    torch.testing.assert_close(match_colours(shifted, reference), reference, atol=4e-3, rtol=0)
+    other = torch.from_numpy(rng.uniform(0, 0.5, (3, 8, 8)).astype(np.float32))
+    matched = cv2.cvtColor(match_colours(other, reference).permute(1, 2, 0).numpy(), cv2.COLOR_RGB2LAB).reshape(-1, 3)
+    np.testing.assert_allclose(matched.mean(0), lab.reshape(-1, 3).mean(0), atol=0.5)
+    np.testing.assert_allclose(matched.std(0), lab.reshape(-1, 3).std(0), atol=0.5)
