@@ -26,11 +26,22 @@ if [ "$dev" = 1 ]; then
 else
   pip_install -e .
 fi
-# The native CPU kernels (svd_fast._C, CMakeLists.txt), built for this machine's CPU. Optional:
-# without them the PyTorch implementations are used.
+# The native CPU kernels (svd_fast._C, CMakeLists.txt), built for this machine's CPU. They are
+# part of the product: where a C++ compiler exists a failed build stops the set-up (with its log);
+# only a machine without one falls back to the PyTorch implementations.
 export PATH="$PWD/.venv/bin:$PATH"  # a pip-installed cmake lands here
-command -v cmake >/dev/null 2>&1 || pip_install cmake ninja
-"$py" -m svd_fast.kernels.native.build >/dev/null 2>&1 \
-  && echo "native kernels built (svd_fast._C)" \
-  || echo "native kernels not built: the PyTorch implementations will be used"
+if command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || command -v clang++ >/dev/null 2>&1; then
+  command -v cmake >/dev/null 2>&1 || pip_install cmake ninja
+  log=$(mktemp)
+  if "$py" -m svd_fast.kernels.native.build >"$log" 2>&1; then
+    echo "native kernels built (svd_fast._C)"
+  else
+    tail -n 40 "$log" >&2
+    echo "error: the native kernels (svd_fast._C) failed to build; full log: $log" >&2
+    exit 1
+  fi
+  rm -f "$log"
+else
+  echo "no C++ compiler on PATH: native kernels not built, the PyTorch implementations will be used"
+fi
 echo "svd_fast is set up in .venv ($("$py" -c 'import torch; print("torch", torch.__version__)'))"

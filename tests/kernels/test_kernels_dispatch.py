@@ -8,6 +8,7 @@ import torch
 
 from svd_fast import kernels, layers
 from svd_fast.kernels import reference
+from kernel_test_utils import native_ops
 
 
 @pytest.fixture(autouse=True)
@@ -20,15 +21,6 @@ def restore_backend():
     kernels._warned.clear()
     kernels._warned.update(saved[3])
 
-
-def _native_available() -> bool:
-    from svd_fast.kernels.native import load
-
-    try:
-        load()
-        return True
-    except ImportError:
-        return False
 
 
 def _python(*args: str) -> subprocess.CompletedProcess:
@@ -112,8 +104,7 @@ def test_triton_backend_in_the_interpreter_runs_triton_ops(monkeypatch):
 def test_auto_starts_from_the_static_cpu_choices(monkeypatch):
     """Without measuring (SVD_FAST_TUNE=0) auto runs AUTO_CHOICES' first preference; the measured
     choice is tested in test_kernels_tuning.py."""
-    if not _native_available():
-        pytest.skip("native extension not built: auto uses the reference everywhere (tested above)")
+    native_ops()  # without the extension auto uses the reference everywhere (tested above)
     monkeypatch.setenv("SVD_FAST_TUNE", "0")
     kernels.set_backend("auto")
     chosen = {op: impl for op, device, impl, _ in kernels.describe() if device == "cpu"}
@@ -138,3 +129,22 @@ def test_list_command_prints_every_op():
     for op in kernels.OPS:
         assert op in result.stdout
     assert "backend: auto" in result.stdout
+
+
+def test_a_missing_native_build_fails_the_tests_where_a_compiler_exists(monkeypatch):
+    """The native kernels are part of the product: their tests fail, not skip, when the extension
+    is missing on a machine that could have built it."""
+    import kernel_test_utils
+
+    import svd_fast.kernels.native as native
+
+    def missing():
+        raise ImportError("svd_fast._C not found")
+
+    monkeypatch.setattr(native, "load", missing)
+    monkeypatch.setattr(kernel_test_utils, "compiler", lambda: "/usr/bin/c++")
+    with pytest.raises(pytest.fail.Exception, match="although /usr/bin/c\\+\\+ is present"):
+        native_ops()
+    monkeypatch.setattr(kernel_test_utils, "compiler", lambda: None)
+    with pytest.raises(pytest.skip.Exception, match="no C\\+\\+ compiler on PATH"):
+        native_ops()

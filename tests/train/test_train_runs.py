@@ -17,7 +17,7 @@ from svd_fast.train import checkpoint as ckpt_lib
 from svd_fast.train.data import build_dataset, collate
 from svd_fast.train.objective import DiffusionObjective, prepare_inputs
 from svd_fast.train.trainer import load_parts, train
-from tests.train.conftest import PYTHON, REPO, subprocess_env, write_recipe_file
+from tests.train.conftest import PYTHON, REPO, make_recipe, subprocess_env, write_recipe_file
 
 ZERO3 = str(REPO / "training" / "ds" / "zero3.json")
 
@@ -70,7 +70,13 @@ def test_zero3_on_two_processes_matches_one_process(tmp_path):
     a = ckpt_lib.read_tensors(tmp_path / "one" / "checkpoints" / "step-00000004" / "ema.safetensors")
     b = ckpt_lib.read_tensors(tmp_path / "two" / "checkpoints" / "step-00000004" / "ema.safetensors")
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
-    assert max((a[k] - b[k]).abs().max() for k in a) < 1e-2
+    init = load_parts(make_recipe(str(tmp_path / "init"), batch_size=2), torch.device("cpu"))["unet"].state_dict()
+    # Adam divides by the root of tiny second moments, so single weights whose gradients are ~0
+    # differ by up to lr between the two summation orders; as a whole the runs agree within a few
+    # percent (measured 2.6%) of how far 4 steps moved the EMA weights.
+    moved = float(sum((a[k] - init[k]).pow(2).sum() for k in a).sqrt())
+    apart = float(sum((a[k] - b[k]).pow(2).sum() for k in a).sqrt())
+    assert moved > 1e-2 and apart < 0.1 * moved, (moved, apart)
 
 
 def _port() -> int:
@@ -102,7 +108,8 @@ def test_kill_9_and_resume_gives_the_uninterrupted_losses(tmp_path):
     straight = write_recipe_file(tmp_path / "s.py", tmp_path / "straight", max_steps=8, checkpoint_every=2, ema_decay=0.8)
     _run(["-m", "svd_fast.train", "--recipe", str(straight), "--deepspeed", ZERO3], env=subprocess_env(MASTER_PORT=str(_port())))
     resumed, uninterrupted = _losses(tmp_path / "killed"), _losses(tmp_path / "straight")
-    assert sorted(resumed) == list(range(1, 9)) and killed_at >= 4
+    # Killed mid-run (before step 8): steps killed_at+1 .. 8 really come from the resumed run.
+    assert sorted(resumed) == list(range(1, 9)) and 4 <= killed_at < 8, killed_at
     for step in range(1, 9):
         assert resumed[step] == pytest.approx(uninterrupted[step], rel=1e-5, abs=1e-7), (step, killed_at)
     kept = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").glob("step-*"))
