@@ -93,6 +93,46 @@ def test_sgm_numerics_use_1e5_everywhere():
     assert built.down_blocks[0].resnets[0].spatial_res_block.norm1.eps == 1e-5
 
 
+def _with_sgm_epsilons(ref: UNetSpatioTemporalConditionModel) -> UNetSpatioTemporalConditionModel:
+    """diffusers' UNet with the released sgm code's GroupNorm epsilons (svd_facts 1.7), written
+    here from the facts, not from svd_fast: every ResBlock norm, spatial and temporal, and
+    conv_norm_out at 1e-5; the spatiotemporal transformers' input norm at 1e-6."""
+    for name, module in ref.named_modules():
+        if isinstance(module, torch.nn.GroupNorm):
+            in_resblock = ".resnets." in name and ("spatial_res_block" in name or "temporal_res_block" in name)
+            if in_resblock or name == "conv_norm_out":
+                module.eps = 1e-5
+            elif ".attentions." in name and name.endswith(".norm"):
+                module.eps = 1e-6
+            else:
+                raise AssertionError(f"a GroupNorm the facts do not cover: {name}")
+    return ref
+
+
+def test_sgm_numerics_match_an_independent_sgm_reference():
+    """numerics="sgm" (the default) against diffusers' blocks with sgm's epsilons. The input is
+    scaled down so the first norms see variances near the epsilons: the comparison then tells
+    the two epsilon layouts apart (checked against diffusers' own)."""
+    kwargs = CONFIGS[1][1]
+    ref = randomize_(UNetSpatioTemporalConditionModel(**kwargs, **COMMON).eval(), seed=3)
+    ours = VideoUNet(UNetConfig.from_diffusers(dict(ref.config), numerics="sgm")).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    g = torch.Generator().manual_seed(1)
+    x = 1e-3 * torch.randn(2, 5, 8, 10, 6, generator=g)
+    c_noise, context = torch.tensor([-1.0, 0.7]), torch.randn(2, 1, 16, generator=g)
+    ids = torch.tensor([[6.0, 127.0, 0.02], [4.0, 30.0, 0.1]])
+    with torch.no_grad():
+        diffusers_eps = ref(x, c_noise, context, ids).sample
+        sgm_eps = _with_sgm_epsilons(ref)(x, c_noise, context, ids).sample
+        got = ours(x, c_noise, context, ids)
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm())
+
+    assert rel(diffusers_eps, sgm_eps) > 1e-3  # the epsilons matter for this input
+    assert rel(got, sgm_eps) < 1e-5, f"relative error {rel(got, sgm_eps):.2e}"
+
+
 @pytest.mark.parametrize("preset", ["svd", "svd_xt"])
 def test_full_size_matches_diffusers_on_meta(preset):
     """Every parameter name and shape of the full-size model equals diffusers' default UNet."""
