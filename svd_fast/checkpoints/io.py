@@ -77,6 +77,12 @@ class TensorSource:
 # ---------------------------------------------------------------------------------------- reading
 
 
+def _counts(value, length: int | None = None) -> bool:
+    """A JSON list of non-negative integers (of `length` items): a shape or a byte range."""
+    return (isinstance(value, list) and (length is None or len(value) == length)
+            and all(type(v) is int and v >= 0 for v in value))
+
+
 def read_safetensors_header(path: Path) -> tuple[dict, dict[str, str]]:
     """Parse and validate a safetensors header: (tensor entries, __metadata__).
 
@@ -102,16 +108,18 @@ def read_safetensors_header(path: Path) -> tuple[dict, dict[str, str]]:
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
+    if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise CheckpointError(f"{path}: corrupt safetensors header (__metadata__ is not a map of strings)")
     data_size = size - 8 - header_len
     end_max = 0
     for key, entry in header.items():
-        try:
-            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            itemsize = _SAFETENSORS_ITEMSIZE[dtype]
-            expected = math.prod(shape) * itemsize
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: corrupt safetensors header entry for {key!r}: {entry!r}") from exc
-        if not 0 <= begin <= end or end - begin != expected:
+        dtype = entry.get("dtype") if isinstance(entry, dict) else None
+        if not (isinstance(dtype, str) and dtype in _SAFETENSORS_ITEMSIZE and _counts(entry.get("shape"))
+                and _counts(entry.get("data_offsets"), length=2)):
+            raise CheckpointError(f"{path}: corrupt safetensors header entry for {key!r}: {str(entry)[:200]}")
+        shape, (begin, end) = entry["shape"], entry["data_offsets"]
+        expected = math.prod(shape) * _SAFETENSORS_ITEMSIZE[dtype]
+        if not begin <= end or end - begin != expected:
             raise CheckpointError(
                 f"{path}: corrupt safetensors header: {key!r} ({dtype}, shape {shape}) has byte range "
                 f"[{begin}, {end}], expected {expected} bytes"
