@@ -141,15 +141,20 @@ def _gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
 
 
 def _blur_axis(x: torch.Tensor, kernel: torch.Tensor, axis: int) -> torch.Tensor:
-    """Depthwise 1-D convolution along H (axis=2) or W (axis=3) with reflect padding."""
+    """Depthwise 1-D convolution along H (axis=2) or W (axis=3) with reflect padding.
+
+    An axis no longer than the padding cannot be reflected (diffusers fails there); it only occurs
+    when upscaling, where the kernel is the identity (sigma 0.001), so replicate padding gives
+    the same result."""
     pad = (kernel.numel() - 1) // 2
     channels = x.shape[1]
+    mode = "reflect" if x.shape[axis] > pad else "replicate"
     if axis == 3:
         weight = kernel.reshape(1, 1, 1, -1)
-        x = F.pad(x, (pad, pad, 0, 0), mode="reflect")
+        x = F.pad(x, (pad, pad, 0, 0), mode=mode)
     else:
         weight = kernel.reshape(1, 1, -1, 1)
-        x = F.pad(x, (0, 0, pad, pad), mode="reflect")
+        x = F.pad(x, (0, 0, pad, pad), mode=mode)
     weight = weight.to(x).expand(channels, 1, *weight.shape[2:])
     return F.conv2d(x, weight, groups=channels)
 

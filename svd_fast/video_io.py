@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv"}
 OUTPUT_SUFFIXES = VIDEO_SUFFIXES | {".gif", ".png"}
@@ -25,14 +25,23 @@ def check_output_path(path) -> Path:
 
 
 def load_image(path) -> Image.Image:
-    """Open an image as RGB (grayscale, palette and RGBA images are converted)."""
+    """Open an image as 8-bit RGB, upright: the EXIF orientation is applied; grayscale, palette and
+    RGBA images are converted and 16/32-bit grayscale scaled (PIL's convert would clip it to
+    white); images beyond PIL's decompression-bomb limit are refused with the reason."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"conditioning image not found: {path}")
     try:
         with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode.startswith("I"):  # 16-bit ("I;16...") or 32-bit ("I") integer grayscale
+                values = np.asarray(img).astype(np.float64)
+                top = 255.0 if values.max() <= 255 else 65535.0
+                img = Image.fromarray((values / top * 255).clip(0, 255).round().astype(np.uint8))
             return img.convert("RGB")
-    except OSError as err:
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"image too large: {path}: {err}") from err
+    except (OSError, SyntaxError) as err:  # PIL raises SyntaxError for some malformed headers
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 

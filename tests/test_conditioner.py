@@ -154,3 +154,14 @@ def test_added_time_ids_follow_diffusers_fps_minus_one():
     assert added_time_ids(7, 127, 0.02, 1, dtype=torch.bfloat16).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="batch must be >= 1"):
         added_time_ids(7, 127, 0.02, 0)
+
+
+def test_one_pixel_images_are_embedded_as_their_colour():
+    """A 1x1 (or 1-pixel-wide) image cannot be reflect-padded; upscaled it is a constant image."""
+    from svd_fast.conditioner import CLIP_MEAN, CLIP_STD, clip_pixel_values
+
+    colour = torch.tensor([0.2, 0.5, 0.9])
+    for h, w in ((1, 1), (1, 7), (5, 1)):
+        pixels = clip_pixel_values(colour.reshape(3, 1, 1).expand(3, h, w).clone(), 224)
+        expected = ((colour - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)).reshape(1, 3, 1, 1)
+        torch.testing.assert_close(pixels, expected.expand(1, 3, 224, 224), atol=1e-5, rtol=1e-5)

@@ -171,3 +171,70 @@ def test_bad_overlap_is_one_line(model_dir, image_path, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == "error: overlap must be between 1 and window - 1 = 2, got 3"
+
+
+def _huge_png_header(path, side=20000):
+    """A PNG whose header declares side x side pixels (PIL refuses it from the header alone)."""
+    import struct
+    import zlib
+
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IHDR")
+    data[start + 4 : start + 12] = struct.pack(">II", side, side)
+    data[start + 17 : start + 21] = struct.pack(">I", zlib.crc32(bytes(data[start : start + 17])))
+    path.write_bytes(bytes(data))
+
+
+def _image(kind: str, path):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    if kind == "rgba":
+        Image.fromarray(np.dstack([rgb, rgb[..., :1]]), "RGBA").save(path)
+    elif kind == "gray":
+        Image.fromarray(rgb[..., 0]).save(path)
+    elif kind == "gray16":
+        Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(path)
+    elif kind == "palette":
+        Image.fromarray(rgb).convert("P").save(path)
+    elif kind == "one_pixel":
+        Image.fromarray(rgb[:1, :1]).save(path)
+    elif kind == "huge":
+        _huge_png_header(path)
+    elif kind == "not_an_image":
+        path.write_text("hello")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["rgba", "gray", "gray16", "palette", "one_pixel"])
+def test_unusual_images_are_sampled(model_dir, tmp_path, kind):
+    image = _image(kind, tmp_path / "in.png")
+    assert sample.main(_args(model_dir, image, tmp_path / "out.gif")) == 0
+
+
+@pytest.mark.parametrize("kind, message", [("huge", "image too large"), ("not_an_image", "cannot read image")])
+def test_unreadable_images_are_one_line(model_dir, tmp_path, kind, message):
+    image = _image(kind, tmp_path / "in.png")
+    result = subprocess.run([sys.executable, "-m", "svd_fast.sample", *_args(model_dir, image, tmp_path / "o.gif")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0] and str(image) in lines[0]
+
+
+def test_images_load_upright_and_16_bit_gray_keeps_its_values(tmp_path):
+    from svd_fast.video_io import load_image
+
+    grey = np.tile(np.linspace(0, 65535, 32).astype(np.uint16), (8, 1))
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    loaded = np.asarray(load_image(tmp_path / "g16.png"))
+    np.testing.assert_allclose(loaded[..., 0], np.round(grey / 65535 * 255), atol=0)  # not clipped to white
+    # EXIF orientation 6: the stored image is shown rotated 90 degrees clockwise.
+    stored = np.zeros((20, 30, 3), np.uint8)
+    stored[:, :15] = (255, 0, 0)  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "rot.jpg", exif=exif.tobytes(), quality=95)
+    upright = np.asarray(load_image(tmp_path / "rot.jpg"))
+    assert upright.shape == (30, 20, 3)
+    assert upright[:10, :, 0].mean() > 200 and upright[20:, :, 0].mean() < 60  # red on top after rotation
