@@ -58,9 +58,10 @@ def between(pipe, first, last, num_frames: int, *, seed: int, **call_args) -> np
 def main(argv=None) -> int:
     args = parse_args(argv)
     from svd_fast.pipeline import SVDPipeline
-    from svd_fast.sample import DTYPES, resolve_model
+    from svd_fast.sample import DTYPES, check_arguments, check_memory, resolve_model
     from svd_fast.video_io import check_output_path, load_image, read_video, save_video
 
+    check_arguments(args)
     check_output_path(args.out)
     model = resolve_model(args.model)
     if args.video is not None:
@@ -78,6 +79,7 @@ def main(argv=None) -> int:
                      num_inference_steps=args.steps or cfg.num_inference_steps, fps=fps,
                      motion_bucket_id=cfg.motion_bucket_id if args.motion_bucket is None else args.motion_bucket,
                      max_guidance_scale=cfg.max_guidance_scale if args.max_cfg is None else args.max_cfg)
+    check_memory(frames, call_args["height"], call_args["width"])
     start = time.perf_counter()
     pieces = []
     for i, (a, b) in enumerate(zip(keyframes, keyframes[1:])):

@@ -81,11 +81,45 @@ def resolve_model(model: str | None) -> Path:
     return DEFAULT_MODEL
 
 
+def check_arguments(args) -> None:
+    """Out-of-range flags fail before anything loads (a 0 must not silently mean "the default").
+    Flags a command does not have are skipped (python -m svd_fast.interpolate shares this)."""
+    import math
+
+    for name in ("frames", "steps", "fps", "window", "height", "width"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be >= 1, got {value}")
+    for name in ("motion_bucket", "noise_aug"):
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+    for name in ("min_cfg", "max_cfg"):
+        value = getattr(args, name, None)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    if not 0 <= getattr(args, "eta", 0) <= 1:
+        raise ValueError(f"--eta must be between 0 and 1, got {args.eta}")
+
+
+def check_memory(frames: int, height: int, width: int) -> None:
+    """Refuse a video whose decoded frames alone (fp32 + uint8) exceed this machine's memory, with
+    the figures, instead of being killed part-way."""
+    import os
+
+    need = frames * height * width * 3 * (4 + 1)
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise ValueError(f"{frames} frames of {width}x{height} need {need / 2**30:.1f} GiB for the decoded frames "
+                         f"alone; this machine has {have / 2**30:.1f} GiB")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from svd_fast.pipeline import SVDPipeline
     from svd_fast.video_io import check_output_path, load_image, save_video
 
+    check_arguments(args)
     check_output_path(args.out)
     model = resolve_model(args.model)
     image = load_image(args.image)
@@ -116,6 +150,7 @@ def main(argv=None) -> int:
         sampler=args.sampler,
         eta=args.eta,
     )
+    check_memory(min(frames, window), common["height"], common["width"])
     if frames > window:
         return _long_video(pipe, image, frames, window, args, common, load_time, fps)
     result = pipe(image, num_frames=frames, output_type="np", **common)

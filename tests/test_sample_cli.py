@@ -238,3 +238,21 @@ def test_images_load_upright_and_16_bit_gray_keeps_its_values(tmp_path):
     upright = np.asarray(load_image(tmp_path / "rot.jpg"))
     assert upright.shape == (30, 20, 3)
     assert upright[:10, :, 0].mean() > 200 and upright[20:, :, 0].mean() < 60  # red on top after rotation
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--frames", "0"], "--frames must be >= 1, got 0"),  # 0 must not silently mean "the model's default"
+    (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--fps", "-5"], "--fps must be >= 1, got -5"),
+    (["--width", "0"], "--width must be >= 1, got 0"),
+    (["--motion-bucket", "-1"], "--motion-bucket must be a finite number >= 0, got -1"),
+    (["--noise-aug", "nan"], "--noise-aug must be a finite number >= 0, got nan"),
+    (["--min-cfg", "inf"], "--min-cfg must be a finite number, got inf"),
+    (["--eta", "2"], "--eta must be between 0 and 1, got 2.0"),
+    (["--height", "100000", "--width", "100000"], "3 frames of 100000x100000 need 419.1 GiB for the decoded frames alone"),
+])
+def test_out_of_range_arguments_are_one_line(model_dir, image_path, tmp_path, capsys, extra, message):
+    assert sample.cli(_args(model_dir, image_path, tmp_path / "o.gif", *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1], err
+    assert not (tmp_path / "o.gif").exists()
