@@ -9,7 +9,10 @@ squared error of the raw network output against the v-target.
 Conditioning as at sampling time (svd_facts section 4): the CLIP embedding of the clean first frame,
 the VAE mean of the first frame after pixel-space noise augmentation (ln sigma_aug ~ N(-3, 0.5^2)),
 copied over frames, and [fps - 1, motion bucket, sigma_aug]. For classifier-free guidance the
-embedding and the latent are each zeroed with their own probability.
+embedding and the latent are each zeroed with their own probability. An image sample (stage 1:
+frames denoised as independent stills, the temporal path bypassed) is a set of one-frame videos,
+so each still's conditioning latent is its own (noise-augmented) frame: conditioning every still
+on frame 0 would teach the UNet that the conditioning frame is only a loose hint.
 """
 from __future__ import annotations
 
@@ -108,6 +111,12 @@ def prepare_inputs(batch: dict, vae, image_encoder, config: ObjectiveConfig, dev
     cond_latent = encode_frames(vae, first + cond_aug.reshape(-1, 1, 1, 1) * cond_noise)
     context = conditioner.encode_image(image_encoder, ((first + 1) / 2).clamp(0, 1)).float()
     noise = torch.stack([d["generator"].normal(latents.shape[1:]) for d in draws]).to(device)
+    image_latents = cond_latent[:, None].repeat(1, t, 1, 1, 1)
+    for i in batch["image"].nonzero().flatten().tolist():
+        if t > 1:  # each still conditions on itself (drawn after the clip's noise: video draws unchanged)
+            later = frames[i, 1:]
+            later_noise = draws[i]["generator"].normal(later.shape).to(device)
+            image_latents[i, 1:] = encode_frames(vae, later + cond_aug[i] * later_noise)
 
     height = frames.shape[-2]
     motion = torch.tensor([motion_bucket(float(m), height) for m in batch["motion"]], device=device)
@@ -117,7 +126,7 @@ def prepare_inputs(batch: dict, vae, image_encoder, config: ObjectiveConfig, dev
         "latents": latents.to(dtype),
         "noise": noise.to(dtype),
         "sigma": sigma,
-        "image_latents": (cond_latent * keep_latent.reshape(-1, 1, 1, 1))[:, None].expand(-1, t, -1, -1, -1).to(dtype),
+        "image_latents": (image_latents * keep_latent.reshape(-1, 1, 1, 1, 1)).to(dtype),
         "context": (context * keep_embedding.reshape(-1, 1, 1)).to(dtype),
         "added_time_ids": added_time_ids.to(dtype),
         "image_only_indicator": indicator,

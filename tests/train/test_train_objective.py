@@ -93,3 +93,23 @@ def test_image_samples_bypass_the_temporal_path(tiny_recipe):
     batch = _batch(recipe, [(0, 1)])
     inputs = prepare_inputs(batch, parts["vae"], parts["image_encoder"], recipe.objective, "cpu")
     assert batch["image"].all() and torch.equal(inputs["image_only_indicator"], torch.ones(1, 4))
+
+
+def test_each_still_of_an_image_sample_conditions_on_itself(tiny_recipe):
+    """An image sample is a set of one-frame videos: still k's conditioning latent is the VAE mean
+    of still k plus its own augmentation noise (drawn after the clip's noise), not frame 0's."""
+    recipe = tiny_recipe(objective=ObjectiveConfig(drop_image_embedding=0.0, drop_image_latent=0.0))
+    recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, image_fraction=1.0))
+    parts = load_parts(recipe, torch.device("cpu"))
+    batch = _batch(recipe, [(0, 1)])
+    inputs = prepare_inputs(batch, parts["vae"], parts["image_encoder"], recipe.objective, "cpu")
+    frames = batch["frames"][0]
+    d = _draws(int(batch["seed"][0]), recipe.objective)
+    first_noise = d["generator"].normal(frames.shape[1:])
+    d["generator"].normal(inputs["latents"].shape[1:])  # the clip's denoising noise comes next
+    later_noise = d["generator"].normal(frames[1:].shape)
+    noisy = torch.cat([frames[:1] + d["cond_aug"] * first_noise, frames[1:] + d["cond_aug"] * later_noise])
+    with torch.no_grad():
+        expected = parts["vae"].encode(noisy)
+    torch.testing.assert_close(inputs["image_latents"][0], expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(inputs["image_latents"][0, 0], inputs["image_latents"][0, 1])

@@ -161,9 +161,9 @@ class Schedule:
     pans_per_photo: int = 6
     vae_steps: int = 2000
     encoder_steps: int = 400
-    stage1_steps: int = 1000
-    stage2_steps: int = 3000
-    stage3_steps: int = 1500
+    stage1_steps: int = 1500
+    stage2_steps: int = 4500
+    stage3_steps: int = 2500
     eval_samples: int = 12
     """held-out procedural clips sampled for the card (the held-out photos are always all sampled)"""
 
@@ -564,7 +564,8 @@ def write_model_card(out: Path, work: Path, summary: dict, config: SVDConfig) ->
         f"| image encoder | curated frame pairs | {sched['encoder_steps']} | 32 | {LOW} (to 224) | - | contrastive + colour probe |",
     ]
     for name, label, data, batch, res, noise in (
-        ("stage1", "UNet stage 1: images (temporal path bypassed)", "curated frames as stills", 8, LOW, "N(-1.2, 1.0^2)"),
+        ("stage1", "UNet stage 1: images (temporal path bypassed)", "curated frames as stills, each conditioned on itself", 8, LOW,
+         "N(-1.2, 1.0^2)"),
         ("stage2", "UNet stage 2: video pretraining", "curated clips", 4, LOW, "N(-0.6, 1.2^2)"),
         ("stage3", "UNet stage 3: high-quality fine-tune, EMA", "curated clips", 2, HIGH, "N(0.0, 1.4^2)"),
     ):
