@@ -31,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--window", type=int,
                    help="frames the model makes at once (default: the model's number of frames); longer videos are "
                         "chunks of this many frames, each continuing the one before (svd_fast.long_video)")
-    p.add_argument("--overlap", type=int, default=2,
+    p.add_argument("--overlap", type=int, default=1,
                    help="long videos: frames each chunk shares with the one before (held during sampling)")
     p.add_argument("--colour-anchor", action=argparse.BooleanOptionalAction, default=True,
                    help="long videos: give each chunk's conditioning frame the input image's colour statistics")
