@@ -40,3 +40,16 @@ class ReturnsConditioning(torch.nn.Module):
         c_skip, c_out, c_in, _ = v_scalings(sigma)
         x = x_in[:, :, : self.latent_channels] / c_in
         return (self.scale * x_in[:, :, self.latent_channels :] - c_skip * x) / c_out
+
+
+@pytest.fixture(scope="module")
+def echo_pipe():
+    """The embedded default model's pipeline with a ReturnsConditioning UNet: every sample is
+    exactly the conditioning latents it was given."""
+    from svd_fast import sample
+    from svd_fast.pipeline import SVDPipeline
+
+    pipe = SVDPipeline.from_pretrained(sample.DEFAULT_MODEL, torch_dtype=torch.float32)
+    pipe.unet = ReturnsConditioning(pipe.vae.config.latent_channels, pipe.vae.config.scaling_factor)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

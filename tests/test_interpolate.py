@@ -11,15 +11,6 @@ from svd_fast import conditioner, interpolate, sample
 from svd_fast.denoiser import BidirectionalDenoiser
 from svd_fast.pipeline import SVDPipeline
 from svd_fast.video_io import read_video
-from tests.conftest import ReturnsConditioning
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    pipe = SVDPipeline.from_pretrained(sample.DEFAULT_MODEL, torch_dtype=torch.float32)
-    pipe.unet = ReturnsConditioning(pipe.vae.config.latent_channels, pipe.vae.config.scaling_factor)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def test_fusion_weights_each_direction_by_its_distance_to_the_end():
@@ -34,16 +25,16 @@ def test_fusion_weights_each_direction_by_its_distance_to_the_end():
     torch.testing.assert_close(out[0, :, 0, 0, 0], weight + (1 - weight) * reversed_index)
 
 
-def test_between_two_images_is_the_blend_of_their_conditioning(pipe):
+def test_between_two_images_is_the_blend_of_their_conditioning(echo_pipe):
     """With a denoiser that returns its conditioning, frame t of the result is the latent blend
     w_t z(first) + (1 - w_t) z(last) of the two images' conditioning latents."""
     g = torch.Generator().manual_seed(0)
     first, last = torch.rand(3, 64, 64, generator=g), torch.rand(3, 64, 64, generator=g)
-    latents = pipe(first, last_image=last, height=64, width=64, num_frames=5, num_inference_steps=4,
+    latents = echo_pipe(first, last_image=last, height=64, width=64, num_frames=5, num_inference_steps=4,
                    noise_aug_strength=0.0, max_guidance_scale=1.0, output_type="latent",
                    generator=torch.Generator().manual_seed(1)).frames[0]
-    sf = pipe.vae.config.scaling_factor
-    z_first, z_last = (pipe.vae.encode(conditioner.preprocess_image(im, 64, 64)) * sf for im in (first, last))
+    sf = echo_pipe.vae.config.scaling_factor
+    z_first, z_last = (echo_pipe.vae.encode(conditioner.preprocess_image(im, 64, 64)) * sf for im in (first, last))
     weight = torch.linspace(1, 0, 5).reshape(5, 1, 1, 1)
     torch.testing.assert_close(latents, weight * z_first + (1 - weight) * z_last, rtol=1e-4, atol=1e-4)
 

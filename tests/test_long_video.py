@@ -4,10 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from svd_fast import conditioner, sample
+from svd_fast import conditioner
 from svd_fast.long_video import Chunk, chunk_plan, drift_report, match_colours, sample_long_video, seam_report
-from svd_fast.pipeline import SVDPipeline
-from tests.conftest import ReturnsConditioning
 
 
 def test_chunk_plan_covers_the_video_with_the_given_overlap():
@@ -36,25 +34,17 @@ class Recorder:
         return type("Output", (), {"frames": latents})()
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    pipe = SVDPipeline.from_pretrained(sample.DEFAULT_MODEL, torch_dtype=torch.float32)
-    pipe.unet = ReturnsConditioning(pipe.vae.config.latent_channels, pipe.vae.config.scaling_factor)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def test_each_chunk_continues_from_the_previous_chunks_frames(pipe):
+def test_each_chunk_continues_from_the_previous_chunks_frames(echo_pipe):
     image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
     window, overlap, total = 8, 3, 19
-    recorder = Recorder(pipe)
+    recorder = Recorder(echo_pipe)
     video = sample_long_video(recorder, image, total, window=window, overlap=overlap, height=64, width=64,
                               num_inference_steps=6, generator=torch.Generator().manual_seed(1),
                               noise_aug_strength=0.0, max_guidance_scale=1.0)
     plan = chunk_plan(total, window, overlap)
     assert len(recorder.calls) == len(plan) == 4 and video.shape == (total, 64, 64, 3)
-    anchor = conditioner.encode_image(pipe.image_encoder, image)
-    sf = pipe.vae.config.scaling_factor
+    anchor = conditioner.encode_image(echo_pipe.image_encoder, image)
+    sf = echo_pipe.vae.config.scaling_factor
     expected_frames, previous = [], None
     for chunk, call in zip(plan, recorder.calls):
         latents = call["latents"][0]
@@ -63,13 +53,13 @@ def test_each_chunk_continues_from_the_previous_chunks_frames(pipe):
             # Held frames are the previous chunk's last `overlap` latents, exactly.
             torch.testing.assert_close(latents[:overlap], previous[-overlap:], rtol=0, atol=1e-5)
             # The chunk is conditioned on the previous chunk's frame where it starts.
-            start_frame = ((pipe.decode(previous[None], window)[0, window - overlap] + 1) / 2).clamp(0, 1)
+            start_frame = ((echo_pipe.decode(previous[None], window)[0, window - overlap] + 1) / 2).clamp(0, 1)
             torch.testing.assert_close(call["image"], match_colours(start_frame, image))
         # This denoiser returns its conditioning: every new frame is the conditioning frame's latent.
-        cond = pipe.vae.encode(conditioner.preprocess_image(call["image"], 64, 64)) * sf
+        cond = echo_pipe.vae.encode(conditioner.preprocess_image(call["image"], 64, 64)) * sf
         torch.testing.assert_close(latents[chunk.held:], cond.expand(window - chunk.held, -1, -1, -1),
                                    rtol=1e-4, atol=1e-4)
-        expected_frames.append(((pipe.decode(latents[None], window)[0, chunk.held:] + 1) / 2).clamp(0, 1))
+        expected_frames.append(((echo_pipe.decode(latents[None], window)[0, chunk.held:] + 1) / 2).clamp(0, 1))
         previous = latents
     expected = torch.cat(expected_frames)[:total].permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(video, expected, atol=1e-5)
