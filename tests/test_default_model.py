@@ -136,9 +136,9 @@ def test_held_out_photos_survive_the_vae_and_the_motion_bucket_scales_motion():
         assert row["vae_psnr"] > 24.5 and row["vae_colour_shift"] < 4.0, (name, row)  # 25.0-33.3 dB, 1.3-3.4/255
     mean = _measured()["photos_mean"]
     assert mean["vae_psnr"] >= 26.0, mean  # 28.9 dB measured
-    assert mean["first_frame_psnr"] >= 24.0, mean  # 24.07 dB measured: the UNet keeps the input
-    assert mean["mean_flow"] >= 0.5, mean  # 0.87 px/frame at the default bucket
-    assert mean["mean_flow_bucket_255"] >= 2.0 * mean["mean_flow_bucket_0"], mean  # 1.35 vs 0.16
+    assert mean["first_frame_psnr"] >= 24.0, mean  # 24.09 dB measured: the UNet keeps the input
+    assert mean["mean_flow"] >= 0.5, mean  # 0.90 px/frame at the default bucket
+    assert mean["mean_flow_bucket_255"] >= 2.0 * mean["mean_flow_bucket_0"], mean  # 1.41 vs 0.20
 
 
 @functools.cache

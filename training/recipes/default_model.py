@@ -379,7 +379,7 @@ def stage_recipes(work: Path, components: Path, shards: Path, config: SVDConfig,
     stage3 = Recipe(
         name="default-stage3-finetune", output_dir=str(work / "stage3"), **common, init_from=str(work / "stage2"),
         data=curated(shards, HIGH, frame_strides=(1, 2)),
-        objective=ObjectiveConfig(p_mean=0.0, p_std=1.4),
+        objective=ObjectiveConfig(p_mean=1.0, p_std=1.6),
         optim=OptimConfig(lr=2e-4, warmup_steps=50), batch_size=2, max_steps=schedule.stage3_steps, ema_decay=0.99,
     )
     return [stage1, stage2, stage3]
@@ -472,9 +472,11 @@ def _loss_summary(run_dir: Path) -> dict:
     records = [json.loads(line) for line in open(run_dir / "log.jsonl") if '"loss"' in line]
     tenth = max(1, len(records) // 10)
     first, last = records[:tenth], records[-tenth:]
+    objective = json.loads((run_dir / "recipe.json").read_text())["objective"]
     return {"steps": records[-1]["step"], "first_loss": float(np.mean([r["loss"] for r in first])),
             "last_loss": float(np.mean([r["loss"] for r in last])),
-            "samples_per_s": float(np.median([r["samples_per_s"] for r in records]))}
+            "samples_per_s": float(np.median([r["samples_per_s"] for r in records])),
+            "noise": f"N({objective['p_mean']:.1f}, {objective['p_std']:.1f}^2)"}
 
 
 VAE_DESIGN = """\
@@ -563,14 +565,13 @@ def write_model_card(out: Path, work: Path, summary: dict, config: SVDConfig) ->
         f"{np.mean([r['psnr_db'] for r in components['photos'].values()]):.1f} dB PSNR |",
         f"| image encoder | curated frame pairs | {sched['encoder_steps']} | 32 | {LOW} (to 224) | - | contrastive + colour probe |",
     ]
-    for name, label, data, batch, res, noise in (
-        ("stage1", "UNet stage 1: images (temporal path bypassed)", "curated frames as stills, each conditioned on itself", 8, LOW,
-         "N(-1.2, 1.0^2)"),
-        ("stage2", "UNet stage 2: video pretraining", "curated clips", 4, LOW, "N(-0.6, 1.2^2)"),
-        ("stage3", "UNet stage 3: high-quality fine-tune, EMA", "curated clips", 2, HIGH, "N(0.0, 1.4^2)"),
+    for name, label, data, batch, res in (
+        ("stage1", "UNet stage 1: images (temporal path bypassed)", "curated frames as stills, each conditioned on itself", 8, LOW),
+        ("stage2", "UNet stage 2: video pretraining", "curated clips", 4, LOW),
+        ("stage3", "UNet stage 3: high-quality fine-tune, EMA", "curated clips", 2, HIGH),
     ):
         st = stages[name]
-        lines.append(f"| {label} | {data} | {st['steps']} | {batch} | {res} | {noise} | loss {st['first_loss']:.3f} -> "
+        lines.append(f"| {label} | {data} | {st['steps']} | {batch} | {res} | {st['noise']} | loss {st['first_loss']:.3f} -> "
                      f"{st['last_loss']:.3f} |")
     lines += [
         "", "Losses are the EDM-weighted denoising loss (= MSE of the v-prediction), means over the first and last "
