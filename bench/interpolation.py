@@ -54,14 +54,11 @@ def photo_clips(per_photo: int, size: int) -> list[tuple[np.ndarray, float]]:
     return clips
 
 
-def psnr(a, b) -> float:
-    return float(10 * np.log10(1.0 / np.mean((np.asarray(a, np.float64) - b) ** 2)))
-
-
 def main(argv=None) -> int:
     from bench.harness import machine_info, write_json
 
     from svd_fast.interpolate import between
+    from svd_fast.train.video_metrics import psnr
     from svd_fast.pipeline import SVDPipeline
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
