@@ -124,6 +124,61 @@ class SVDPipeline:
     def set_progress_bar_config(self, disable: bool = False):
         self.progress = not disable
 
+    # ---------------------------------------------------------- LoRA adapters (svd_fast.adapters)
+    def load_lora_weights(self, path_or_state_dict, adapter_name: str | None = None, scale: float = 1.0) -> str:
+        """Add a LoRA (svd_fast file, diffusers / PEFT file or state dict), active at `scale`; its name."""
+        from svd_fast import adapters
+
+        return adapters.edit(self, adapters.load_adapter, path_or_state_dict, adapter_name, scale)
+
+    def set_adapters(self, adapter_names, adapter_weights=None) -> None:
+        """Exactly these adapters active, each with its weight (their products add up)."""
+        from svd_fast import adapters
+
+        adapters.edit(self, adapters.set_adapters, adapter_names, adapter_weights)
+
+    def get_active_adapters(self) -> list[str]:
+        from svd_fast import adapters
+
+        return adapters.active_adapters(adapters.plain_unet(self))
+
+    def get_list_adapters(self) -> dict[str, list[str]]:
+        from svd_fast import adapters
+
+        return {"unet": adapters.adapter_names(adapters.plain_unet(self))}
+
+    def disable_lora(self) -> None:
+        from svd_fast import adapters
+
+        adapters.edit(self, adapters.set_enabled, False)
+
+    def enable_lora(self) -> None:
+        from svd_fast import adapters
+
+        adapters.edit(self, adapters.set_enabled, True)
+
+    def delete_adapters(self, adapter_names) -> None:
+        from svd_fast import adapters
+
+        adapters.edit(self, adapters.delete_adapters, adapter_names)
+
+    def unload_lora_weights(self) -> None:
+        """Remove every adapter (fused ones stay in the weights, as in diffusers)."""
+        from svd_fast import adapters
+
+        adapters.edit(self, adapters.unload)
+
+    def fuse_lora(self, lora_scale: float = 1.0) -> None:
+        """Fold the active adapters (times lora_scale) into the UNet weights: no per-step adapter cost."""
+        from svd_fast import adapters
+
+        adapters.edit(self, adapters.fuse, lora_scale)
+
+    def unfuse_lora(self) -> None:
+        from svd_fast import adapters
+
+        adapters.edit(self, adapters.unfuse)
+
     # ------------------------------------------------------------------------------- the stages
     def encode_image(self, image, height: int, width: int, noise_aug_strength: float, generator, embeddings=None):
         """CLIP embedding (B, 1, D) of the clean image (unless `embeddings` are given) and VAE mean

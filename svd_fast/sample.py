@@ -4,7 +4,7 @@
         [--window W] [--overlap O] [--no-colour-anchor]
         [--seed S] [--fps F] [--motion-bucket M] [--dtype auto|bf16|fp16|fp32] [--decode-chunk N]
         [--sampler euler|heun|dpmpp_2m|consistency] [--eta E] [--compile] [--cuda-graphs | --no-cuda-graphs]
-        [--quantize int8] [--cache-interval N]
+        [--quantize int8] [--cache-interval N] [--lora PATH[:SCALE] ...]
 
 Without --model the embedded default model (svd_fast/assets/default_model) is used.
 """
@@ -63,7 +63,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache-interval", type=int,
                    help="feature caching: run the UNet's deep blocks every N steps (and the first and last), "
                         "reuse them between (approximate; 1 = exact; not with --compile)")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="LoRA adapter (svd_fast or diffusers/PEFT safetensors) applied at SCALE (default 1); "
+                        "repeat to combine several (their effects add up)")
     return p.parse_args(argv)
+
+
+def parse_lora(spec: str) -> tuple[Path, float]:
+    """'PATH[:SCALE]' -> (path, scale). A path may itself contain ':': SCALE is split off only
+    when the part before the last ':' names a .safetensors file."""
+    import math
+
+    path, sep, scale = spec.rpartition(":")
+    if not sep or not path.endswith(".safetensors"):
+        path, scale = spec, "1"
+    try:
+        value = float(scale)
+    except ValueError:
+        raise ValueError(f"--lora {spec}: the scale after ':' must be a number, got {scale!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"--lora {spec}: the scale must be a finite number, got {scale}")
+    if not Path(path).is_file():
+        raise ValueError(f"--lora {spec}: no such file: {path}")
+    return Path(path), value
+
+
+def load_loras(pipe, specs: list[str]) -> None:
+    """Load each --lora onto the pipeline (named after its file), all active at their scales."""
+    import re
+
+    for i, spec in enumerate(specs):
+        path, scale = parse_lora(spec)
+        name = f"{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}_{i}"
+        pipe.load_lora_weights(path, adapter_name=name, scale=scale)
+        print(f"LoRA {path} at scale {scale:g} (adapter {name})")
 
 
 def resolve_model(model: str | None) -> Path:
@@ -100,6 +133,8 @@ def check_arguments(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     if not 0 <= getattr(args, "eta", 0) <= 1:
         raise ValueError(f"--eta must be between 0 and 1, got {args.eta}")
+    for spec in getattr(args, "lora", []):
+        parse_lora(spec)
 
 
 def check_memory(frames: int, height: int, width: int) -> None:
@@ -127,6 +162,9 @@ def main(argv=None) -> int:
     dtype = DTYPES.get(args.dtype, args.dtype)  # "auto" is resolved (and reported) by the pipeline
     pipe = SVDPipeline.from_pretrained(model, torch_dtype=dtype, device=args.device, use_ema=args.ema,
                                        compile=args.compile, cuda_graphs=args.cuda_graphs)
+    load_loras(pipe, args.lora)
+    if args.lora and args.quantize:
+        pipe.fuse_lora()  # int8 copies are made from the weights as stored: fold the adapters in first
     if args.quantize or args.cache_interval is not None:
         from svd_fast.accel import accelerate
 
