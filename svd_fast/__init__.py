@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 logging.getLogger("torchao").setLevel(logging.ERROR)
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
-__all__ = ["SVDPipeline", "SVDConfig", "load_components", "accelerate", "restore"]
+__all__ = ["SVDPipeline", "SVDConfig", "load_components", "accelerate", "restore", "save_motion_module",
+           "load_motion_module"]
 
 
 def __getattr__(name):
@@ -26,6 +27,10 @@ def __getattr__(name):
         from svd_fast import accel
 
         return getattr(accel, name)
+    if name in ("save_motion_module", "load_motion_module"):
+        from svd_fast import motion_module
+
+        return getattr(motion_module, name)
     if name == "load_components":
         from svd_fast.checkpoints import load_components
 

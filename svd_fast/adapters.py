@@ -507,7 +507,8 @@ def edit(pipe, change, *args, **kwargs):
     from svd_fast.accel import _STATE
 
     if "quantized" in (getattr(pipe, _STATE, None) or {}):
-        raise ValueError("this pipeline's UNet is quantized: load and fuse LoRA adapters before accelerate(quantize=...)")
+        raise ValueError("this pipeline's UNet is quantized: change its weights (LoRA adapters, motion modules) "
+                         "before accelerate(quantize=...), or after svd_fast.restore(pipe)")
     result = change(plain_unet(pipe), *args, **kwargs)
     refresh_fast_paths(pipe)
     return result

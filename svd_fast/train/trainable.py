@@ -3,7 +3,8 @@
 Modes:
 - full: every UNet parameter (the paper trains all layers);
 - temporal: only the temporal layers (temporal ResBlocks, temporal transformer blocks, frame
-  position embeddings, the AlphaBlender mix factors): an AnimateDiff-style motion module;
+  position embeddings, the AlphaBlender mix factors): an AnimateDiff-style motion module
+  (svd_fast.motion_module saves and loads exactly these);
 - spatial: everything except those;
 - lora: only adapter weights (svd_fast.train.lora).
 """
@@ -12,15 +13,10 @@ from __future__ import annotations
 import torch.utils.checkpoint
 from torch import nn
 
+from svd_fast.motion_module import is_temporal  # one definition, shared with inference
 from svd_fast.train import lora as lora_lib
 
 MODES = ("full", "temporal", "spatial", "lora")
-TEMPORAL_PARTS = ("temporal_res_block.", "temporal_transformer_blocks.", "time_pos_embed.", "time_mixer.")
-
-
-def is_temporal(name: str) -> bool:
-    """True for parameters of the layers SVD inserts into the image UNet."""
-    return any(part in name for part in TEMPORAL_PARTS)
 
 
 def set_trainable(unet: nn.Module, mode: str, lora_config: lora_lib.LoRAConfig | None = None) -> list[str]:
