@@ -49,7 +49,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir={"svd_fast.kernels": "kernels"},
-    package_data={"svd_fast": ["assets/**/*"], "svd_fast.kernels": ["native/*"]},
+    package_data={"svd_fast": ["assets/**/*", "app/*.html"], "svd_fast.kernels": ["native/*"]},
     install_requires=[
         "torch>=2.4",
         "numpy",
@@ -68,6 +68,9 @@ setup(
         "curate": ["ray[data]", "opencv-python", "pytesseract", "pyarrow", "matplotlib", "pandas", "psutil"],
         "gpu": ["triton", "flash-attn"],
         "int8": ["torchao>=0.18"],
+        # The web demo (python -m svd_fast.app) runs on the base install (a stdlib HTTP server);
+        # selenium drives Debian's chromium + chromium-driver in its browser test (tests/test_app.py).
+        "app": ["selenium>=4.11"],
     },
     entry_points={"console_scripts": ["svd-fast-sample=svd_fast.sample:main"]},
     ext_modules=NATIVE,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-step set-up on a fresh machine: creates .venv in the repository root and installs svd_fast.
 #   bash scripts/setup.sh          # what sampling needs
-#   bash scripts/setup.sh --dev    # + tests, benchmarks, training and curation extras
+#   bash scripts/setup.sh --dev    # + tests, benchmarks, training, curation and demo-test extras
 # torch is pinned to its CPU build through constraints.txt: an unpinned torch pulls GBs of CUDA wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,10 +18,15 @@ pip_install() { "$py" -m pip install --quiet --disable-pip-version-check -c cons
 "$py" -c "import torch" 2>/dev/null || pip_install torch
 if [ "$dev" = 1 ]; then
   # DeepSpeed's optional C++ ops are compiled on first use, not at install time.
-  DS_BUILD_OPS=0 pip_install -e ".[test,bench,train,curate]"
+  DS_BUILD_OPS=0 pip_install -e ".[test,bench,train,curate,app]"
   if ! command -v tesseract >/dev/null 2>&1; then
     # OCR text detection of the curation pipeline (Debian package; needs root, as on CI).
     (apt-get update -qq && apt-get install -y -qq tesseract-ocr tesseract-ocr-eng) >/dev/null
+  fi
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    # Headless browser of the web demo's test (tests/test_app.py): Debian's build plays H.264, and its
+    # driver comes from the same source package, so the two versions always match.
+    (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null
   fi
 else
   pip_install -e .

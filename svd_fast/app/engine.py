@@ -1,0 +1,197 @@
+"""One loaded pipeline shared by the front ends (the web demo and the ComfyUI nodes).
+
+`Engine.sample` applies a request's speed mode and LoRA adapters to the pipeline (only what
+changed since the last request: quantizing or loading an adapter is not free), samples under a
+lock so that one job at a time touches the weights, and reports progress through a callback.
+`LIMITS` is the one table of allowed values: the page's inputs, the server's checks and the
+ComfyUI nodes' INPUT_TYPES all read it.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+# name -> (lowest, highest) allowed value.
+LIMITS = {
+    "frames": (1, 256),
+    "steps": (1, 200),
+    "seed": (0, 2**64 - 1),  # torch.Generator.manual_seed takes unsigned 64-bit seeds
+    "fps": (1, 240),
+    "motion_bucket": (0, 1023),
+    "min_guidance": (0.0, 30.0),
+    "max_guidance": (0.0, 30.0),
+    "noise_aug": (0.0, 10.0),
+    "cache_interval": (1, 100),
+    "lora_scale": (-4.0, 4.0),
+}
+SPEED_MODES = ("exact", "cache", "int8")  # exact; DeepCache feature caching (cache_interval); int8 UNet
+
+
+def check_range(name: str, value) -> None:
+    """A ValueError in one line for a value outside LIMITS (NaN included: it fails both comparisons)."""
+    low, high = LIMITS[name]
+    if not low <= value <= high:
+        raise ValueError(f"{name.replace('_', ' ')} must be between {low} and {high}, got {value}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one video is sampled with (the pipeline's call arguments under shorter names)."""
+
+    frames: int
+    steps: int
+    seed: int
+    fps: int
+    motion_bucket: int
+    max_guidance: float
+    min_guidance: float = 1.0
+    noise_aug: float = 0.02
+
+    def checked(self) -> "Settings":
+        for name in ("frames", "steps", "seed", "fps", "motion_bucket", "min_guidance", "max_guidance", "noise_aug"):
+            check_range(name, getattr(self, name))
+        return self
+
+    def call_args(self, height: int, width: int) -> dict:
+        return dict(num_frames=self.frames, num_inference_steps=self.steps, fps=self.fps,
+                    motion_bucket_id=self.motion_bucket, min_guidance_scale=self.min_guidance,
+                    max_guidance_scale=self.max_guidance, noise_aug_strength=self.noise_aug, height=height,
+                    width=width, generator=torch.Generator("cpu").manual_seed(self.seed), output_type="np")
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The sample CLI's speed modes: exact, `--cache-interval N`, `--quantize int8`."""
+
+    mode: str = "exact"
+    cache_interval: int = 3
+
+    def checked(self) -> "Speed":
+        if self.mode not in SPEED_MODES:
+            raise ValueError(f"speed mode must be one of {', '.join(SPEED_MODES)}, got {self.mode!r}")
+        check_range("cache_interval", self.cache_interval)
+        return self
+
+    def accelerate_args(self) -> dict:
+        if self.mode == "cache":
+            return {"cache_interval": self.cache_interval}
+        return {"quantize": "int8"} if self.mode == "int8" else {}
+
+
+@dataclass(frozen=True)
+class Lora:
+    """A LoRA adapter file and the scale it is applied with."""
+
+    path: str
+    scale: float = 1.0
+
+    def checked(self) -> "Lora":
+        path = Path(self.path)
+        if path.suffix != ".safetensors" or not path.is_file():
+            raise ValueError(f"LoRA adapter not found (a .safetensors file): {self.path}")
+        check_range("lora_scale", self.scale)
+        return replace(self, path=str(path.resolve()))
+
+
+def bundled_loras() -> dict[str, Path]:
+    """LoRA adapters shipped with the package (`*lora*.safetensors` under svd_fast/assets), by name."""
+    return {str(p.relative_to(ASSETS)): p for p in sorted(ASSETS.rglob("*lora*.safetensors"))}
+
+
+@dataclass
+class Result:
+    frames: np.ndarray  # (B, T, H, W, 3) float32 in [0, 1], the pipeline's output_type="np"
+    timings: dict = field(default_factory=dict)  # seconds: configure, image_encode, denoise, per_step, vae_decode
+
+
+Progress = Callable[[str, float], None]  # (stage, fraction done in [0, 1])
+
+
+class Engine:
+    """An SVDPipeline loaded once, with the speed mode and adapters of the last request applied."""
+
+    def __init__(self, model: str | Path | None = None, dtype="auto", device: str | None = None):
+        from svd_fast.pipeline import SVDPipeline
+        from svd_fast.sample import DTYPES, resolve_model
+
+        try:
+            self.model_path = resolve_model(None if model in (None, "") else str(model))
+        except SystemExit as err:  # the CLI's exit; a host process (ComfyUI, the server) must live on
+            raise ValueError(str(err).removeprefix("error: ")) from None
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.pipe = SVDPipeline.from_pretrained(self.model_path, torch_dtype=DTYPES.get(dtype, dtype), device=device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.lock = threading.Lock()
+        self._speed, self._loras = Speed(), ()
+
+    def defaults(self) -> Settings:
+        """The model's sampling defaults (saved with it, else SVD's), as the sample CLI uses them."""
+        cfg = self.pipe.config
+        return Settings(frames=cfg.num_frames, steps=cfg.num_inference_steps, seed=23, fps=cfg.fps,
+                        motion_bucket=cfg.motion_bucket_id, max_guidance=cfg.max_guidance_scale)
+
+    def sample(self, image, settings: Settings, speed: Speed = Speed(), loras: tuple[Lora, ...] = (),
+               last_image=None, on_progress: Progress | None = None) -> Result:
+        """Frames for `image` (a PIL image or a list of them); `last_image` makes the frames between
+        `image` and it (svd_fast.interpolate). Waits while another job samples."""
+        from svd_fast.sample import check_memory
+
+        settings, speed = settings.checked(), speed.checked()
+        loras = tuple(lora.checked() for lora in loras)
+        cfg = self.pipe.config
+        check_memory(settings.frames, cfg.height, cfg.width)
+        report = on_progress or (lambda stage, fraction: None)
+        with self.lock:
+            start = time.perf_counter()
+            report("preparing the model", 0.0)
+            self._configure(speed, loras)
+            configure_time = time.perf_counter() - start
+            report("encoding the image", 0.0)
+            steps = settings.steps
+
+            def on_step(pipe, i, sigma, tensors):
+                done = i + 1  # the decode counts as one more unit of work after the steps
+                report(f"step {done}/{steps}" if done < steps else "decoding", done / (steps + 1))
+                return tensors
+
+            output = self.pipe(image, last_image=last_image, callback_on_step_end=on_step,
+                               **settings.call_args(cfg.height, cfg.width))
+        report("done", 1.0)
+        t = output.timings
+        return Result(frames=output.frames, timings={
+            "configure": configure_time, "image_encode": t["image_encode"], "denoise": sum(t["unet_steps"]),
+            "per_step": list(t["unet_steps"]), "vae_decode": t["vae_decode"]})
+
+    def _configure(self, speed: Speed, loras: tuple[Lora, ...]) -> None:
+        """Bring the pipeline to `speed` and `loras`. Adapters go on the float weights, so the speed
+        mode is undone first whenever either changes, and applied again last."""
+        from svd_fast.accel import accelerate, restore
+
+        if (speed, loras) == (self._speed, self._loras):
+            return
+        restore(self.pipe)
+        self._speed = None  # unknown until accelerate succeeds: the next request configures again
+        if loras != self._loras:
+            self._set_loras(loras)
+        accelerate(self.pipe, **speed.accelerate_args())
+        self._speed = speed
+
+    def _set_loras(self, loras: tuple[Lora, ...]) -> None:
+        """Unload the adapters of the last request, load these; a failure leaves none loaded."""
+        self.pipe.unload_lora_weights()
+        self._loras = ()
+        try:
+            for i, lora in enumerate(loras):
+                self.pipe.load_lora_weights(lora.path, adapter_name=f"adapter_{i}", scale=lora.scale)
+        except Exception:
+            self.pipe.unload_lora_weights()
+            raise
+        self._loras = loras
