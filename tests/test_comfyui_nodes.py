@@ -188,3 +188,19 @@ def test_interpolation_node_matches_interpolate_between(loaded, reference):
                        max_guidance_scale=SMALL["max_cfg"])
     assert frames.shape == (5, 64, 64, 3)
     torch.testing.assert_close(frames, torch.from_numpy(expected), rtol=0, atol=1e-6)
+
+
+def test_one_file_custom_node_shim_loads_like_comfyui(tmp_path):
+    """The README's install: ComfyUI imports each custom_nodes/*.py by file location and reads
+    its NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS."""
+    import importlib.util
+
+    shim = tmp_path / "custom_nodes" / "svd_fast_nodes.py"
+    shim.parent.mkdir()
+    shim.write_text("from svd_fast.comfyui import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS\n")
+    spec = importlib.util.spec_from_file_location("svd_fast_nodes", shim)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.NODE_CLASS_MAPPINGS is NODE_CLASS_MAPPINGS
+    assert set(module.NODE_CLASS_MAPPINGS) == {"SVDFastLoader", "SVDFastSampler", "SVDFastLoRA", "SVDFastInterpolate"}
+    assert set(module.NODE_DISPLAY_NAME_MAPPINGS) == set(module.NODE_CLASS_MAPPINGS)
