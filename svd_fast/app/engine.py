@@ -92,13 +92,14 @@ class Lora:
 
     path: str
     scale: float = 1.0
+    modified: int = 0  # the file's mtime (ns) when checked: a file rewritten in place is loaded again
 
     def checked(self) -> "Lora":
         path = Path(self.path)
         if path.suffix != ".safetensors" or not path.is_file():
             raise ValueError(f"LoRA adapter not found (a .safetensors file): {self.path}")
         check_range("lora_scale", self.scale)
-        return replace(self, path=str(path.resolve()))
+        return replace(self, path=str(path.resolve()), modified=path.stat().st_mtime_ns)
 
 
 def bundled_loras() -> dict[str, Path]:
