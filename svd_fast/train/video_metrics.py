@@ -4,7 +4,9 @@
 - mean_flow: mean Farneback optical-flow magnitude between consecutive frames (pixels per frame);
 - warp_consistency: PSNR of frame t against frame t+1 warped back along the estimated flow,
   averaged over pairs (temporal consistency: high when the change between frames is motion that
-  the flow explains, low for flicker or content popping in and out).
+  the flow explains, low for flicker or content popping in and out);
+- colour_shift: largest |channel mean of the first frame - of the conditioning image| (/255),
+  the model cards' colour figure (colour drift over a video: svd_fast.long_video.drift_report).
 Videos are float arrays (T, H, W, 3) in [0, 1].
 """
 from __future__ import annotations
@@ -35,9 +37,31 @@ def first_frame_psnr(video: np.ndarray, image: np.ndarray) -> float:
     return psnr(video[0], image)
 
 
+def colour_shift(video: np.ndarray, image: np.ndarray) -> float:
+    """Largest |mean of a colour channel of the first frame - of the image|, in 1/255 units."""
+    first, image = np.asarray(video[0], np.float64), np.asarray(image, np.float64)
+    return float(np.abs(first.reshape(-1, 3).mean(0) - image.reshape(-1, 3).mean(0)).max() * 255)
+
+
 def mean_flow(video: np.ndarray) -> float:
     fields = flows(video)
     return float(np.mean([np.linalg.norm(f, axis=-1).mean() for f in fields])) if fields else 0.0
+
+
+def mean_divergence(video: np.ndarray, margin: float = 0.125) -> float:
+    """Mean over frame pairs of du/dx + dv/dy of the affine field fitted (least squares) to the flow
+    inside a `margin` border: a zoom by m per frame about any point gives 2 (m - 1). A fit, not
+    finite differences, because Farneback's flow is noisy pixel to pixel and unreliable at edges."""
+    h, w = video.shape[1:3]
+    top, left = int(h * margin), int(w * margin)
+    ys, xs = np.mgrid[top:h - top, left:w - left].astype(np.float64)
+    design = np.stack([np.ones(xs.size), xs.ravel(), ys.ravel()], axis=1)
+    values = []
+    for flow in flows(video):
+        inner = flow[top:h - top, left:w - left].reshape(-1, 2).astype(np.float64)
+        (_, du_dx, _), (_, _, dv_dy) = (np.linalg.lstsq(design, inner[:, i], rcond=None)[0] for i in (0, 1))
+        values.append(du_dx + dv_dy)
+    return float(np.mean(values)) if values else 0.0
 
 
 def warp_consistency(video: np.ndarray) -> float:
