@@ -136,8 +136,8 @@ def add_adapter(model: nn.Module, adapter: str, factors: dict[str, tuple[torch.T
     modules = dict(model.named_modules())
     for name, (a, b) in factors.items():
         layer, key = modules.get(name), (keys or {}).get(name, name)
-        if not isinstance(layer, nn.Linear):
-            raise ValueError(f"{what}: {key}: names no Linear layer of this UNet (no module {name!r})")
+        if type(layer) not in (nn.Linear, LoRALinear):  # subclasses (e.g. quantized linears) keep their own forward
+            raise ValueError(f"{what}: {key}: names no Linear layer of this UNet (no plain nn.Linear {name!r})")
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1] or a.shape[1] != layer.in_features \
                 or b.shape[0] != layer.out_features:
             raise ValueError(f"{what}: {key}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit {name}, a Linear "
@@ -488,6 +488,19 @@ def _pattern_value(options: dict, field: str, layer: str, default):
         if re.match(rf"(.*\.)?({pattern})$", layer):
             return value
     return default
+
+
+def unet_to_save(pipe):
+    """What save_pretrained writes for the UNet: the UNet itself, or without adapter tensors its
+    weights as they compute now (fused adapters included). Unfused active adapters are refused,
+    since the saved model could not reproduce them."""
+    unet = plain_unet(pipe)
+    if not adapted_layers(unet):
+        return pipe.unet
+    if active_adapters(unet) and not is_fused(unet):
+        raise ValueError("the UNet has active LoRA adapters that are not fused: fuse_lora() to save them in the "
+                         "weights, or unload_lora_weights() / disable_lora() to save the base model")
+    return base_state_dict(unet)
 
 
 # ------------------------------------------------------------------ fast paths of a pipeline

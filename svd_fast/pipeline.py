@@ -102,9 +102,10 @@ class SVDPipeline:
 
     def save_pretrained(self, path, layout: str = "diffusers", overwrite: bool = False) -> None:
         """Write the weights as a diffusers folder or an sgm single .safetensors file (atomic)."""
+        from svd_fast.adapters import unet_to_save
         from svd_fast.checkpoints import save_components
 
-        components = {"config": self.config, "unet": self.unet, "vae": self.vae, "image_encoder": self.image_encoder,
+        components = {"config": self.config, "unet": unet_to_save(self), "vae": self.vae, "image_encoder": self.image_encoder,
                       "scheduler_config": self.scheduler_config}
         save_components(components, path, layout=layout, overwrite=overwrite)
 

@@ -265,7 +265,11 @@ def test_pipeline_methods_follow_diffusers(tmp_path, tiny_pipe):
     pipe.enable_lora()
     pipe.fuse_lora()
     torch.testing.assert_close(_video(pipe), both, **OUTPUT_TOL)
+    pipe.save_pretrained(tmp_path / "fused")  # the fused weights, without adapter tensors
+    torch.testing.assert_close(_video(SVDPipeline.from_pretrained(tmp_path / "fused")), both, **OUTPUT_TOL)
     pipe.unfuse_lora()
+    with pytest.raises(ValueError, match="not fused"):
+        pipe.save_pretrained(tmp_path / "unfused")
     pipe.set_adapters(["zoom"], [0.5])
     only_zoom = _video(pipe)
     pipe.delete_adapters("default_0")
