@@ -131,7 +131,9 @@ class LinearGuidedDenoiser:
         self.scale = torch.linspace(min_scale, max_scale, num_frames).reshape(1, num_frames, 1, 1, 1)
 
     def __call__(self, x, sigma) -> torch.Tensor:
-        v = self.denoiser.model_output(torch.cat([x, x]), sigma, self.batch_cond)
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
+        both = sigma.repeat(2) if sigma.numel() > 1 else sigma  # per-sample sigmas (distillation) for both halves
+        v = self.denoiser.model_output(torch.cat([x, x]), both, self.batch_cond)
         v_uncond, v_cond = v.float().chunk(2)
         scale = self.scale.to(x.device)
         return self.denoiser.denoised_from_output(x, sigma, v_uncond + scale * (v_cond - v_uncond))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from svd_fast.config import SVDConfig
 from svd_fast.train.data import DataConfig
+from svd_fast.train.distill import DistillConfig
 from svd_fast.train.lora import LoRAConfig
 from svd_fast.train.objective import ObjectiveConfig
 from svd_fast.train.trainable import MODES
@@ -78,6 +79,9 @@ class Recipe:
     """sampler steps of those sample videos"""
     export_final: bool = True
     """write <output_dir>/final (a diffusers model folder) at the end"""
+    distill: DistillConfig | None = None
+    """consistency distillation of the init_from model into a few-step student (svd_fast.train.distill;
+    the EMA, when ema_decay is set, is its target network); None: the diffusion objective"""
 
     def validate(self) -> None:
         self.data.validate()
@@ -97,6 +101,12 @@ class Recipe:
             raise ValueError(f"recipe.ema_decay must be in (0, 1) or None, got {self.ema_decay}")
         if self.trainable == "lora":
             self.lora.validate()
+        if self.distill is not None:
+            self.distill.validate()
+            if not self.init_from:
+                raise ValueError("recipe.distill: consistency distillation starts from a teacher; set recipe.init_from")
+            if self.trainable == "lora":
+                raise ValueError("recipe.distill: distil into 'full', 'temporal' or 'spatial' weights, not 'lora'")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

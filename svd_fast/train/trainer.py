@@ -13,6 +13,7 @@ from svd_fast.checkpoints.io import write_text
 from svd_fast.train import checkpoint as ckpt_lib
 from svd_fast.train import lora as lora_lib
 from svd_fast.train.data import BatchPlan, build_dataset, micro_batch_loader
+from svd_fast.train.distill import ConsistencyDistiller, ConsistencyObjective
 from svd_fast.train.ema import EMA
 from svd_fast.train.engine import DeepSpeedEngine, PlainEngine, init_distributed, resolve_deepspeed_config
 from svd_fast.train.logs import TrainingLog, log, peak_memory_bytes, setup_console_logging
@@ -99,6 +100,9 @@ def train(recipe: Recipe, deepspeed_config: str | None = None, resume: str | boo
 
     parts = load_parts(recipe, env.device)
     unet = parts["unet"]
+    distiller = ConsistencyDistiller(unet.to(env.device), recipe.distill) if recipe.distill is not None else None
+    if distiller is not None:
+        parts["scheduler_config"] = recipe.distill.schedule().to_scheduler_config()  # the student's own grid
     set_trainable(unet, recipe.trainable, recipe.lora)
     if ckpt is not None:
         _load_unet(unet, ckpt_lib.read_tensors(ckpt / "model.safetensors"), f"resume {ckpt}")
@@ -106,7 +110,7 @@ def train(recipe: Recipe, deepspeed_config: str | None = None, resume: str | boo
             lora_lib.load_lora_weights(unet, ckpt / "lora.safetensors")
     if recipe.gradient_checkpointing:
         enable_gradient_checkpointing(unet)
-    model = DiffusionObjective(unet).train()
+    model = (ConsistencyObjective(unet, recipe.distill) if distiller else DiffusionObjective(unet)).train()
     if deepspeed_config is not None:
         ds_config = resolve_deepspeed_config(deepspeed_config, recipe, env.world_size)
         engine = DeepSpeedEngine(model, recipe, env, ds_config)
@@ -138,6 +142,10 @@ def train(recipe: Recipe, deepspeed_config: str | None = None, resume: str | boo
             batch_step, batch_micro, batch = next(batches)
             assert (batch_step, batch_micro) == (step, micro), "data plan out of step with the trainer"
             inputs = prepare_inputs(batch, parts["vae"], parts["image_encoder"], recipe.objective, env.device)
+            if distiller is not None:
+                if micro == 0:
+                    distiller.load_target(_target_weights(engine, ema))
+                inputs = distiller.training_inputs(inputs, batch["seed"])
             micro_losses.append(float(engine.forward_backward(inputs, last_micro=micro == recipe.grad_accum - 1)))
         grad_norm = engine.optimizer_step()
         if ema is not None:
@@ -166,6 +174,13 @@ def train(recipe: Recipe, deepspeed_config: str | None = None, resume: str | boo
     if dist.is_initialized():
         dist.barrier()
     return summary
+
+
+def _target_weights(engine, ema) -> dict:
+    """The consistency target network: the EMA of the student, else the student itself (collective)."""
+    if ema is None:
+        return ckpt_lib.gather_weights(engine)
+    return {ckpt_lib._unet_name(k): v for k, v in ema.full_state_dict().items()}
 
 
 def _resume_checkpoint(recipe: Recipe, resume) -> Path | None:
