@@ -375,3 +375,29 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip() == f"error: video folder not found: {tmp_path / 'none'}"
+
+
+def colour_statistics(video):
+    """A user's feature extractor for --features test_eval:colour_statistics: channel means and stds."""
+    return np.concatenate([video.mean(axis=(0, 1, 2)), video.std(axis=(0, 1, 2))])
+
+
+def test_cli_features_from_a_module_callable(video_dirs, tmp_path, capsys):
+    """--features MODULE:CALLABLE; a set against itself has FVD 0, against other clips more, and the
+    value is the Fréchet distance of those features computed here."""
+    from svd_fast.eval.inputs import load_videos
+
+    videos, ref = video_dirs / "videos", video_dirs / "reference"
+    values = {}
+    for name, reference in (("self", videos), ("other", ref)):
+        assert cli([str(videos), "--reference", str(reference), "--features", "test_eval:colour_statistics",
+                    "--out", str(tmp_path / name)]) == 0
+        fvd = json.loads((tmp_path / name / "metrics.json").read_text())["fvd"]
+        assert fvd["features"] == "test_eval:colour_statistics" and fvd["feature_dim"] == 6
+        values[name] = fvd["value"]
+    assert values["self"] == pytest.approx(0, abs=1e-9) and values["other"] > 1e-4
+
+    def features(folder):
+        return np.stack([colour_statistics(v.frames[:10].astype(np.float32) / 255) for v in load_videos(folder)])
+
+    assert values["other"] == pytest.approx(frechet.frechet_distance_of(features(videos), features(ref)), rel=1e-9)

@@ -1,5 +1,6 @@
-"""The evaluation's outputs: metrics.json (atomic), a printed table, metrics.png (one panel per
-metric: a bar per video and the mean as a line; FVD, one number per run, in the title)."""
+"""The evaluation's outputs: a printed table and metrics.png (one panel per metric: a bar per
+video and the mean as a dashed line; FVD, one number per run, in the title), written atomically.
+metrics.json is written by the CLI (svd_fast.checkpoints.io.write_json, atomic)."""
 from __future__ import annotations
 
 import math
@@ -30,7 +31,7 @@ def table(result: dict) -> str:
     if result.get("fvd"):
         fvd = result["fvd"]
         lines.append(f"FVD ({fvd['features']} features, {fvd['frames']} frames, {fvd['videos']} vs "
-                     f"{fvd['reference_videos']} videos): {fvd['value']:.3f}")
+                     f"{fvd['reference_videos']} videos): {fvd['value']:.4g}")
     return "\n".join(lines)
 
 
@@ -54,11 +55,10 @@ def plot(result: dict, path) -> None:
         ax.bar(range(len(names)), np.nan_to_num(shown), color="#4c72b0")
         mean = result["summary"][column]["mean"]
         if math.isfinite(mean):
-            ax.axhline(mean, color="#dd8452", linestyle="--", label=f"mean {mean:.2f}")
-            ax.legend(loc="best", fontsize=8)
+            ax.axhline(mean, color="#dd8452", linestyle="--")
         title, unit = FIELDS[column]
         ax.set_ylabel(unit or "score")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(f"{title} (dashed: mean {_cell(mean)})", fontsize=10)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names if ax is axes[-1, 0] else [""] * len(names), rotation=30, ha="right", fontsize=8)
     fvd = result.get("fvd")
