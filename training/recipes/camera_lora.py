@@ -1,0 +1,151 @@
+"""A camera-motion LoRA for the default model (paper section 4.3.1, App. D.4.2: LoRAs in the temporal
+attention, rank 16, trained on clips of one camera motion).
+
+    python training/recipes/camera_lora.py --motion pan_left --base svd_fast/assets/default_model \
+        --out svd_fast/assets/camera_loras [--steps 3000] [--rank 16] [--targets temporal_attention] [--threads 2]
+
+1. clips: a crop window moving over each training photograph of the default model (its held-out
+   photos excluded), labels exact (svd_fast.train.camera_motion), at the model's size and frames;
+2. a LoRA trained on them with svd_fast.train (trainable 'lora', the base frozen; the stage-3
+   noise of the default model); LoRA sits on Linear layers only: the temporal attention's
+   q/k/v/out by default, other Linear layers with --targets (patterns or a preset of
+   svd_fast.adapters.PRESETS); temporal convs are not LoRA targets;
+3. `<out>/camera_lora_<motion>.safetensors` and `<out>/camera_lora_<motion>.md` (the card), with the
+   figures of svd_fast.train.camera_motion.measure_motion on the held-out photos.
+Each part is skipped when its output exists (the training resumes from its checkpoints).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from default_model import FRAMES, HIGH, held_out_photos, training_media  # noqa: E402
+
+from svd_fast.adapters import PRESETS, LoRAConfig  # noqa: E402
+from svd_fast.train import camera_motion  # noqa: E402
+from svd_fast.train.data import DataConfig  # noqa: E402
+from svd_fast.train.objective import ObjectiveConfig  # noqa: E402
+from svd_fast.train.recipe import OptimConfig, Recipe  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+CLIPS_PER_PHOTO = 8
+SEEDS, SCALES = (0, 1, 2), (0.5, 1.0, 1.5)
+SAMPLING = dict(height=HIGH, width=HIGH, num_frames=FRAMES, num_inference_steps=16)
+
+
+def training_photos() -> dict:
+    """RGB arrays of the default model's training photographs (never its held-out ones)."""
+    from svd_fast.real_media import fetch
+    from svd_fast.train.real_footage import load_photo
+
+    return {name: load_photo(fetch(source)) for name, source in sorted(training_media().items()) if source.kind == "photo"}
+
+
+def write_training_clips(folder: Path, motions, clips_per_photo: int, fps: int) -> int:
+    return camera_motion.write_clips(folder, training_photos(), motions, clips_per_photo, FRAMES, HIGH, fps)
+
+
+def base_config(base: Path):
+    from svd_fast.checkpoints import load_components
+
+    return load_components(base)["config"]
+
+
+def part_recipe(name: str, trainable: str, base: Path, clips: Path, run: Path, steps: int, config, lr: float,
+                image_fraction: float = 0.0, lora: LoRAConfig | None = None, export_final: bool = False) -> Recipe:
+    """Training on camera clips from the base model (its VAE and image encoder frozen), only the
+    `trainable` part of its UNet; the base's stage-3 noise; one checkpoint kept."""
+    return Recipe(
+        name=name, output_dir=str(run), model=config, components=str(base), init_from=str(base),
+        data=DataConfig(source="folder", path=str(clips), num_frames=FRAMES, height=HIGH, width=HIGH,
+                        image_fraction=image_fraction),
+        objective=ObjectiveConfig(p_mean=1.0, p_std=1.6), optim=OptimConfig(lr=lr, warmup_steps=min(50, steps // 4)),
+        trainable=trainable, lora=lora or LoRAConfig(), batch_size=2, max_steps=steps,
+        checkpoint_every=max(1, min(250, steps)), keep_checkpoints=1, log_every=10, export_final=export_final,
+    )
+
+
+def last_loss(run: Path) -> float | None:
+    """The last logged loss of a run (also when a resumed run had no step left to train)."""
+    records = [json.loads(line) for line in open(run / "log.jsonl") if '"loss"' in line]
+    return records[-1]["loss"] if records else None
+
+
+def parse_targets(text: str) -> tuple[str, ...]:
+    return (text,) if text in PRESETS else tuple(p for p in text.split(",") if p)
+
+
+def run(args) -> dict:
+    from svd_fast.checkpoints.io import write_json, write_text
+    from svd_fast.pipeline import SVDPipeline
+    from svd_fast.train.trainer import train
+
+    motion = camera_motion.check_motion(args.motion)
+    work, out, base = Path(args.workdir), Path(args.out), Path(args.base)
+    config = base_config(base)
+    timings = {}
+    start = time.perf_counter()
+    clips = work / "clips"
+    count = write_training_clips(clips, [motion], args.clips_per_photo, config.fps)
+    timings["clips_s"] = round(time.perf_counter() - start, 1)
+    lora = LoRAConfig(rank=args.rank, alpha=float(args.rank), targets=parse_targets(args.targets))
+    recipe = part_recipe(f"camera-lora-{motion}", "lora", base, clips / motion, work / f"run_{motion}", args.steps,
+                         config, args.lr, lora=lora)
+    start = time.perf_counter()
+    train(recipe, resume=True)
+    timings["train_s"] = round(time.perf_counter() - start, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    adapter = out / f"camera_lora_{motion}.safetensors"
+    checkpoint = Path(recipe.output_dir) / "checkpoints"
+    shutil.copyfile(checkpoint / (checkpoint / "latest").read_text().strip() / "lora.safetensors", adapter)
+    start = time.perf_counter()
+    pipe = SVDPipeline.from_pretrained(base, torch_dtype=torch.float32)
+    measured = camera_motion.measure_motion(pipe, adapter, held_out_photos(), args.seeds, args.scales, motion,
+                                            **dict(SAMPLING, num_inference_steps=args.sample_steps))
+    timings["measure_s"] = round(time.perf_counter() - start, 1)
+    training = {"motion": motion, "base": str(base), "clips": count, "clips_per_photo": args.clips_per_photo,
+                "steps": args.steps, "last_loss": last_loss(Path(recipe.output_dir)), "rank": lora.rank, "alpha": lora.alpha,
+                "targets": list(lora.targets), "lr": args.lr, "batch": recipe.batch_size,
+                "noise": f"ln sigma ~ N({recipe.objective.p_mean}, {recipe.objective.p_std}^2)",
+                "threads": torch.get_num_threads(), "timings_s": timings}
+    write_text(out / f"camera_lora_{motion}.md", camera_motion.card(adapter, motion, measured, training))
+    result = {"training": training, "measured": measured}
+    write_json(work / f"summary_{motion}.json", result)
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--motion", required=True, choices=camera_motion.MOTIONS)
+    p.add_argument("--base", default=str(REPO / "svd_fast" / "assets" / "default_model"))
+    p.add_argument("--out", required=True, help="folder for the adapter file and its card")
+    p.add_argument("--workdir", help="clips and training runs (default: runs/camera_lora)")
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps (the paper: 5000)")
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--targets", default="temporal_attention",
+                   help=f"a preset ({', '.join(PRESETS)}) or comma-separated fnmatch patterns of Linear layer names")
+    p.add_argument("--lr", type=float, default=3e-4,
+                   help="adapter learning rate (the default model itself trained at 2e-4 to 1e-3)")
+    p.add_argument("--clips-per-photo", type=int, default=CLIPS_PER_PHOTO)
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="measurement seeds")
+    p.add_argument("--scales", type=float, nargs="+", default=list(SCALES), help="measured LoRA scales")
+    p.add_argument("--sample-steps", type=int, default=SAMPLING["num_inference_steps"])
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = p.parse_args(argv)
+    args.workdir = args.workdir or str(REPO / "runs" / "camera_lora")
+    torch.set_num_threads(args.threads)
+    result = run(args)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
