@@ -113,7 +113,8 @@ def write_card(out: Path, metrics: dict, recipe: Recipe, train_s: float) -> None
         "",
         "The embedded default model (svd_fast/assets/default_model) distilled by "
         "`training/recipes/distill_consistency.py` into a consistency model: sample it with "
-        f"`--model {out}`; it uses the `consistency` sampler, {STUDENT_SAMPLING['num_inference_steps']} steps and "
+        f"`--model svd_fast/assets/{out.name}`; it uses the `consistency` sampler, "
+        f"{STUDENT_SAMPLING['num_inference_steps']} steps and "
         "no guidance by default (one UNet batch per step instead of the teacher's two).",
         "",
         f"Distillation: {recipe.max_steps} steps, batch {recipe.batch_size}, lr {recipe.optim.lr:g}, teacher "
@@ -131,10 +132,23 @@ def write_card(out: Path, metrics: dict, recipe: Recipe, train_s: float) -> None
         "| s per video | speed-up |",
         "|---|---|---|---|---|---|---|",
     ]
-    for run, r in s.items():
+    order = [f"teacher_{TEACHER_STEPS}", "teacher_4"] + sorted(k for k in s if k.startswith("student"))
+    for run, r in ((k, s[k]) for k in order):
+        versus = "(reference)" if run == f"teacher_{TEACHER_STEPS}" else f"{r['psnr_vs_teacher_db']:.2f}"
         lines.append(f"| {run.replace('_', ' ')} steps | {r['first_frame_psnr']:.2f} | {r['mean_flow']:.2f} | "
-                     f"{r['warp_consistency']:.2f} | {r['psnr_vs_teacher_db']:.2f} | {r['call_s']:.3f} | "
-                     f"{r['speedup_vs_teacher']:.1f}x |")
+                     f"{r['warp_consistency']:.2f} | {versus} | {r['call_s']:.3f} | {r['speedup_vs_teacher']:.1f}x |")
+    teacher, student = s[f"teacher_{TEACHER_STEPS}"], s["student_4"]
+    lines += ["", f"At 4 steps against the teacher's {TEACHER_STEPS}: {student['speedup_vs_teacher']:.1f}x the speed, "
+              f"first frame {teacher['first_frame_psnr'] - student['first_frame_psnr']:.2f} dB lower, mean flow "
+              f"{100 * (student['mean_flow'] / teacher['mean_flow'] - 1):+.0f}% (issue 13's targets: >= 5x, within 1 dB, "
+              "within 25%). One student step lands closer to the teacher's 25-step video than one or two teacher "
+              "Euler steps do; the teacher at 4 Euler steps is closer still (this small model's trajectories are "
+              "nearly straight).",
+              "", "The student runs without guidance and re-noises with fresh noise between steps (eta 1), so from "
+              "2 steps on its video is another sample than the teacher's of the same seed: PSNR vs teacher measures "
+              "how close one step lands to the teacher's trajectory end, not the quality of the multi-step video.",
+              "Timings are of whole calls (encode, steps, decode) on a shared 2-core machine; bench/quality.py "
+              "measures them interleaved."]
     write_text(out / "MODEL_CARD.md", "\n".join(lines) + "\n")
 
 
@@ -144,7 +158,7 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=str(dm.REPO / "runs" / "distill_consistency"))
     p.add_argument("--out", default=str(dm.REPO / "svd_fast" / "assets" / "default_model_distilled"))
     p.add_argument("--shards", default=None, help="curated shards to reuse (default: made in the work folder)")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=2400)
     p.add_argument("--solver", default="euler", choices=("euler", "heun"))
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = p.parse_args(argv)
