@@ -309,3 +309,31 @@ def test_upload_limit_refused_before_reading(server):
     assert response.status == 413 and "image file too large" in json.loads(response.read())["error"]
     connection.close()
     assert b"<title>svd_fast" in fetch(server.url)
+
+
+def test_int8_with_a_lora_fuses_it_and_the_next_request_gets_clean_weights(tmp_path):
+    """int8 holds one weight per layer, so the engine fuses the adapter first; a later request
+    without int8 or adapters must find the model's own weights again (fuse, then unfuse)."""
+    from svd_fast.adapters import adapted_layers, plain_unet
+    from svd_fast.app.engine import Lora, Speed
+    from test_comfyui_nodes import make_lora_file
+
+    engine = Engine(dtype="fp32")
+    original = {k: v.clone() for k, v in engine.pipe.unet.state_dict().items()}
+    lora = Lora(str(make_lora_file(engine.pipe.unet, tmp_path / "camera_lora.safetensors")), 0.8).checked()
+    engine._configure(Speed("int8"), (lora,))
+    engine._configure(Speed("exact"), ())
+    unet = plain_unet(engine.pipe)
+    assert not adapted_layers(unet)
+    for name, value in unet.state_dict().items():  # fp32 W + d - d: one rounding of d's size at most
+        torch.testing.assert_close(value, original[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_int8_refuses_unfused_adapters(tmp_path):
+    from svd_fast.accel import accelerate
+    from test_comfyui_nodes import make_lora_file
+
+    pipe = reference_pipe()
+    pipe.load_lora_weights(str(make_lora_file(pipe.unet, tmp_path / "camera_lora.safetensors")))
+    with pytest.raises(ValueError, match="fuse_lora"):
+        accelerate(pipe, quantize="int8")

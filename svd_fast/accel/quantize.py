@@ -86,6 +86,11 @@ def quantize_unet(unet: nn.Module, mode: str = "int8") -> QuantizedUNet:
     dtype = next(unet.parameters()).dtype
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"int8 quantization takes an fp32 or bf16 UNet, not {dtype} (pass --dtype fp32 or bf16)")
+    from svd_fast.adapters import adapted_layers, is_fused
+
+    if adapted_layers(unet) and not is_fused(unet):  # int8 holds one fixed weight per layer
+        raise ValueError("int8 quantization: the UNet carries LoRA adapters that are not fused; call "
+                         "pipe.fuse_lora() first")
     if importlib.util.find_spec("torchao") is None:
         raise ValueError("int8 quantization needs the torchao package: pip install 'svd_fast[int8]' (or torchao)")
     if not torch.backends.mkldnn.is_available():

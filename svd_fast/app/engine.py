@@ -174,14 +174,19 @@ class Engine:
     def _configure(self, speed: Speed, loras: tuple[Lora, ...]) -> None:
         """Bring the pipeline to `speed` and `loras`. Adapters go on the float weights, so the speed
         mode is undone first whenever either changes, and applied again last."""
+        from svd_fast import adapters
         from svd_fast.accel import accelerate, restore
 
         if (speed, loras) == (self._speed, self._loras):
             return
         restore(self.pipe)
+        if adapters.is_fused(adapters.plain_unet(self.pipe)):  # fused for int8; unloading would keep them in W
+            self.pipe.unfuse_lora()
         self._speed = None  # unknown until accelerate succeeds: the next request configures again
         if loras != self._loras:
             self._set_loras(loras)
+        if speed.mode == "int8" and loras:
+            self.pipe.fuse_lora()  # int8 weights hold one fixed weight per layer
         accelerate(self.pipe, **speed.accelerate_args())
         self._speed = speed
 
