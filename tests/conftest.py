@@ -1,6 +1,10 @@
 """Shared test set-up: deterministic, small, CPU only."""
+import functools
+import importlib.util
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # no GPU here: Triton kernels run in the interpreter
 # Kernel choices and inductor's compiled code go to a per-run folder, not the user's ~/.cache.
@@ -53,3 +57,14 @@ def echo_pipe():
     pipe.unet = ReturnsConditioning(pipe.vae.config.latent_channels, pipe.vae.config.scaling_factor)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@functools.cache
+def default_model_recipe():
+    """training/recipes/default_model.py as a module (registered first: its dataclasses look it up)."""
+    path = Path(__file__).resolve().parents[1] / "training" / "recipes" / "default_model.py"
+    spec = importlib.util.spec_from_file_location("default_model_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

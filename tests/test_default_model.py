@@ -3,9 +3,7 @@ by the main command, and its videos start from the input image and move.
 
 Its training is training/recipes/default_model.py; the figures here are re-measured, not copied."""
 import functools
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +16,14 @@ from svd_fast.conditioner import preprocess_image
 from svd_fast.pipeline import SVDPipeline
 from svd_fast.train.video_metrics import video_report
 from svd_fast.video_io import load_image
-from tests.conftest import randomize_
+from tests.conftest import default_model_recipe, randomize_
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = sample.DEFAULT_MODEL
 EXAMPLE = REPO / "assets" / "example.png"
 
 
-@functools.cache
-def _recipe():
-    """training/recipes/default_model.py as a module (registered first: its dataclasses look it up)."""
-    spec = importlib.util.spec_from_file_location("default_model_recipe", REPO / "training/recipes/default_model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+_recipe = default_model_recipe
 
 
 def _card_figures() -> dict:

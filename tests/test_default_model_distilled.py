@@ -3,8 +3,6 @@ folder samples with the consistency sampler by default, and on held-out photogra
 2-step videos are closer to the teacher's 25-step videos than the teacher's own videos at the same
 number of Euler steps (measured here, not copied from the card)."""
 import functools
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +11,14 @@ import torch
 
 from svd_fast.pipeline import SVDPipeline
 from svd_fast.train.video_metrics import first_frame_psnr, psnr
+from tests.conftest import default_model_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = REPO / "svd_fast" / "assets" / "default_model"
 STUDENT = REPO / "svd_fast" / "assets" / "default_model_distilled"
 
 
-@functools.cache
-def _recipe():
-    spec = importlib.util.spec_from_file_location("default_model_recipe", REPO / "training/recipes/default_model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+_recipe = default_model_recipe
 
 
 @functools.cache
