@@ -11,7 +11,6 @@ import io
 import itertools
 import os
 import queue
-import tempfile
 import threading
 import time
 import zipfile
@@ -21,6 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from svd_fast.app.engine import Engine, Lora, Settings, Speed
+from svd_fast.checkpoints.io import atomic_path
 
 VIDEO_NAME, FRAMES_NAME = "video.mp4", "frames.zip"
 
@@ -123,11 +123,5 @@ def write_results(frames, folder: Path, fps: int) -> None:
             png = io.BytesIO()
             Image.fromarray(frame).save(png, format="PNG")
             archive.writestr(f"frame_{i:04d}.png", png.getvalue())
-    fd, tmp = tempfile.mkstemp(prefix=".frames.", suffix=".zip", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(buffer.getvalue())
-        os.replace(tmp, folder / FRAMES_NAME)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(folder / FRAMES_NAME) as tmp:
+        tmp.write_bytes(buffer.getvalue())
