@@ -96,13 +96,9 @@ def main(argv=None) -> int:
 
 def cli(argv=None) -> int:
     """main() for the command line: bad input is one line on stderr and exit status 2."""
-    from svd_fast.checkpoints import CheckpointError
+    from svd_fast.cli import one_line_errors
 
-    try:
-        return main(argv)
-    except (ValueError, OSError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return one_line_errors(main, argv)
 
 
 if __name__ == "__main__":

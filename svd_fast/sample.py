@@ -226,13 +226,9 @@ def _long_video(pipe, image, frames: int, window: int, args, common: dict, load_
 
 def cli(argv=None) -> int:
     """main() for the command line: bad input is one line on stderr and exit status 2, no traceback."""
-    from svd_fast.checkpoints import CheckpointError
+    from svd_fast.cli import one_line_errors
 
-    try:
-        return main(argv)
-    except (ValueError, OSError, CheckpointError) as err:  # FileNotFoundError is an OSError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return one_line_errors(main, argv)
 
 
 if __name__ == "__main__":

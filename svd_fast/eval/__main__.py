@@ -161,18 +161,18 @@ def evaluate(args: argparse.Namespace) -> dict:
 def cli(argv=None) -> int:
     """The command: the table and where the files went on stdout; bad input is one line on stderr
     and exit status 2, no traceback."""
-    from svd_fast.checkpoints import CheckpointError
+    from svd_fast.cli import one_line_errors
     from svd_fast.eval.report import table
 
     args = parse_args(argv)
-    try:
+
+    def run(_argv) -> int:
         result = evaluate(args)
-    except (ValueError, OSError, CheckpointError) as err:  # FileNotFoundError is an OSError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(table(result))
-    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'metrics.png'}")
-    return 0
+        print(table(result))
+        print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'metrics.png'}")
+        return 0
+
+    return one_line_errors(run, argv)
 
 
 if __name__ == "__main__":
