@@ -69,10 +69,9 @@ class DistillConfig:
 
     def schedule(self) -> ConsistencySchedule:
         """What the student is saved with (its scheduler config) and sampled on."""
-        checked = ConsistencySchedule.from_scheduler_config(
+        return ConsistencySchedule.from_scheduler_config(
             {"num_train_timesteps": self.num_train_timesteps, "sigma_min": self.sigma_min,
              "sigma_max": self.sigma_max, "rho": self.rho, "boundary_sigma": self.sigma_min})
-        return checked
 
     def grid(self) -> torch.Tensor:
         """sigma_0 > ... > sigma_{N-1} = sigma_min (float32)."""
