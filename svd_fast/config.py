@@ -13,6 +13,14 @@ from dataclasses import dataclass, field
 # down blocks and all up blocks) so that parity tests can require tight agreement.
 NUMERICS = ("sgm", "diffusers")
 
+# What a model is conditioned on. All are configs of the one VideoUNet: the conditioning decides what
+# is concatenated to the noisy latents, what enters cross-attention and what the vector carries.
+#   image          SVD / SVD-XT image-to-video (the released checkpoints)
+#   interpolation  SVD-FI: first and last frame (paper appendix D.5)
+#   text           text-to-video (the paper's base model, section 4.2)
+#   multiview      SVD-MV: orbit views of an object from one image (section 4.5)
+CONDITIONINGS = ("image", "interpolation", "text", "multiview")
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -241,6 +249,12 @@ class SVDConfig:
     fps: int = 7
     motion_bucket_id: int = 127
     max_guidance_scale: float = 3.0
+    conditioning: str = "image"
+    """one of CONDITIONINGS; checkpoints that do not say are 'image' models"""
+
+    def __post_init__(self):
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
 
     @classmethod
     def from_name(cls, name: str) -> "SVDConfig":

@@ -440,6 +440,8 @@ def test_bad_config_files_name_the_file(folder):
     assert str(defaults) in _fails_cleanly(folder, "height must be a non-negative int")
     defaults.write_text(json.dumps({"motion_bucket_id": 12.5}))
     assert str(defaults) in _fails_cleanly(folder, "motion_bucket_id must be a non-negative int")
+    defaults.write_text(json.dumps({"conditioning": "audio"}))
+    assert str(defaults) in _fails_cleanly(folder, "conditioning must be one of")
     defaults.unlink()
 
 
@@ -534,6 +536,7 @@ def test_group_count_and_sampling_defaults_survive_saving(layout, tmp_path):
     config = dataclasses.replace(
         tiny, unet=dataclasses.replace(tiny.unet, norm_num_groups=8), vae=dataclasses.replace(tiny.vae, norm_num_groups=8),
         height=64, width=96, num_inference_steps=7, fps=10, motion_bucket_id=200, max_guidance_scale=2.5,
+        conditioning="interpolation",
     )
     unet, vae = randomize_(VideoUNet(config.unet), std=0.1), randomize_(TemporalVAE(config.vae), std=0.1, seed=1)
     assert _group_counts(unet) == _group_counts(vae) == {8}

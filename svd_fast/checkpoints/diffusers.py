@@ -21,12 +21,12 @@ from pathlib import Path
 from svd_fast.checkpoints.io import CheckpointError, TensorSource, open_tensors, save_safetensors, write_json, write_text
 from svd_fast.conditioner import CLIP_MEAN, CLIP_STD
 from svd_fast.consistency import FEW_STEP_DEFAULTS, ConsistencySchedule, is_consistency_scheduler
-from svd_fast.config import ImageEncoderConfig, SVDConfig, UNetConfig, VAEConfig
+from svd_fast.config import CONDITIONINGS, ImageEncoderConfig, SVDConfig, UNetConfig, VAEConfig
 
 PIPELINE_CLASS = "StableVideoDiffusionPipeline"
 # The model's sampling defaults (SVDConfig: size, frames, steps, fps, motion bucket, guidance):
 # diffusers' layout has no place for them, so they live in a file of ours at the folder root,
-# which diffusers ignores.
+# which diffusers ignores. It also names the model's conditioning (SVDConfig.conditioning).
 SAMPLING_DEFAULTS_FILE = "svd_fast_sampling.json"
 SAMPLING_DEFAULT_TYPES = {"num_frames": int, "num_inference_steps": int, "height": int, "width": int, "fps": int,
                           "motion_bucket_id": int, "max_guidance_scale": float}
@@ -153,6 +153,10 @@ def read_config(folder: Path, numerics: str) -> tuple[SVDConfig, dict]:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or kind(value) != value:
                 raise CheckpointError(f"{defaults_path}: {key} must be a non-negative {kind.__name__}, got {value!r}")
             defaults[key] = kind(value)
+        conditioning = read_json(defaults_path).get("conditioning", "image")
+        if conditioning not in CONDITIONINGS:
+            raise CheckpointError(f"{defaults_path}: conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
+        defaults["conditioning"] = conditioning
     return SVDConfig(**parts, **defaults), scheduler
 
 
@@ -190,5 +194,6 @@ def write_folder(folder: Path, config: SVDConfig, unet: dict, vae: dict, image_e
     ):
         (folder / name).mkdir()
         write_json(folder / name / file, content)
-    write_json(folder / SAMPLING_DEFAULTS_FILE, {k: getattr(config, k) for k in SAMPLING_DEFAULT_TYPES})
+    write_json(folder / SAMPLING_DEFAULTS_FILE,
+               {**{k: getattr(config, k) for k in SAMPLING_DEFAULT_TYPES}, "conditioning": config.conditioning})
     write_json(folder / "model_index.json", MODEL_INDEX)
