@@ -131,6 +131,13 @@ def _read_gif(path) -> tuple[np.ndarray, float]:
     from PIL import Image, ImageSequence
 
     with Image.open(path) as gif:
-        frames = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(gif)]
-        duration_ms = gif.info.get("duration") or 0
-    return np.stack(frames), (1000.0 / duration_ms if duration_ms else 0.0)
+        frames, durations = [], []
+        for frame in ImageSequence.Iterator(gif):
+            frames.append(np.asarray(frame.convert("RGB")))
+            durations.append(frame.info.get("duration") or 0)
+    # GIF writers (Pillow among them) merge identical consecutive frames into one frame shown
+    # k times as long; expand them again so a video comes back with the frames it was written with.
+    base = min((d for d in durations if d > 0), default=0)
+    repeats = [max(1, round(d / base)) if base else 1 for d in durations]
+    frames = [frame for frame, k in zip(frames, repeats) for _ in range(k)]
+    return np.stack(frames), (1000.0 / base if base else 0.0)

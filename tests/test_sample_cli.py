@@ -127,6 +127,20 @@ def test_read_video_reads_back_the_gif_save_video_writes(tmp_path):
     assert (back[:, :8] == 0).all() and np.abs(back.astype(int) - frames).mean() < 40  # 256-colour palette
 
 
+def test_gif_frames_that_repeat_come_back_as_written(tmp_path):
+    """Pillow merges identical consecutive GIF frames (one frame, k times the duration); a still
+    stretch of a video must still read back frame for frame."""
+    from svd_fast.video_io import save_video
+
+    distinct = np.zeros((3, 8, 8, 3), dtype=np.uint8)
+    distinct[:, :, :, 0] = np.array([0, 128, 255], dtype=np.uint8)[:, None, None]
+    order = [0, 0, 1, 2, 2, 2, 0]
+    save_video(distinct[order].astype(np.float32) / 255, tmp_path / "still.gif", fps=7)
+    back, fps = read_video(tmp_path / "still.gif")
+    assert back.shape == (7, 8, 8, 3) and fps == pytest.approx(1000 / 140)  # GIF stores centiseconds
+    np.testing.assert_array_equal(back, distinct[order])
+
+
 def test_cache_interval_1_gives_exact_mode_video_and_bad_combinations_are_one_line(model_dir, image_path, tmp_path):
     def frames(name, *extra):
         assert sample.main(_args(model_dir, image_path, tmp_path / f"{name}.png", "--steps", "3", *extra)) == 0
