@@ -223,3 +223,35 @@ def added_time_ids(
             raise ValueError(f"added_time_ids: {name} must be a finite number, got {value}")
     ids = torch.tensor([[fps - 1, motion_bucket_id, noise_aug_strength]], dtype=dtype, device=device)
     return ids.repeat(batch, 1)
+
+
+def multiview_time_ids(
+    elevation_deg,
+    fps: float,
+    motion_bucket_id: float,
+    noise_aug_strength: float,
+    batch: int,
+    dtype: torch.dtype = torch.float32,
+    device=None,
+) -> torch.Tensor:
+    """SVD-MV micro-conditioning (batch, 4) = [fps - 1, motion_bucket_id, noise_aug_strength, elevation].
+
+    The camera elevation of the orbit, in degrees (a number, or one per sample), is appended as a
+    fourth id. The UNet embeds every id with the same sinusoid of width d = addition_time_embed_dim,
+    so its vector condition (projection_class_embeddings_input_dim = 4 d) is
+        [emb(fps - 1) | emb(motion_bucket_id) | emb(noise_aug_strength) | emb(elevation)],
+        emb(v) = [cos(v f_0) .. cos(v f_{d/2-1}) | sin(v f_0) .. sin(v f_{d/2-1})], f_i = 10000^(-2i/d):
+    the sine and cosine of the elevation at d/2 frequencies from 1 per degree (a period of 6.3
+    degrees) down, appended to the image model's vector (paper section 4.5; SV3D embeds its camera
+    angles with the same sinusoid). A multi-view model is trained with fps and motion bucket fixed
+    (its saved sampling defaults), so those two ids are constants that keep the image model's
+    embedding of them; SV3D drops them instead.
+    """
+    ids = added_time_ids(fps, motion_bucket_id, noise_aug_strength, batch, dtype, device)
+    elevation = torch.as_tensor(elevation_deg, dtype=torch.float64).reshape(-1)
+    if len(elevation) not in (1, batch):
+        raise ValueError(f"multiview_time_ids: got {len(elevation)} elevations for a batch of {batch}")
+    if not torch.isfinite(elevation).all() or elevation.abs().max() > 90:
+        raise ValueError(f"elevation must be a finite angle in [-90, 90] degrees, got {elevation.tolist()}")
+    column = elevation.expand(batch).to(dtype=dtype, device=ids.device)[:, None]
+    return torch.cat([ids, column], dim=1)

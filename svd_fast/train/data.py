@@ -61,9 +61,9 @@ class DataConfig:
     """DataLoader worker processes"""
 
     def validate(self) -> None:
-        if self.source not in ("procedural", "folder", "shards"):
-            raise ValueError(f"data.source must be 'procedural', 'folder' or 'shards', got {self.source!r}")
-        if self.source != "procedural" and not self.path:
+        if self.source not in ("procedural", "folder", "shards", "multiview"):
+            raise ValueError(f"data.source must be 'procedural', 'folder', 'shards' or 'multiview', got {self.source!r}")
+        if self.source not in ("procedural", "multiview") and not self.path:
             raise ValueError(f"data.path is required for data.source={self.source!r}")
         if self.num_frames < 1 or self.height % 8 or self.width % 8 or self.height < 8 or self.width < 8:
             raise ValueError(
@@ -310,6 +310,10 @@ class RobustDataset(torch.utils.data.Dataset):
 
 def build_dataset(config: DataConfig) -> RobustDataset:
     config.validate()
+    if config.source == "multiview":  # SVD-MV: orbits around procedural 3D objects (svd_fast.train.render3d)
+        from svd_fast.train.render3d import OrbitDataset
+
+        return RobustDataset(OrbitDataset(config))
     kind = {"procedural": ProceduralVideos, "folder": VideoFolder, "shards": WebDatasetShards}[config.source]
     return RobustDataset(kind(config))
 
@@ -358,13 +362,16 @@ class BatchPlan:
 
 
 def collate(samples: list[dict]) -> dict:
-    return {
+    batch = {
         "frames": torch.stack([s["frames"] for s in samples]),
         "fps": torch.tensor([s["fps"] for s in samples], dtype=torch.float32),
         "motion": torch.tensor([s["motion"] for s in samples], dtype=torch.float32),
         "image": torch.tensor([s["image"] for s in samples], dtype=torch.bool),
         "seed": torch.tensor([s["seed"] for s in samples], dtype=torch.int64),
     }
+    if "elevation" in samples[0]:  # multi-view orbits: camera elevation in degrees
+        batch["elevation"] = torch.tensor([s["elevation"] for s in samples], dtype=torch.float32)
+    return batch
 
 
 def micro_batch_loader(dataset: RobustDataset, plan: BatchPlan, start_step: int, num_workers: int = 0):

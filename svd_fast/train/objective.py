@@ -121,6 +121,8 @@ def prepare_inputs(batch: dict, vae, image_encoder, config: ObjectiveConfig, dev
     height = frames.shape[-2]
     motion = torch.tensor([motion_bucket(float(m), height) for m in batch["motion"]], device=device)
     added_time_ids = torch.stack([batch["fps"].to(device) - 1, motion, cond_aug], dim=1)
+    if "elevation" in batch:  # SVD-MV: the elevation is a fourth id (conditioner.multiview_time_ids)
+        added_time_ids = torch.cat([added_time_ids, batch["elevation"].to(device)[:, None]], dim=1)
     indicator = batch["image"].to(device).float()[:, None].expand(b, t).contiguous()
     return {
         "latents": latents.to(dtype),
