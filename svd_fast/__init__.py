@@ -10,7 +10,7 @@ logging.getLogger("torchao").setLevel(logging.ERROR)
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 __all__ = ["SVDPipeline", "SVDConfig", "load_components", "accelerate", "restore", "save_motion_module",
-           "load_motion_module"]
+           "load_motion_module", "SVDMultiViewPipeline"]
 
 
 def __getattr__(name):
@@ -19,6 +19,10 @@ def __getattr__(name):
         from svd_fast.pipeline import SVDPipeline
 
         return SVDPipeline
+    if name == "SVDMultiViewPipeline":
+        from svd_fast.multiview import SVDMultiViewPipeline
+
+        return SVDMultiViewPipeline
     if name == "SVDConfig":
         from svd_fast.config import SVDConfig
 

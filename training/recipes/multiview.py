@@ -1,0 +1,154 @@
+"""SVD-MV at the default model's scale: the image-to-video default model fine-tuned into a multi-view
+generator (paper section 4.5, App. D.6): from one view of an object, the views of an orbit around it.
+
+    python training/recipes/multiview.py --workdir runs/multiview --out svd_fast/assets/default_multiview \
+        [--steps 1000] [--views 8] [--threads 1] [--eval-objects 24]
+
+1. init: the default model's UNet with the conditioning vector widened by one sinusoid block for the
+   camera elevation (conditioner.multiview_time_ids: [fps-1 | motion | cond_aug | elevation], each
+   id embedded by the same sinusoid). The new columns of add_embedding.linear_1 start at zero, so
+   the model starts exactly as the image-to-video model;
+2. fine-tune all of the UNet with svd_fast.train on orbits of procedural 3D objects
+   (svd_fast.train.render3d, DataConfig source 'multiview': object seeds below HELD_OUT_SEEDS,
+   --views views 360/views degrees apart, elevation uniform in [-5, 30] degrees, fps id and motion
+   bucket fixed), the default model's stage-3 noise, EMA; resumable (a killed run continues from
+   its last checkpoint);
+3. export the EMA weights in fp16 (diffusers layout, conditioning 'multiview') to --out;
+4. evaluate on held-out objects (seeds from HELD_OUT_SEEDS): PSNR, SSIM and CLIP-S of the generated
+   novel views against the rendered ones, for the fine-tune, the image-to-video default model
+   without it, and the input view copied to every view (svd_fast.eval.multiview); write the card
+   and a JSON of the figures with the machine's description.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from svd_fast.train.data import DataConfig
+from svd_fast.train.objective import ObjectiveConfig
+from svd_fast.train.recipe import OptimConfig, Recipe
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = REPO / "svd_fast" / "assets" / "default_model"
+VIEWS = 8
+SIZE = 64
+TRAIN_OBJECTS = 1_000_000
+"""object seeds 0 .. TRAIN_OBJECTS - 1 (an orbit is rendered anew for every sample: no object repeats)"""
+STEPS = 1000
+LR = 3e-4
+BATCH = 2
+EMA_DECAY = 0.995
+
+
+def multiview_config(base_config, views: int = VIEWS):
+    """The default model's config with the widened vector, conditioning 'multiview' and its sampling
+    defaults (fps id and motion bucket: the fixed values of training)."""
+    import dataclasses
+
+    from svd_fast.train.render3d import ORBIT_FPS, ORBIT_MOTION_BUCKET
+
+    unet = base_config.unet
+    unet = dataclasses.replace(unet, projection_class_embeddings_input_dim=4 * unet.addition_time_embed_dim,
+                               num_frames=views)
+    return dataclasses.replace(base_config, unet=unet, conditioning="multiview", num_frames=views, height=SIZE,
+                               width=SIZE, fps=ORBIT_FPS, motion_bucket_id=ORBIT_MOTION_BUCKET)
+
+
+def widened_unet_weights(base: Path, config) -> dict:
+    """The base UNet's weights with add_embedding.linear_1 widened to the multi-view vector: the old
+    columns kept, the elevation block's columns zero (the same outputs as the base model)."""
+    from svd_fast.checkpoints import load_components
+
+    weights = {k: v.float().clone() for k, v in load_components(base)["unet"].state_dict().items()}
+    old = weights["add_embedding.linear_1.weight"]
+    new = torch.zeros(old.shape[0], config.unet.projection_class_embeddings_input_dim)
+    new[:, : old.shape[1]] = old
+    weights["add_embedding.linear_1.weight"] = new
+    return weights
+
+
+def recipe(work: Path = REPO / "runs" / "multiview", base: Path = BASE, steps: int = STEPS, views: int = VIEWS,
+           lr: float = LR) -> Recipe:
+    from svd_fast.checkpoints import load_components
+    from svd_fast.checkpoints.io import save_safetensors
+
+    config = multiview_config(load_components(base)["config"], views)
+    init = work / "init_unet.safetensors"
+    if not init.is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        save_safetensors(widened_unet_weights(base, config), init)
+    return Recipe(
+        name="svd-mv-default", output_dir=str(work / "run"), model=config, components=str(base), init_from=str(init),
+        data=DataConfig(source="multiview", num_frames=views, height=SIZE, width=SIZE, num_samples=TRAIN_OBJECTS),
+        objective=ObjectiveConfig(p_mean=1.0, p_std=1.6),
+        optim=OptimConfig(lr=lr, warmup_steps=min(50, steps // 4)), batch_size=BATCH, max_steps=steps,
+        ema_decay=EMA_DECAY, checkpoint_every=100, keep_checkpoints=1, log_every=25, export_final=True,
+    )
+
+
+def export(run: Path, out: Path) -> None:
+    """The run's EMA UNet in fp16 with the base's VAE and image encoder, diffusers layout (atomic)."""
+    from svd_fast.multiview import SVDMultiViewPipeline
+
+    pipe = SVDMultiViewPipeline.from_pretrained(run / "final", use_ema=True)
+    pipe.to(dtype=torch.float16)
+    pipe.save_pretrained(out, layout="diffusers", overwrite=True)
+
+
+def run(args) -> dict:
+    from svd_fast.checkpoints.io import write_json, write_text
+    from svd_fast.eval import multiview as mv_eval
+    from svd_fast.train.trainer import train
+
+    work, out = Path(args.workdir), Path(args.out)
+    timings = {}
+    r = recipe(work, Path(args.base), args.steps, args.views, args.lr)
+    start = time.perf_counter()
+    summary = train(r, resume=True)
+    timings["train_s"] = round(time.perf_counter() - start, 1)
+    export(Path(r.output_dir), out)
+    start = time.perf_counter()
+    figures = mv_eval.evaluate_all(out, Path(args.base), args.eval_objects, steps=args.sample_steps,
+                                   views=args.views, samples_png=out / "samples.png")
+    timings["eval_s"] = round(time.perf_counter() - start, 1)
+    losses = [json.loads(line) for line in open(Path(r.output_dir) / "log.jsonl") if '"loss"' in line]
+    training = {"base": str(Path(args.base).resolve().relative_to(REPO)) if Path(args.base).resolve().is_relative_to(REPO)
+                else str(args.base), "steps": r.max_steps, "batch": r.batch_size, "lr": r.optim.lr,
+                "ema_decay": r.ema_decay, "views": args.views,
+                "noise": f"ln sigma ~ N({r.objective.p_mean}, {r.objective.p_std}^2)",
+                "first_loss": losses[0]["loss"] if losses else None,
+                "last_losses_mean": (sum(x["loss"] for x in losses[-8:]) / len(losses[-8:])) if losses else None,
+                "threads": torch.get_num_threads(), "timings_s": timings, "train_summary": summary}
+    result = {"training": training, **figures}
+    write_json(work / "summary.json", result)
+    bench = REPO / "bench" / "results" / f"multiview-default-{mv_eval.machine_tag()}-{time.strftime('%Y-%m-%d')}.json"
+    write_json(bench, result)
+    write_text(out / "MODEL_CARD.md", mv_eval.model_card(result, r))
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", default=str(BASE))
+    p.add_argument("--out", required=True, help="model folder to write (diffusers layout, fp16, card)")
+    p.add_argument("--workdir", default=str(REPO / "runs" / "multiview"))
+    p.add_argument("--steps", type=int, default=STEPS)
+    p.add_argument("--views", type=int, default=VIEWS)
+    p.add_argument("--lr", type=float, default=LR)
+    p.add_argument("--eval-objects", type=int, default=24)
+    p.add_argument("--sample-steps", type=int, default=16)
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(json.dumps(run(args), indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
