@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 logging.getLogger("torchao").setLevel(logging.ERROR)
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
-__all__ = ["SVDPipeline", "SVDConfig", "load_components", "accelerate", "restore", "save_motion_module",
+__all__ = ["SVDPipeline", "SVDInterpolationPipeline", "SVDConfig", "load_components", "accelerate", "restore", "save_motion_module",
            "load_motion_module", "SVDMultiViewPipeline"]
 
 
@@ -19,6 +19,10 @@ def __getattr__(name):
         from svd_fast.pipeline import SVDPipeline
 
         return SVDPipeline
+    if name == "SVDInterpolationPipeline":
+        from svd_fast.interpolation import SVDInterpolationPipeline
+
+        return SVDInterpolationPipeline
     if name == "SVDMultiViewPipeline":
         from svd_fast.multiview import SVDMultiViewPipeline
 

@@ -49,8 +49,18 @@ class UNetConfig:
     norm_num_groups: int = 32
     numerics: str = "sgm"
     """'sgm' or 'diffusers' epsilons (see NUMERICS)"""
+    mask_embedding: bool = False
+    """SVD-FI (paper appendix D.5): a learned mask embedding z_m, one value per latent channel
+    (parameter `mask_embedding`, shape (out_channels,), broadcast over space), stands in for the
+    conditioning latent of every frame whose mask channel is 0. The input is then
+    [noisy latent | conditioning latents | binary mask], in_channels = 2 * out_channels + 1.
+    Stored in a diffusers unet/config.json as `svd_fast_mask_embedding` (diffusers ignores the key
+    and leaves the extra tensor `mask_embedding` unused)"""
 
     def __post_init__(self):
+        if self.mask_embedding and self.in_channels != 2 * self.out_channels + 1:
+            raise ValueError(f"mask_embedding needs in_channels = 2 * out_channels + 1 (noisy latent, conditioning "
+                             f"latents, mask), got in_channels={self.in_channels}, out_channels={self.out_channels}")
         levels = len(self.block_out_channels)
         if len(self.attention_levels) != levels or len(self.num_attention_heads) != levels:
             raise ValueError(
@@ -115,6 +125,7 @@ class UNetConfig:
             num_frames=cfg.get("num_frames", defaults.num_frames),
             norm_num_groups=cfg.get("norm_num_groups", defaults.norm_num_groups),
             numerics=numerics,
+            mask_embedding=bool(cfg.get(MASK_EMBEDDING_KEY, False)),
         )
 
     def to_diffusers(self) -> dict:
@@ -137,7 +148,12 @@ class UNetConfig:
             "num_attention_heads": list(self.num_attention_heads),
             "num_frames": self.num_frames,
             **_groups_entry(self.norm_num_groups),
+            **({MASK_EMBEDDING_KEY: True} if self.mask_embedding else {}),
         }
+
+
+MASK_EMBEDDING_KEY = "svd_fast_mask_embedding"
+"""unet/config.json key of UNetConfig.mask_embedding (written only when true)"""
 
 
 def _groups_entry(groups: int) -> dict:

@@ -23,6 +23,9 @@ from svd_fast.sampling import SAMPLERS, get_sigmas_karras, init_noise_scale
 
 # Sampling defaults of the released scheduler config (svd_facts §5).
 DEFAULT_SCHEDULER = {"sigma_min": 0.002, "sigma_max": 700.0}
+# The pipeline that samples each SVDConfig.conditioning (variants are configs of one model).
+PIPELINES = {"image": "SVDPipeline", "interpolation": "SVDInterpolationPipeline", "text": "SVDTextToVideoPipeline",
+             "multiview": "SVDMultiViewPipeline"}
 
 
 @dataclass
@@ -46,6 +49,9 @@ def randn(shape, generator, device, dtype) -> torch.Tensor:
 
 class SVDPipeline:
     """Stable Video Diffusion image-to-video pipeline on svd_fast's UNet, VAE and CLIP conditioner."""
+
+    conditioning = "image"
+    """the SVDConfig.conditioning this class samples (a subclass per variant: PIPELINES)"""
 
     def __init__(self, unet, vae, image_encoder, config: SVDConfig, scheduler_config: dict | None = None):
         self.unet, self.vae, self.image_encoder = unet, vae, image_encoder
@@ -249,6 +255,9 @@ class SVDPipeline:
         model (BidirectionalDenoiser: the video conditioned on `image` and the time-reversed video
         conditioned on `last_image`, fused at every step).
         """
+        if self.config.conditioning != self.conditioning:  # e.g. an SVD-FI model called as image-to-video
+            raise ValueError(f"this model's conditioning is {self.config.conditioning!r}: sample it with "
+                             f"{PIPELINES[self.config.conditioning]}, not {type(self).__name__}")
         sampler = sampler if sampler is not None else self.default_sampler
         num_frames = num_frames if num_frames is not None else self.unet.config.num_frames
         decode_chunk_size = decode_chunk_size if decode_chunk_size is not None else num_frames

@@ -411,6 +411,8 @@ class VideoUNet(nn.Module):
             )
         self.conv_norm_out = GroupNorm(widths[0], 1e-5)
         self.conv_out = layers.Conv2d(widths[0], cfg.out_channels, 3, padding=1)
+        # SVD-FI's learned mask embedding z_m (UNetConfig.mask_embedding): one value per latent channel
+        self.mask_embedding = nn.Parameter(torch.zeros(cfg.out_channels)) if cfg.mask_embedding else None
         self.feature_cache = None
         """svd_fast.accel.feature_cache: when set, the deep part's output may be reused (see forward)"""
         # SVD uses 32 groups everywhere. Narrow models need fewer: with one channel per group the
@@ -428,6 +430,16 @@ class VideoUNet(nn.Module):
         ids = ids.reshape(added_time_ids.shape[0], -1).to(dtype)
         return emb + self.add_embedding(ids)
 
+    def masked_conditioning(self, sample: torch.Tensor) -> torch.Tensor:
+        """SVD-FI input (B, T, 2C+1, h, w) = [noisy | conditioning latents | mask]: where the mask is 0
+        (a missing frame, or every frame of the unconditional branch) the conditioning latents are
+        replaced by the learned mask embedding z_m, so a caller passes zeros there."""
+        lat = self.config.out_channels
+        mask = sample[:, :, -1:]
+        z_m = self.mask_embedding.to(sample.dtype).reshape(1, 1, -1, 1, 1)
+        cond = mask * sample[:, :, lat:-1] + (1 - mask) * z_m
+        return torch.cat([sample[:, :, :lat], cond, mask], dim=2)
+
     def forward(self, sample, timestep, encoder_hidden_states, added_time_ids, image_only_indicator=None):
         b, t, c, hgt, wid = sample.shape
         if c != self.config.in_channels:
@@ -437,6 +449,8 @@ class VideoUNet(nn.Module):
                 f"batch mismatch: sample {b}, encoder_hidden_states {encoder_hidden_states.shape[0]}, "
                 f"added_time_ids {added_time_ids.shape[0]}"
             )
+        if self.mask_embedding is not None:
+            sample = self.masked_conditioning(sample)
         dtype = sample.dtype
         timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
         emb = self.embed(timesteps, added_time_ids, dtype)

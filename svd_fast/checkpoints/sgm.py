@@ -85,6 +85,8 @@ def unet_key(key: str, config: UNetConfig) -> str:
     try:
         if module in _UNET_FIXED:
             return f"{_UNET_FIXED[module]}.{param}"
+        if key == "mask_embedding":  # SVD-FI's learned mask embedding (UNetConfig.mask_embedding): our own name
+            return key
         if m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
             level, kind, layer, rest = int(m[1]), m[2], int(m[3]), m[4]
             assert level < levels and layer < n
@@ -291,6 +293,7 @@ def infer_unet_config(source: TensorSource) -> UNetConfig:
         cross_attention_dim=_shape(source, p + "middle_block.1.transformer_blocks.0.attn2.to_k.weight")[1],
         addition_time_embed_dim=label // 3,
         projection_class_embeddings_input_dim=label,
+        mask_embedding=p + "mask_embedding" in source,
     )
 
 

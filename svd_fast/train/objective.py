@@ -90,12 +90,18 @@ def encode_frames(vae, frames: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def prepare_inputs(batch: dict, vae, image_encoder, config: ObjectiveConfig, device, dtype=torch.float32) -> dict:
+def prepare_inputs(batch: dict, vae, image_encoder, config: ObjectiveConfig, device, dtype=torch.float32,
+                   conditioning: str = "image") -> dict:
     """Turn a data batch (svd_fast.train.data.collate) into DiffusionObjective's arguments.
 
     Every random draw of sample i comes from a generator seeded with batch['seed'][i], in a fixed
     order, so a sample's noise does not depend on batch composition, world size or resumption.
+    conditioning: the model's SVDConfig.conditioning ('interpolation': svd_fast.train.interpolation).
     """
+    if conditioning == "interpolation":
+        from svd_fast.train.interpolation import prepare_interpolation_inputs
+
+        return prepare_interpolation_inputs(batch, vae, image_encoder, config, device, dtype)
     frames = batch["frames"].to(device)
     b, t = frames.shape[:2]
     draws = [_draws(int(seed), config) for seed in batch["seed"]]

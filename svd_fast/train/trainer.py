@@ -141,7 +141,8 @@ def train(recipe: Recipe, deepspeed_config: str | None = None, resume: str | boo
         for micro in range(recipe.grad_accum):
             batch_step, batch_micro, batch = next(batches)
             assert (batch_step, batch_micro) == (step, micro), "data plan out of step with the trainer"
-            inputs = prepare_inputs(batch, parts["vae"], parts["image_encoder"], recipe.objective, env.device)
+            inputs = prepare_inputs(batch, parts["vae"], parts["image_encoder"], recipe.objective, env.device,
+                                    conditioning=recipe.model.conditioning)
             if distiller is not None:
                 if micro == 0:
                     distiller.load_target(_target_weights(engine, ema))

@@ -1,0 +1,141 @@
+"""SVD-FI: the frame-interpolation variant of the one VideoUNet (paper section 4.4, appendix D.5).
+
+A clip of T frames (the paper: 5, i.e. 3 new frames between two, 4x the frame rate) is conditioned on
+its first and last frame. What the UNet sees (SVDConfig.conditioning = "interpolation",
+UNetConfig.mask_embedding = True, in_channels = 2 * C + 1 for C latent channels):
+
+    channels [0, C)       the noisy latents, scaled by c_in (as for image-to-video)
+    channels [C, 2C)      the conditioning latents [z_s, z_m, ..., z_m, z_e]
+    channel  2C           the binary mask [1, 0, ..., 0, 1] (1 = a conditioning frame)
+    cross-attention       the CLIP image embeddings of the first and the last frame: 2 tokens
+    vector                [fps - 1, motion bucket, sigma_aug], as for image-to-video
+
+Decisions where the paper is vague (written here and in the model card):
+- z_m is one learned value per latent channel, broadcast over space (a resolution-free choice; the
+  paper gives no shape). It lives in the UNet (parameter `mask_embedding`) and the UNet puts it in
+  wherever the mask is 0, so callers (this module, training) pass zeros for the missing frames.
+- z_s and z_e are the VAE means of the end frames without the latent scaling factor (as SVD's
+  conditioning latent), noise-augmented in latent space (the paper: "noise augmentation is applied
+  to the conditioning frames in latent space") with sigma_aug = noise_aug_strength at sampling.
+- The unconditional branch of guidance (and condition dropout in training) zeroes the CLIP tokens
+  and the conditioning latents including the mask, so every frame gets z_m: "nothing is known".
+- All T frames are noised and denoised, the end frames included (the paper's "5 output frames");
+  training puts the loss on all of them (svd_fast.train.objective), so the noisy end frames the
+  sampler feeds back stay on the training distribution.
+"""
+from __future__ import annotations
+
+import torch
+
+from svd_fast import conditioner
+from svd_fast.denoiser import Conditioning
+from svd_fast.pipeline import SVDPipeline, randn
+
+
+def interpolation_latents(first: torch.Tensor, last: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """The concatenated conditioning (B, T, C + 1, h, w) from the end frames' latents (B, C, h, w):
+    latents [first, 0, ..., 0, last] (the UNet puts z_m where the mask is 0) and the mask [1, 0, ..., 0, 1]."""
+    if num_frames < 2:
+        raise ValueError(f"interpolation needs num_frames >= 2 (both ends), got {num_frames}")
+    if first.shape != last.shape:
+        raise ValueError(f"first and last latents differ in shape: {tuple(first.shape)} vs {tuple(last.shape)}")
+    b, c, h, w = first.shape
+    out = first.new_zeros(b, num_frames, c + 1, h, w)
+    out[:, 0, :c], out[:, -1, :c] = first, last
+    out[:, 0, c] = 1
+    out[:, -1, c] = 1
+    return out
+
+
+def interpolation_context(first_embedding: torch.Tensor, last_embedding: torch.Tensor) -> torch.Tensor:
+    """Cross-attention context (B, 2, D): the CLIP embeddings (B, 1, D) of the first and the last frame."""
+    return torch.cat([first_embedding, last_embedding], dim=1)
+
+
+def model_conditioning(path) -> str:
+    """SVDConfig.conditioning of a checkpoint (diffusers folder or sgm file), read without its weights."""
+    from pathlib import Path
+
+    from svd_fast.checkpoints import diffusers as diffusers_layout
+    from svd_fast.checkpoints import sgm
+    from svd_fast.checkpoints.components import detect_layout
+    from svd_fast.checkpoints.io import open_tensors
+
+    path = Path(path)
+    if detect_layout(path) == "diffusers":
+        return diffusers_layout.read_config(path, "sgm")[0].conditioning
+    return sgm.read_config(open_tensors(path), "sgm").conditioning
+
+
+def motion_bucket_from_ends(first, last, num_frames: int) -> float:
+    """The motion micro-conditioning an interpolation call can observe: the mean optical flow from
+    the first to the last frame (H, W, 3 arrays in [0, 1]) spread over the num_frames - 1 steps
+    between them, as a bucket (svd_fast.train.data.motion_bucket; training conditions on the clip's
+    measured per-frame flow, which a steady motion makes equal)."""
+    import numpy as np
+
+    from svd_fast.train.data import motion_bucket
+    from svd_fast.train.video_metrics import mean_flow
+
+    video = np.stack([np.asarray(first, np.float32), np.asarray(last, np.float32)])
+    return motion_bucket(mean_flow(video) / (num_frames - 1), video.shape[1])
+
+
+class SVDInterpolationPipeline(SVDPipeline):
+    """Frames between a first and a last image with an SVD-FI model (SVDConfig.conditioning 'interpolation').
+
+    Loads like SVDPipeline (from_pretrained: diffusers folder or sgm file) and shares its sampler,
+    guidance and decode; only the conditioning differs (module docstring).
+    """
+
+    conditioning = "interpolation"
+
+    def __call__(self, image, last_image, height: int | None = None, width: int | None = None,
+                 num_frames: int | None = None, num_inference_steps: int | None = None, min_guidance_scale: float = 1.0,
+                 max_guidance_scale: float | None = None, fps: int | None = None, motion_bucket_id: int | None = None,
+                 noise_aug_strength: float = 0.02, decode_chunk_size: int | None = None, num_videos_per_prompt: int = 1,
+                 generator=None, latents=None, output_type: str = "pil", callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs=("latents",), sampler: str | None = None, sigmas=None,
+                 eta: float = 1.0, return_dict: bool = True):
+        """num_frames frames from `image` (first) to `last_image` (last), both ends included and
+        re-created by the model. Arguments as SVDPipeline's (diffusers' names); those left None take
+        the model's sampling defaults (SVDConfig: size, frames, steps, fps, motion bucket, guidance).
+        Random numbers: the first end's latent augmentation, the last end's, then the initial latents."""
+        if last_image is None:
+            raise ValueError("SVDInterpolationPipeline needs last_image (the clip's last frame)")
+        cfg = self.config
+        return super().__call__(
+            (image, last_image), height=height or cfg.height, width=width or cfg.width,
+            num_frames=num_frames or cfg.num_frames, num_inference_steps=num_inference_steps or cfg.num_inference_steps,
+            min_guidance_scale=min_guidance_scale,
+            max_guidance_scale=cfg.max_guidance_scale if max_guidance_scale is None else max_guidance_scale,
+            fps=fps or cfg.fps, motion_bucket_id=cfg.motion_bucket_id if motion_bucket_id is None else motion_bucket_id,
+            noise_aug_strength=noise_aug_strength, decode_chunk_size=decode_chunk_size,
+            num_videos_per_prompt=num_videos_per_prompt, generator=generator, latents=latents, output_type=output_type,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, sampler=sampler, sigmas=sigmas,
+            eta=eta, return_dict=return_dict)
+
+    def encode_end(self, image, height: int, width: int, noise_aug_strength: float, generator):
+        """CLIP embedding (B, 1, D) of the clean image and its VAE mean latent (B, C, h, w) with
+        latent-space noise augmentation."""
+        embedding = conditioner.encode_image(self.image_encoder, image).to(self.device, self.dtype)
+        pixels = conditioner.preprocess_image(image, height, width).to(self.device)
+        latent = self.vae.encode(pixels).float()
+        latent = latent + noise_aug_strength * randn(latent.shape, generator, self.device, latent.dtype)
+        return embedding, latent.to(self.dtype)
+
+    def _conditioning(self, image, *, height, width, num_frames, fps, motion_bucket_id, noise_aug_strength, generator,
+                      num_videos_per_prompt, image_embeddings=None) -> Conditioning:
+        first, last = image
+        (emb_first, z_first), (emb_last, z_last) = (
+            self.encode_end(x, height, width, noise_aug_strength, generator) for x in (first, last))
+        if z_first.shape != z_last.shape:
+            raise ValueError(f"first and last image batches differ: {tuple(z_first.shape)} vs {tuple(z_last.shape)}")
+        repeat = lambda t: t.repeat_interleave(num_videos_per_prompt, dim=0)  # noqa: E731
+        latents = interpolation_latents(repeat(z_first), repeat(z_last), num_frames)
+        context = interpolation_context(repeat(emb_first), repeat(emb_last))
+        return Conditioning(
+            image_latents=latents, context=context,
+            added_time_ids=conditioner.added_time_ids(fps, motion_bucket_id, noise_aug_strength, latents.shape[0],
+                                                      self.dtype, self.device))
