@@ -1,4 +1,4 @@
-"""Command line: sample a video from an image.
+"""Command line: sample a video from an image, or from a text prompt.
 
     python -m svd_fast.sample --image IN.png --out OUT.mp4 [--model PATH] [--frames N] [--steps N]
         [--window W] [--overlap O] [--no-colour-anchor]
@@ -6,7 +6,11 @@
         [--sampler euler|heun|dpmpp_2m|consistency] [--eta E] [--compile] [--cuda-graphs | --no-cuda-graphs]
         [--quantize int8] [--cache-interval N] [--lora PATH[:SCALE] ...]
 
-Without --model the embedded default model (svd_fast/assets/default_model) is used.
+    python -m svd_fast.sample --prompt "TEXT" --out OUT.mp4 [--negative-prompt TEXT] [--guidance-scale G]
+        [--model PATH] [--frames N] [--steps N] [--seed S] [--fps F] [--motion-bucket M] ...
+
+Without --model the embedded default model (svd_fast/assets/default_model) is used, and with
+--prompt the embedded default text-to-video model (svd_fast/assets/default_t2v).
 """
 from __future__ import annotations
 
@@ -18,12 +22,18 @@ from pathlib import Path
 import torch
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model"
+DEFAULT_T2V_MODEL = Path(__file__).resolve().parent / "assets" / "default_t2v"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m svd_fast.sample", description="Image-to-video with Stable Video Diffusion.")
-    p.add_argument("--image", required=True, help="conditioning image (png, jpg, ...)")
+    p = argparse.ArgumentParser(prog="python -m svd_fast.sample",
+                                description="Image-to-video or text-to-video with Stable Video Diffusion.")
+    p.add_argument("--image", help="conditioning image (png, jpg, ...); or --prompt")
+    p.add_argument("--prompt", help="text-to-video: the prompt (a text model; default: the embedded one)")
+    p.add_argument("--negative-prompt", help="text-to-video: the unconditional of guidance (default: the empty prompt)")
+    p.add_argument("--guidance-scale", type=float,
+                   help="text-to-video: guidance scale of every frame (default: the model's; <= 1 turns guidance off)")
     p.add_argument("--out", required=True, help="output: .mp4/.webm, .gif, or .png (one file per frame)")
     p.add_argument("--model", help="diffusers folder or sgm .safetensors file (default: the embedded model)")
     p.add_argument("--frames", type=int,
@@ -99,19 +109,34 @@ def load_loras(pipe, specs: list[str]) -> None:
         print(f"LoRA {path} at scale {scale:g} (adapter {name})")
 
 
-def resolve_model(model: str | None) -> Path:
+def resolve_model(model: str | None, default: Path = DEFAULT_MODEL) -> Path:
     if model is not None:
         path = Path(model)
         if not path.exists():
             raise SystemExit(f"error: model not found: {path}")
         return path
-    if not (DEFAULT_MODEL / "model_index.json").is_file():
+    if not (default / "model_index.json").is_file():
         raise SystemExit(
-            f"error: no embedded default model is present at {DEFAULT_MODEL}.\n"
+            f"error: no embedded default model is present at {default}.\n"
             "Pass a checkpoint with --model PATH (a diffusers folder such as "
             "stable-video-diffusion-img2vid-xt, or an sgm file such as svd_xt.safetensors)."
         )
-    return DEFAULT_MODEL
+    return default
+
+
+def check_inputs(args) -> None:
+    """Exactly one of --image and --prompt; a prompt with words; no image-only flags with a prompt."""
+    if (args.image is None) == (args.prompt is None):
+        raise ValueError("give exactly one of --image (image-to-video) and --prompt (text-to-video)")
+    if args.prompt is not None:
+        if not args.prompt.strip():
+            raise ValueError("--prompt is empty: describe the video (the empty prompt is guidance's unconditional)")
+        for flag, value in (("--window", args.window), ("--min-cfg", args.min_cfg != 1.0 or None),
+                            ("--max-cfg", args.max_cfg), ("--noise-aug", args.noise_aug != 0.02 or None)):
+            if value is not None:
+                raise ValueError(f"{flag} is an image-to-video flag; with --prompt use --guidance-scale")
+    elif args.negative_prompt is not None or args.guidance_scale is not None:
+        raise ValueError("--negative-prompt and --guidance-scale go with --prompt (text-to-video)")
 
 
 def check_arguments(args) -> None:
@@ -154,8 +179,11 @@ def main(argv=None) -> int:
     from svd_fast.pipeline import SVDPipeline
     from svd_fast.video_io import check_output_path, load_image, save_video
 
+    check_inputs(args)
     check_arguments(args)
     check_output_path(args.out)
+    if args.prompt is not None:
+        return _text_to_video(args)
     model = resolve_model(args.model)
     image = load_image(args.image)
     start = time.perf_counter()
@@ -205,6 +233,40 @@ def main(argv=None) -> int:
     print(f"load {load_time:.2f}s | image encode {t['image_encode']:.2f}s | denoise {sum(steps):.2f}s "
           f"({len(steps)} steps, {sum(steps) / max(len(steps), 1):.2f}s/step){compiled} | decode {t['vae_decode']:.2f}s | "
           f"write {write_time:.2f}s")
+    return 0
+
+
+def _text_to_video(args) -> int:
+    """--prompt: SVDTextToVideoPipeline on --model or the embedded default text-to-video model."""
+    import math
+
+    from svd_fast.text_to_video import SVDTextToVideoPipeline
+    from svd_fast.video_io import save_video
+
+    if args.guidance_scale is not None and not math.isfinite(args.guidance_scale):
+        raise ValueError(f"--guidance-scale must be a finite number, got {args.guidance_scale}")
+    model = resolve_model(args.model, DEFAULT_T2V_MODEL)
+    start = time.perf_counter()
+    pipe = SVDTextToVideoPipeline.from_pretrained(model, torch_dtype=DTYPES.get(args.dtype, args.dtype),
+                                                  device=args.device, use_ema=args.ema, compile=args.compile,
+                                                  cuda_graphs=args.cuda_graphs)
+    load_loras(pipe, args.lora)
+    load_time = time.perf_counter() - start
+    cfg = pipe.config
+    height, width = args.height or cfg.height, args.width or cfg.width
+    frames, fps = args.frames or cfg.num_frames, args.fps or cfg.fps
+    check_memory(frames, height, width)
+    result = pipe(args.prompt, negative_prompt=args.negative_prompt, num_frames=frames, height=height, width=width,
+                  num_inference_steps=args.steps, guidance_scale=args.guidance_scale, fps=fps,
+                  motion_bucket_id=args.motion_bucket, decode_chunk_size=args.decode_chunk,
+                  generator=torch.Generator("cpu").manual_seed(args.seed), sampler=args.sampler, eta=args.eta,
+                  output_type="np")
+    written = save_video(result.frames[0], args.out, fps=fps)
+    t = result.timings
+    steps = t["unet_steps"]
+    print(f"wrote {len(result.frames[0])} frames to {written[0]}" + (f" (+{len(written) - 1} more)" if len(written) > 1 else ""))
+    print(f"load {load_time:.2f}s | text encode {t['image_encode']:.2f}s | denoise {sum(steps):.2f}s "
+          f"({len(steps)} steps) | decode {t['vae_decode']:.2f}s")
     return 0
 
 

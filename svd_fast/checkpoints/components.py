@@ -9,6 +9,7 @@ from torch import nn
 
 from svd_fast.checkpoints import diffusers as diffusers_layout
 from svd_fast.checkpoints import open_clip, sgm
+from svd_fast.checkpoints import text_encoder as text_tower
 from svd_fast.checkpoints.io import (
     CheckpointError,
     TensorSource,
@@ -70,11 +71,15 @@ def _sources(path: Path, layout: str, config: SVDConfig | None, numerics: str, u
         unet_folder = "unet_ema" if use_ema else "unet"
         if use_ema and not (path / unet_folder).is_dir():
             raise CheckpointError(f"{path}: no EMA weights (no unet_ema/ folder)")
+        config = config or file_config
+        folders = [("unet", unet_folder), ("vae", "vae")]
+        if config.conditioning != "text":  # a text model's conditioner is its text tower (text_encoder.py)
+            folders.append(("image_encoder", "image_encoder"))
         specs = {
             name: (diffusers_layout.open_component(path, folder), identity_plan, ("",), ())
-            for name, folder in (("unet", unet_folder), ("vae", "vae"), ("image_encoder", "image_encoder"))
+            for name, folder in folders
         }
-        return config or file_config, scheduler, specs
+        return config, scheduler, specs
     source = open_tensors(path)
     config = config or sgm.read_config(source, numerics)
     if use_ema and not any(k.startswith(sgm.EMA_PREFIX) for k in source.keys()):
@@ -83,13 +88,14 @@ def _sources(path: Path, layout: str, config: SVDConfig | None, numerics: str, u
     specs = {
         "unet": (source, lambda keys: sgm.unet_plan(keys, config.unet, use_ema), unet_consumed, sgm.EMA_BUFFERS),
         "vae": (source, lambda keys: sgm.vae_plan(keys, config.vae), sgm.VAE_CONSUMED, ()),
-        "image_encoder": (source, open_clip.read_plan, sgm.CLIP_CONSUMED, ()),
     }
+    if config.conditioning != "text":
+        specs["image_encoder"] = (source, open_clip.read_plan, sgm.CLIP_CONSUMED, ())
     return config, dict(diffusers_layout.DEFAULT_SCHEDULER_CONFIG), specs
 
 
 def load_components(path, dtype: torch.dtype | None = None, device=None, numerics: str = "sgm",
-                    use_ema: bool = False, config: SVDConfig | None = None) -> dict:
+                    use_ema: bool = False, config: SVDConfig | None = None, tokenizer=None) -> dict:
     """Load an SVD model from a diffusers pipeline folder or an sgm single file (auto-detected).
 
     Returns dict(config=SVDConfig, unet=VideoUNet, vae=TemporalVAE,
@@ -99,6 +105,8 @@ def load_components(path, dtype: torch.dtype | None = None, device=None, numeric
     - use_ema: take the UNet from the EMA weights (sgm `model_ema.*`, diffusers `unet_ema/`).
     - config: use this SVDConfig instead of the checkpoint's (sgm files from elsewhere carry none
       and get one inferred from tensor shapes, assuming 64-dim UNet heads).
+    - text models (config.conditioning 'text') have text_encoder (transformers CLIPTextModel[WithProjection])
+      and tokenizer instead of image_encoder; tokenizer= (object or folder) replaces the checkpoint's.
     Modules are built on the meta device and the tensors assigned, so peak memory is about one
     copy of the weights. Every name and shape is checked before any tensor data is read.
     """
@@ -122,6 +130,11 @@ def load_components(path, dtype: torch.dtype | None = None, device=None, numeric
         if name == "image_encoder":
             _restore_position_ids(module, device)
         out[name] = assign_weights(module, state, _WHAT[name])
+    if config.conditioning == "text":
+        if path.is_dir():
+            out["text_encoder"], out["tokenizer"] = text_tower.read_folder(path, dtype, device, tokenizer)
+        else:
+            out["text_encoder"], out["tokenizer"] = text_tower.read_sgm(open_tensors(path), dtype, device, tokenizer)
     return out
 
 
@@ -155,7 +168,11 @@ def save_components(components: dict, path, layout: str = "diffusers", overwrite
     config = components.get("config")
     if not isinstance(config, SVDConfig):
         raise CheckpointError("save_components: components['config'] must be an SVDConfig")
-    states = {name: _state(components, name) for name in ("unet", "vae", "image_encoder")}
+    text = config.conditioning == "text"  # text_encoder (a transformers module) + tokenizer instead of image_encoder
+    states = {name: _state(components, name) for name in ("unet", "vae") + (() if text else ("image_encoder",))}
+    if text and not all(hasattr(components.get(k), "save_pretrained") for k in ("text_encoder", "tokenizer")):
+        raise CheckpointError("save_components: a text model needs components['text_encoder'] and ['tokenizer'] "
+                              "(transformers objects)")
     if ema_unet is not None:
         states["ema_unet"] = _state({"ema_unet": ema_unet}, "ema_unet")
     _check_states(config, states)
@@ -164,10 +181,17 @@ def save_components(components: dict, path, layout: str = "diffusers", overwrite
         scheduler_config = components.get("scheduler_config") or diffusers_layout.DEFAULT_SCHEDULER_CONFIG
         with atomic_folder(path, overwrite) as tmp:
             diffusers_layout.write_folder(tmp, config, **states, scheduler_config=scheduler_config)
+            if text:
+                text_tower.write_folder(tmp, components["text_encoder"], components["tokenizer"])
         return
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: sgm checkpoints are written as .safetensors files")
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path}: already exists (pass overwrite=True / --overwrite to replace it)")
-    tensors = sgm.to_sgm(config, states["unet"], states["vae"], states["image_encoder"], states.get("ema_unet"))
-    save_safetensors(tensors, path, metadata={sgm.CONFIG_METADATA: sgm.config_to_json(config)})
+    tensors = sgm.to_sgm(config, states["unet"], states["vae"], states.get("image_encoder", {}), states.get("ema_unet"))
+    metadata = {sgm.CONFIG_METADATA: sgm.config_to_json(config)}
+    if text:
+        tower = components["text_encoder"]
+        tensors.update(text_tower.to_sgm({k: v for k, v in tower.state_dict().items() if not k.endswith("position_ids")}))
+        metadata.update(text_tower.metadata(tower, components["tokenizer"]))
+    save_safetensors(tensors, path, metadata=metadata)

@@ -24,6 +24,9 @@ from svd_fast.consistency import FEW_STEP_DEFAULTS, ConsistencySchedule, is_cons
 from svd_fast.config import CONDITIONINGS, ImageEncoderConfig, SVDConfig, UNetConfig, VAEConfig
 
 PIPELINE_CLASS = "StableVideoDiffusionPipeline"
+TEXT_PIPELINE_CLASS = "SVDTextToVideoPipeline"
+"""model_index.json class of a text model (text_encoder/ + tokenizer/ instead of image_encoder/ +
+feature_extractor/; svd_fast.checkpoints.text_encoder); diffusers has no pipeline of this name"""
 # The model's sampling defaults (SVDConfig: size, frames, steps, fps, motion bucket, guidance):
 # diffusers' layout has no place for them, so they live in a file of ours at the folder root,
 # which diffusers ignores. It also names the model's conditioning (SVDConfig.conditioning).
@@ -116,13 +119,15 @@ def _check_class(cfg: dict, expected: str, where: Path, hint: str = "") -> None:
 def read_config(folder: Path, numerics: str) -> tuple[SVDConfig, dict]:
     """(SVDConfig, scheduler config dict) of a pipeline folder, with clear errors for other pipelines."""
     index = read_json(folder / "model_index.json")
-    _check_class(index, PIPELINE_CLASS, folder / "model_index.json", ": svd_fast loads Stable Video Diffusion pipelines")
+    text = index.get("_class_name") == TEXT_PIPELINE_CLASS
+    if not text:
+        _check_class(index, PIPELINE_CLASS, folder / "model_index.json", ": svd_fast loads Stable Video Diffusion pipelines")
     unet_cfg = read_json(folder / "unet" / "config.json")
     _check_class(unet_cfg, "UNetSpatioTemporalConditionModel", folder / "unet" / "config.json")
     vae_cfg = read_json(folder / "vae" / "config.json")
     _check_class(vae_cfg, "AutoencoderKLTemporalDecoder", folder / "vae" / "config.json",
                  " (the per-frame AutoencoderKL of SVD's image-decoder variant is not supported)")
-    clip_cfg = read_json(folder / "image_encoder" / "config.json")
+    clip_cfg = {} if text else read_json(folder / "image_encoder" / "config.json")  # text: no image tower
     architectures = clip_cfg.get("architectures") or ["CLIPVisionModelWithProjection"]
     if "CLIPVisionModelWithProjection" not in architectures:
         raise CheckpointError(f"{folder / 'image_encoder' / 'config.json'}: is {architectures}, expected CLIPVisionModelWithProjection")
@@ -132,7 +137,7 @@ def read_config(folder: Path, numerics: str) -> tuple[SVDConfig, dict]:
     for name, build in (
         ("unet", lambda: UNetConfig.from_diffusers(unet_cfg, numerics=numerics)),
         ("vae", lambda: VAEConfig.from_diffusers(vae_cfg)),
-        ("image_encoder", lambda: ImageEncoderConfig.from_transformers(clip_cfg)),
+        ("image_encoder", lambda: ImageEncoderConfig.from_transformers(clip_cfg) if clip_cfg else ImageEncoderConfig()),
     ):
         try:
             parts[name] = build()
@@ -157,6 +162,9 @@ def read_config(folder: Path, numerics: str) -> tuple[SVDConfig, dict]:
         if conditioning not in CONDITIONINGS:
             raise CheckpointError(f"{defaults_path}: conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
         defaults["conditioning"] = conditioning
+    if text and defaults.get("conditioning") != "text":
+        raise CheckpointError(f"{folder}: a {TEXT_PIPELINE_CLASS} folder whose {SAMPLING_DEFAULTS_FILE} does not say "
+                              f"conditioning 'text'")
     return SVDConfig(**parts, **defaults), scheduler
 
 
@@ -172,9 +180,10 @@ def _clip_config_json(config: ImageEncoderConfig, dtype: str) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def write_folder(folder: Path, config: SVDConfig, unet: dict, vae: dict, image_encoder: dict,
-                 scheduler_config: dict, ema_unet: dict | None = None) -> None:
-    """Write every file of a pipeline folder into `folder` (an empty, temporary folder)."""
+def write_folder(folder: Path, config: SVDConfig, unet: dict, vae: dict, image_encoder: dict | None = None,
+                 scheduler_config: dict | None = None, ema_unet: dict | None = None) -> None:
+    """Write every file of a pipeline folder into `folder` (an empty, temporary folder). A text model
+    (no image_encoder) gets its text_encoder/ and tokenizer/ from svd_fast.checkpoints.text_encoder."""
     unet_config = {**config.unet.to_diffusers(), "_diffusers_version": DIFFUSERS_VERSION}
     vae_config = {**config.vae.to_diffusers(), "_diffusers_version": DIFFUSERS_VERSION}
     models = [("unet", unet_config, unet), ("vae", vae_config, vae)]
@@ -184,16 +193,22 @@ def write_folder(folder: Path, config: SVDConfig, unet: dict, vae: dict, image_e
         (folder / name).mkdir()
         write_json(folder / name / "config.json", cfg)
         save_safetensors(state, folder / name / "diffusion_pytorch_model.safetensors")
-    (folder / "image_encoder").mkdir()
-    dtype = str(next(iter(image_encoder.values())).dtype).removeprefix("torch.")
-    write_text(folder / "image_encoder" / "config.json", _clip_config_json(config.image_encoder, dtype))
-    save_safetensors(image_encoder, folder / "image_encoder" / "model.safetensors")
-    for name, file, content in (
-        ("feature_extractor", "preprocessor_config.json", FEATURE_EXTRACTOR_CONFIG),
-        ("scheduler", "scheduler_config.json", scheduler_config),
-    ):
+    files = [("scheduler", "scheduler_config.json", scheduler_config or DEFAULT_SCHEDULER_CONFIG)]
+    if image_encoder is not None:
+        (folder / "image_encoder").mkdir()
+        dtype = str(next(iter(image_encoder.values())).dtype).removeprefix("torch.")
+        write_text(folder / "image_encoder" / "config.json", _clip_config_json(config.image_encoder, dtype))
+        save_safetensors(image_encoder, folder / "image_encoder" / "model.safetensors")
+        files.append(("feature_extractor", "preprocessor_config.json", FEATURE_EXTRACTOR_CONFIG))
+    for name, file, content in files:
         (folder / name).mkdir()
         write_json(folder / name / file, content)
     write_json(folder / SAMPLING_DEFAULTS_FILE,
                {**{k: getattr(config, k) for k in SAMPLING_DEFAULT_TYPES}, "conditioning": config.conditioning})
-    write_json(folder / "model_index.json", MODEL_INDEX)
+    if image_encoder is None:
+        index = {k: v for k, v in MODEL_INDEX.items() if k not in ("image_encoder", "feature_extractor")}
+        index.update(_class_name=TEXT_PIPELINE_CLASS, text_encoder=["transformers", "CLIPTextModel"],
+                     tokenizer=["transformers", "AutoTokenizer"])
+        write_json(folder / "model_index.json", index)
+    else:
+        write_json(folder / "model_index.json", MODEL_INDEX)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from svd_fast.checkpoints import open_clip
+from svd_fast.checkpoints import open_clip, text_encoder
 from svd_fast.checkpoints.io import CheckpointError, Plan, TensorSource, describe_keys
 from svd_fast.config import ImageEncoderConfig, SVDConfig, UNetConfig, VAEConfig
 
@@ -341,6 +341,10 @@ def read_config(source: TensorSource, numerics: str) -> SVDConfig:
             raise CheckpointError(f"{source.name}: not an sgm SVD checkpoint: {describe_keys(source.keys())}")
         preset = SVDConfig.from_name("svd_xt" if "xt" in Path(source.name).stem.lower() else "svd")
         unet = dataclasses.replace(infer_unet_config(source), num_frames=preset.num_frames)
+        if not any(k.startswith(open_clip.PREFIX) for k in source.keys()) and any(
+                text_encoder.is_text_tower_key(k) for k in source.keys()):  # a text model (checkpoints/text_encoder.py)
+            return dataclasses.replace(preset, unet=dataclasses.replace(unet, numerics=numerics),
+                                       vae=infer_vae_config(source), conditioning="text")
         config = dataclasses.replace(
             preset, unet=unet, vae=infer_vae_config(source), image_encoder=infer_image_encoder_config(source)
         )

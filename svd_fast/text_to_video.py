@@ -1,0 +1,175 @@
+"""Text-to-video: SVDTextToVideoPipeline, the paper's base model (section 4.2) as a config of the one UNet.
+
+A text model (SVDConfig.conditioning == "text") is the same VideoUNet with
+- no concatenated image latent: in_channels == the latent channels;
+- cross-attention over the CLIP text tower's token states: `last_hidden_state` (final LayerNorm
+  applied) of every token of the padded prompt, (B, L, hidden), so cross_attention_dim is the
+  text tower's hidden width;
+- the vector conditioning [fps - 1, motion bucket, noise augmentation] kept in SVD's layout, the
+  last entry always 0 (there is no conditioning frame to augment).
+Guidance is classifier-free with the encoded empty prompt (or the negative prompt) as the
+unconditional, at one scale for every frame (`guidance_scale`).
+
+The sampling core (noise, samplers, guidance batch, decode, output formats, callbacks, speed
+modes) is SVDPipeline's: the text conditioning enters it through `_conditioning`, and
+`TextConditioning.unconditional()` hands the guider the negative prompt instead of zeros.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from svd_fast import conditioner
+from svd_fast.config import ImageEncoderConfig
+from svd_fast.denoiser import Conditioning
+from svd_fast.pipeline import SVDPipeline
+
+
+def encode_prompt(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+    """Token states (B, L, hidden) of the prompts, padded to the tokenizer's model_max_length."""
+    param = next(text_encoder.parameters())
+    length = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
+    ids = tokenizer(list(prompts), padding="max_length", max_length=length, truncation=True,
+                    return_tensors="pt")["input_ids"].to(param.device)
+    with torch.no_grad():
+        return text_encoder(input_ids=ids).last_hidden_state
+
+
+def _prompt_list(value, what: str) -> list[str]:
+    prompts = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"{what} must be a string or a non-empty list of strings, got {value!r}")
+    return prompts
+
+
+@dataclass
+class TextConditioning(Conditioning):
+    """Conditioning of a text model: context = prompt token states; unconditional = the negative prompt's."""
+
+    negative_context: torch.Tensor | None = None
+
+    def unconditional(self) -> Conditioning:
+        return Conditioning(self.image_latents, self.negative_context, self.added_time_ids, self.image_only_indicator)
+
+
+@dataclass
+class _Prompts:
+    prompt: list[str]
+    negative_prompt: list[str]
+
+
+class SVDTextToVideoPipeline(SVDPipeline):
+    """Text-to-video sampling on svd_fast's UNet and VAE with a transformers CLIP text tower."""
+
+    conditioning = "text"
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, config, scheduler_config: dict | None = None):
+        if config.conditioning != "text":
+            raise ValueError(f"SVDTextToVideoPipeline needs a text model, this one is conditioned on {config.conditioning!r}")
+        if unet.config.in_channels != vae.config.latent_channels:
+            raise ValueError(f"a text model's UNet takes only the noisy latents: in_channels must be "
+                             f"{vae.config.latent_channels}, got {unet.config.in_channels}")
+        if unet.config.cross_attention_dim != text_encoder.config.hidden_size:
+            raise ValueError(f"cross_attention_dim {unet.config.cross_attention_dim} differs from the text tower's "
+                             f"width {text_encoder.config.hidden_size}")
+        # a text model has no image tower: its config carries the default (unused) one, as the
+        # diffusers folder (no image_encoder/) reads back
+        config = dataclasses.replace(config, image_encoder=ImageEncoderConfig())
+        super().__init__(unet, vae, text_encoder, config, scheduler_config)
+        self.image_encoder = None
+        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+
+    @classmethod
+    def from_pretrained(cls, path, torch_dtype=None, device=None, numerics: str = "sgm", use_ema: bool = False,
+                        compile: bool = False, cuda_graphs: bool | None = None, tokenizer=None):
+        """Load a text model from a diffusers folder (text_encoder/ + tokenizer/) or an sgm file.
+
+        tokenizer: a transformers tokenizer (or a folder) to use instead of the checkpoint's; needed
+        for sgm files written elsewhere, which carry no tokenizer."""
+        from svd_fast.checkpoints import load_components
+        from svd_fast.pipeline import _resolve_dtype
+
+        if isinstance(torch_dtype, str):
+            torch_dtype = _resolve_dtype(torch_dtype, device, path)
+        parts = load_components(path, dtype=torch_dtype, device=device, numerics=numerics, use_ema=use_ema,
+                                tokenizer=tokenizer)
+        if parts["config"].conditioning != "text":
+            raise ValueError(f"{path}: is an {parts['config'].conditioning!r}-conditioned model, not a text-to-video one")
+        pipe = cls(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["config"],
+                   parts.get("scheduler_config"))
+        return pipe._accelerated(compile, cuda_graphs)
+
+    @classmethod
+    def from_config(cls, config, tokenizer, text_encoder, torch_dtype=None, device=None, seed: int = 0):
+        """Random UNet and VAE of `config` (an SVDConfig with conditioning 'text') around a given
+        tokenizer and transformers CLIP text model (tests, training from scratch)."""
+        from svd_fast.unet import VideoUNet
+        from svd_fast.vae import TemporalVAE
+
+        torch.manual_seed(seed)
+        pipe = cls(VideoUNet(config.unet), TemporalVAE(config.vae), text_encoder, tokenizer, config)
+        return pipe.to(device=device, dtype=torch_dtype)
+
+    def save_pretrained(self, path, layout: str = "diffusers", overwrite: bool = False) -> None:
+        from svd_fast.adapters import unet_to_save
+        from svd_fast.checkpoints import save_components
+
+        components = {"config": self.config, "unet": unet_to_save(self), "vae": self.vae,
+                      "text_encoder": self.text_encoder, "tokenizer": self.tokenizer,
+                      "scheduler_config": self.scheduler_config}
+        save_components(components, path, layout=layout, overwrite=overwrite)
+
+    def to(self, device=None, dtype=None) -> "SVDTextToVideoPipeline":
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.to(device=device, dtype=dtype)
+        return self
+
+    def encode_prompt(self, prompt) -> torch.Tensor:
+        """(B, L, hidden) token states of a prompt or list of prompts, in the UNet's dtype."""
+        return encode_prompt(self.tokenizer, self.text_encoder, _prompt_list(prompt, "prompt")).to(self.device, self.dtype)
+
+    @torch.inference_mode()
+    def __call__(self, prompt, negative_prompt=None, num_videos_per_prompt: int = 1, num_frames: int | None = None,
+                 height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, fps: int | None = None, motion_bucket_id: int | None = None,
+                 decode_chunk_size: int | None = None, generator=None, latents: torch.Tensor | None = None,
+                 output_type: str = "pil", return_dict: bool = True, **kwargs):
+        """Sample videos for a prompt or list of prompts.
+
+        Defaults (None) are the model's sampling defaults (SVDConfig: size, frames, steps, fps, motion
+        bucket, guidance). negative_prompt: a string or one per prompt; default the empty prompt,
+        the unconditional of classifier-free guidance. guidance_scale <= 1 samples without guidance.
+        Other keyword arguments go to SVDPipeline.__call__ (sampler, sigmas, callback_on_step_end, ...).
+        """
+        prompts = _prompt_list(prompt, "prompt")
+        negative = [""] * len(prompts) if negative_prompt is None else _prompt_list(negative_prompt, "negative_prompt")
+        if len(negative) == 1 and len(prompts) > 1:
+            negative = negative * len(prompts)
+        if len(negative) != len(prompts):
+            raise ValueError(f"got {len(negative)} negative prompts for {len(prompts)} prompts")
+        for name in ("image_embeddings", "last_image", "noise_aug_strength", "min_guidance_scale", "max_guidance_scale"):
+            if name in kwargs:
+                raise TypeError(f"SVDTextToVideoPipeline does not take {name!r}")
+        c = self.config
+        scale = c.max_guidance_scale if guidance_scale is None else float(guidance_scale)
+        return super().__call__(
+            _Prompts(prompts, negative), height=height or c.height, width=width or c.width,
+            num_frames=num_frames or c.num_frames, num_inference_steps=num_inference_steps or c.num_inference_steps,
+            min_guidance_scale=scale, max_guidance_scale=scale, fps=c.fps if fps is None else fps,
+            motion_bucket_id=c.motion_bucket_id if motion_bucket_id is None else motion_bucket_id,
+            noise_aug_strength=0.0, decode_chunk_size=decode_chunk_size, num_videos_per_prompt=num_videos_per_prompt,
+            generator=generator, latents=latents, output_type=output_type, return_dict=return_dict, **kwargs)
+
+    def _conditioning(self, image, *, height, width, num_frames, fps, motion_bucket_id, noise_aug_strength, generator,
+                      num_videos_per_prompt, image_embeddings=None) -> TextConditioning:
+        """The prompts' conditioning, batched like the latents (num_videos_per_prompt per prompt).
+        Draws no random numbers: the initial latents are the generator's first draw."""
+        context = self.encode_prompt(image.prompt).repeat_interleave(num_videos_per_prompt, dim=0)
+        negative = self.encode_prompt(image.negative_prompt).repeat_interleave(num_videos_per_prompt, dim=0)
+        batch = context.shape[0]
+        f = self.vae.config.downsample_factor
+        no_latent = torch.zeros(batch, num_frames, 0, height // f, width // f, device=self.device, dtype=self.dtype)
+        ids = conditioner.added_time_ids(fps, motion_bucket_id, 0.0, batch, self.dtype, self.device)
+        return TextConditioning(no_latent, context, ids, negative_context=negative)

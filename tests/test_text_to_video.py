@@ -1,0 +1,302 @@
+"""Text-to-video (SVDConfig.conditioning == "text"): SVDTextToVideoPipeline, both checkpoint layouts,
+the CLI, and the shipped default text-to-video model's attribute-match figure."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from svd_fast.checkpoints import CheckpointError
+from svd_fast.checkpoints.io import open_tensors
+from svd_fast.checkpoints.text_encoder import HF_PREFIX, OPEN_CLIP_PREFIX, canonical
+from svd_fast.config import SVDConfig, VAEConfig
+from svd_fast.text_to_video import SVDTextToVideoPipeline
+from svd_fast.train.text_to_video import build_tokenizer, caption_attributes, clip_attributes, text_tower_config
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_T2V = REPO / "svd_fast" / "assets" / "default_t2v"
+CAPTIONS = ["a bright scene, mostly red (60%) and blue (20%); camera pans left at 0.30 frame widths/s",
+            "a dim scene, mostly green (70%); static camera; nothing moves on its own",
+            "an evenly lit scene, mostly yellow (50%); camera zooms in at 0.20 scale/s"]
+H = W = 32
+FRAMES = 3
+# fp32 everywhere: the pipeline and the hand-written reference run the same ops in another order
+ATOL = 1e-5
+
+
+def tiny_text_model(seed: int = 0, widths: tuple[int, ...] = (32, 64)) -> SVDTextToVideoPipeline:
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer = build_tokenizer(CAPTIONS, max_length=24)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModelWithProjection(text_tower_config(tokenizer, hidden_size=32, projection_dim=16)).eval()
+    tiny = SVDConfig.from_name("tiny")
+    vae = VAEConfig(block_out_channels=(32, 32), layers_per_block=1, latent_channels=4)  # 2x: 16x16 latents at 32 px
+    unet = dataclasses.replace(tiny.unet, in_channels=vae.latent_channels, cross_attention_dim=32, num_frames=FRAMES,
+                               block_out_channels=widths, num_attention_heads=tuple(max(w // 64, 1) for w in widths))
+    config = dataclasses.replace(tiny, unet=unet, vae=vae, conditioning="text", num_frames=FRAMES, height=H, width=W,
+                                 num_inference_steps=2, max_guidance_scale=2.5)
+    pipe = SVDTextToVideoPipeline.from_config(config, tokenizer, text_encoder, seed=seed)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_text_model()
+
+
+def run(pipe, prompt="a bright scene, mostly red", seed=0, **kw):
+    kw = {"output_type": "np", **kw}
+    return pipe(prompt, generator=torch.Generator().manual_seed(seed), **kw).frames
+
+
+# ---------------------------------------------------------------------------------------- pipeline
+def test_shapes_and_diffusers_arguments(pipe):
+    frames = run(pipe, ["a bright scene, mostly red", "a dim scene, mostly green"], num_videos_per_prompt=2)
+    assert frames.shape == (4, FRAMES, H, W, 3)  # prompts x videos per prompt, model defaults for size and frames
+    assert frames.min() >= 0 and frames.max() <= 1
+    pt = run(pipe, output_type="pt", num_frames=2, height=16, width=24)
+    assert pt.shape == (1, 2, 3, 16, 24)
+    pil = run(pipe, output_type="pil")
+    assert len(pil) == 1 and len(pil[0]) == FRAMES and pil[0][0].size == (W, H)
+    latents = run(pipe, output_type="latent")
+    assert latents.shape == (1, FRAMES, 4, H // 2, W // 2)
+
+
+def test_generator_reproducibility(pipe):
+    a, b, c = run(pipe, seed=1), run(pipe, seed=1), run(pipe, seed=2)
+    assert np.array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+    # one generator per video, as in diffusers: video k of a batch is the single video of generator k
+    batch = pipe(["a bright scene, mostly red"] * 2, generator=[torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)],
+                 output_type="latent").frames
+    single = pipe("a bright scene, mostly red", generator=torch.Generator().manual_seed(6), output_type="latent").frames
+    # batch 2 vs batch 1 reorders the float sums of every layer: ~1e-4 after the steps, versus O(1) between seeds
+    torch.testing.assert_close(batch[1:], single, atol=1e-3, rtol=0)
+    assert (batch[0] - single[0]).abs().max() > 0.1
+
+
+def test_prompt_changes_the_video_and_negative_prompt_is_used(pipe):
+    red, green = run(pipe, "mostly red"), run(pipe, "mostly green")
+    assert np.abs(red - green).max() > 1e-4
+    plain = run(pipe, "mostly red", negative_prompt="mostly blue")
+    assert np.abs(plain - red).max() > 1e-4
+    assert np.array_equal(run(pipe, "mostly red", negative_prompt=""), red)  # the default is the empty prompt
+
+
+def _encode(pipe, prompts):
+    """Token states straight from transformers: padded to the tokenizer's length, last_hidden_state."""
+    ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids
+    return pipe.text_encoder(input_ids=ids).last_hidden_state
+
+
+@pytest.mark.parametrize("negative", [None, "mostly blue; static camera"])
+def test_guidance_is_the_hand_computed_combination(pipe, negative):
+    """One Euler step from sigma s to 0 returns D itself: compare with c_skip x + c_out (v_u + g (v_c - v_u))
+    computed from the UNet called directly on the prompt's and the unconditional prompt's token states."""
+    prompt, scale, s = "mostly red; camera pans left", 3.0, 2.0
+    noise = torch.randn(1, FRAMES, 4, H // 2, W // 2, generator=torch.Generator().manual_seed(0))
+    out = pipe(prompt, negative_prompt=negative, guidance_scale=scale, sigmas=[s, 0.0], latents=noise,
+               output_type="latent").frames
+    with torch.no_grad():
+        x = noise * (s**2 + 1) ** 0.5  # the initial noise scale sqrt(sigma_max^2 + 1)
+        c_in, c_skip, c_out, c_noise = (s**2 + 1) ** -0.5, 1 / (s**2 + 1), -s / (s**2 + 1) ** 0.5, 0.25 * np.log(s)
+        ids = torch.tensor([[pipe.config.fps - 1, pipe.config.motion_bucket_id, 0.0]])
+        timestep = torch.tensor([c_noise], dtype=torch.float32)
+        v_c = pipe.unet(x * c_in, timestep, _encode(pipe, [prompt]), ids)
+        v_u = pipe.unet(x * c_in, timestep, _encode(pipe, [negative or ""]), ids)
+        expected = c_skip * x + c_out * (v_u + scale * (v_c - v_u))
+    torch.testing.assert_close(out, expected, atol=ATOL, rtol=1e-5)
+    unguided = pipe(prompt, guidance_scale=1.0, sigmas=[s, 0.0], latents=noise, output_type="latent").frames
+    torch.testing.assert_close(unguided, c_skip * x + c_out * v_c, atol=ATOL, rtol=1e-5)
+
+
+def test_bad_arguments(pipe):
+    with pytest.raises(ValueError, match="prompt must be a string"):
+        pipe([])
+    with pytest.raises(ValueError, match="negative prompts"):
+        pipe(["a", "b", "c"], negative_prompt=["x", "y"])
+    with pytest.raises(TypeError, match="image_embeddings"):
+        pipe("a", image_embeddings=torch.zeros(1, 1, 32))
+
+
+def test_cross_attention_sees_every_token(pipe):
+    """The context is the whole token sequence: a change in the last word changes the output."""
+    ctx = _encode(pipe, ["mostly red; camera pans left", "mostly red; camera pans right"])
+    assert ctx.shape == (2, pipe.tokenizer.model_max_length, 32)
+    x = torch.randn(2, FRAMES, 4, 8, 8)
+    ids = torch.zeros(2, 3)
+    with torch.no_grad():
+        v = pipe.unet(x[:1].repeat(2, 1, 1, 1, 1), torch.zeros(2), ctx, ids)
+    assert (v[0] - v[1]).abs().max() > 1e-5
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+def _latent(pipe, prompt="mostly red; camera pans left"):
+    return pipe(prompt, generator=torch.Generator().manual_seed(3), output_type="latent").frames
+
+
+def test_diffusers_folder_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "m")
+    names = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert "text_encoder" in names and "tokenizer" in names and "image_encoder" not in names
+    index = json.loads((tmp_path / "m" / "model_index.json").read_text())
+    assert index["_class_name"] == "SVDTextToVideoPipeline"
+    assert json.loads((tmp_path / "m" / "svd_fast_sampling.json").read_text())["conditioning"] == "text"
+    assert list((tmp_path / "m" / "text_encoder").glob("*.safetensors"))
+    loaded = SVDTextToVideoPipeline.from_pretrained(tmp_path / "m")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config == pipe.config
+    torch.testing.assert_close(_latent(loaded), _latent(pipe), atol=0, rtol=0)
+
+
+def test_sgm_file_round_trip_in_open_clip_names(pipe, tmp_path):
+    path = tmp_path / "t2v.safetensors"
+    pipe.save_pretrained(path, layout="sgm")
+    source = open_tensors(path)
+    keys = set(source.keys())
+    assert not any(k.startswith("conditioner.embedders.0.open_clip") for k in keys)  # no image tower
+    # FrozenOpenCLIPEmbedder names, checked against the transformers tensors they come from
+    state = pipe.text_encoder.state_dict()
+    q, k, v = (state[f"text_model.encoder.layers.1.self_attn.{n}_proj.weight"] for n in "qkv")
+    torch.testing.assert_close(source.read(OPEN_CLIP_PREFIX + "transformer.resblocks.1.attn.in_proj_weight"),
+                               torch.cat([q, k, v]), atol=0, rtol=0)
+    torch.testing.assert_close(source.read(OPEN_CLIP_PREFIX + "text_projection"), state["text_projection.weight"].T,
+                               atol=0, rtol=0)
+    torch.testing.assert_close(source.read(OPEN_CLIP_PREFIX + "token_embedding.weight"),
+                               state["text_model.embeddings.token_embedding.weight"], atol=0, rtol=0)
+    assert OPEN_CLIP_PREFIX + "ln_final.weight" in keys and OPEN_CLIP_PREFIX + "positional_embedding" in keys
+    loaded = SVDTextToVideoPipeline.from_pretrained(path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config == pipe.config
+    torch.testing.assert_close(_latent(loaded), _latent(pipe), atol=0, rtol=0)
+
+
+def test_sgm_file_from_elsewhere_needs_a_tokenizer(tmp_path):
+    """A file without our metadata, its tower in FrozenCLIPEmbedder names (a transformers CLIPTextModel
+    stored whole): the config is inferred from shapes (64-channel UNet heads, as for released files)
+    and the tokenizer comes from the caller."""
+    from safetensors.torch import save_file
+
+    pipe = tiny_text_model(widths=(64, 64))
+
+    path = tmp_path / "t2v.safetensors"
+    pipe.save_pretrained(path, layout="sgm")
+    source = open_tensors(path)
+    tensors = {k: source.read(k) for k in source.keys() if not k.startswith(OPEN_CLIP_PREFIX)}
+    tower = pipe.text_encoder.state_dict()
+    tensors.update({HF_PREFIX + k: v.contiguous() for k, v in tower.items()  # sgm: transformer.text_model.*
+                    if k.startswith("text_model.") and not k.endswith("position_ids")})
+    foreign = tmp_path / "foreign.safetensors"
+    save_file(tensors, foreign)  # no metadata at all
+    with pytest.raises(CheckpointError, match="tokenizer"):
+        SVDTextToVideoPipeline.from_pretrained(foreign)
+    tokenizer_dir = tmp_path / "tok"
+    pipe.tokenizer.save_pretrained(tokenizer_dir)
+    loaded = SVDTextToVideoPipeline.from_pretrained(foreign, tokenizer=tokenizer_dir)
+    assert loaded.config.conditioning == "text"
+    assert loaded.config.unet == dataclasses.replace(pipe.config.unet, num_frames=14)  # frames: svd's, not stored
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.text_encoder).__name__ == "CLIPTextModel"
+    # the inferred tower (transformers' default activation) differs from ours (exact GELU) only in the
+    # activation: the weights are ours, name for name
+    for key, value in loaded.text_encoder.state_dict().items():
+        if not key.endswith("position_ids"):
+            torch.testing.assert_close(value, tower[canonical(key)], atol=0, rtol=0)
+
+
+def test_a_clip_bpe_tokenizer_and_text_model_folder_work(tmp_path):
+    """A user's CLIP tokenizer (vocab.json + merges.txt, transformers' CLIPTokenizer) and CLIPTextModel."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {t: i for i, t in enumerate([*letters, *(c + "</w>" for c in letters), "re", "red</w>",
+                                         "<|startoftext|>", "<|endoftext|>"])}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\nr e\nre d</w>\n")
+    tokenizer = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), model_max_length=16)
+    assert tokenizer.convert_ids_to_tokens(tokenizer("red").input_ids) == ["<|startoftext|>", "red</w>", "<|endoftext|>"]
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                                                num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
+                                                eos_token_id=vocab["<|endoftext|>"], bos_token_id=vocab["<|startoftext|>"],
+                                                pad_token_id=vocab["<|endoftext|>"])).eval()
+    base = tiny_text_model()
+    user = SVDTextToVideoPipeline(base.unet, base.vae, text_encoder, tokenizer, base.config)
+    user.set_progress_bar_config(disable=True)
+    user.save_pretrained(tmp_path / "m")
+    assert any((tmp_path / "m" / "tokenizer").iterdir())
+    loaded = SVDTextToVideoPipeline.from_pretrained(tmp_path / "m")
+    assert type(loaded.text_encoder).__name__ == "CLIPTextModel"
+    assert loaded.tokenizer("red").input_ids == tokenizer("red").input_ids
+    torch.testing.assert_close(_latent(loaded, "red"), _latent(user, "red"), atol=0, rtol=0)
+
+
+def test_image_model_is_refused(tmp_path):
+    from svd_fast.pipeline import SVDPipeline
+
+    SVDPipeline.from_config("tiny").save_pretrained(tmp_path / "i2v")
+    with pytest.raises(ValueError, match="not a text-to-video"):
+        SVDTextToVideoPipeline.from_pretrained(tmp_path / "i2v")
+
+
+# ------------------------------------------------------------------------------------------ captions
+def test_caption_attributes_read_what_the_captioner_measured():
+    from svd_fast.curate.captions import TrivialCaptioner
+    from svd_fast.train.procedural import ProceduralConfig, random_clip_spec, render_clip
+
+    spec = random_clip_spec(3, ProceduralConfig(fps_choices=(8.0,)))
+    spec.camera_velocity, spec.zoom_rate = np.array([0.04, 0.0]), 0.0  # camera centre moves right: a pan right
+    frames = ((render_clip(spec, 8, 64, 64)[0].permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
+    caption = TrivialCaptioner().caption_video(frames, [t / 8 for t in range(8)])
+    assert caption_attributes(caption) == clip_attributes(frames, 8.0)
+    assert clip_attributes(frames, 8.0)["camera"] == "camera pans right"
+    with pytest.raises(ValueError):
+        caption_attributes("a cat")
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "svd_fast.sample", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", "  "], "--prompt is empty"),
+    (["--prompt", "red", "--image", "assets/example.png"], "exactly one of --image"),
+    ([], "exactly one of --image"),
+    (["--prompt", "red", "--noise-aug", "0.1"], "image-to-video flag"),
+    (["--image", "assets/example.png", "--guidance-scale", "2"], "go with --prompt"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, args, message):
+    result = _cli(*args, "--out", str(tmp_path / "o.gif"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_cli_prompt_with_an_image_model_is_one_line(tmp_path):
+    result = _cli("--prompt", "red", "--model", str(REPO / "svd_fast/assets/default_model"), "--out", str(tmp_path / "o.gif"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not a text-to-video" in lines[0], result.stderr
+
+
+def test_cli_prompt_uses_the_default_text_model(tmp_path):
+    from svd_fast.video_io import read_video
+
+    out = tmp_path / "v.gif"
+    result = _cli("--prompt", "a bright scene, mostly red; camera pans left", "--steps", "3", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "wrote 8 frames" in result.stdout
+    frames = read_video(out)[0]
+    assert frames.shape[:3] == (8, 64, 64)
