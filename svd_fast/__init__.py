@@ -10,7 +10,7 @@ logging.getLogger("torchao").setLevel(logging.ERROR)
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 __all__ = ["SVDPipeline", "SVDInterpolationPipeline", "SVDConfig", "load_components", "accelerate", "restore", "save_motion_module",
-           "load_motion_module", "SVDMultiViewPipeline"]
+           "load_motion_module", "SVDMultiViewPipeline", "SVDTextToVideoPipeline"]
 
 
 def __getattr__(name):
@@ -27,6 +27,10 @@ def __getattr__(name):
         from svd_fast.multiview import SVDMultiViewPipeline
 
         return SVDMultiViewPipeline
+    if name == "SVDTextToVideoPipeline":
+        from svd_fast.text_to_video import SVDTextToVideoPipeline
+
+        return SVDTextToVideoPipeline
     if name == "SVDConfig":
         from svd_fast.config import SVDConfig
 
