@@ -29,7 +29,7 @@ import torch
 
 from svd_fast import conditioner
 from svd_fast.denoiser import Conditioning
-from svd_fast.pipeline import SVDPipeline, randn
+from svd_fast.pipeline import SVDPipeline, postprocess_video, randn
 
 
 def interpolation_latents(first: torch.Tensor, last: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -81,6 +81,16 @@ def motion_bucket_from_ends(first, last, num_frames: int) -> float:
     return motion_bucket(mean_flow(video) / (num_frames - 1), video.shape[1])
 
 
+def pin_to_ends(video: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """video (B, T, 3, H, W) in [0, 1] plus the time-blended residuals of its ends against the true
+    end frames first / last (B, 3, H, W): frame 0 becomes `first`, frame T-1 `last` (clamped to [0, 1])."""
+    t = video.shape[1]
+    a = torch.linspace(0, 1, t, device=video.device).reshape(1, t, 1, 1, 1)
+    residual_first = (first.to(video) - video[:, 0])[:, None]
+    residual_last = (last.to(video) - video[:, -1])[:, None]
+    return (video + (1 - a) * residual_first + a * residual_last).clamp(0, 1)
+
+
 class SVDInterpolationPipeline(SVDPipeline):
     """Frames between a first and a last image with an SVD-FI model (SVDConfig.conditioning 'interpolation').
 
@@ -96,25 +106,40 @@ class SVDInterpolationPipeline(SVDPipeline):
                  noise_aug_strength: float = 0.02, decode_chunk_size: int | None = None, num_videos_per_prompt: int = 1,
                  generator=None, latents=None, output_type: str = "pil", callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs=("latents",), sampler: str | None = None, sigmas=None,
-                 eta: float = 1.0, return_dict: bool = True):
-        """num_frames frames from `image` (first) to `last_image` (last), both ends included and
-        re-created by the model. Arguments as SVDPipeline's (diffusers' names); those left None take
-        the model's sampling defaults (SVDConfig: size, frames, steps, fps, motion bucket, guidance).
-        Random numbers: the first end's latent augmentation, the last end's, then the initial latents."""
+                 eta: float = 1.0, pin_ends: bool = True, return_dict: bool = True):
+        """num_frames frames from `image` (first) to `last_image` (last), both ends included. Arguments
+        as SVDPipeline's (diffusers' names); those left None take the model's sampling defaults
+        (SVDConfig: size, frames, steps, fps, motion bucket, guidance). Random numbers: the first
+        end's latent augmentation, the last end's, then the initial latents.
+
+        pin_ends (svd_fast's addition, not the paper's): the decoded frames are corrected by the
+        VAE's error on the two ends, blended over time: frame t gets (1 - a_t) (first - decoded
+        frame 0) + a_t (last - decoded last frame), a_t = t / (T - 1). The ends come out exactly as
+        given (no flicker at the keyframes of a whole video) and detail the VAE loses on both ends
+        is put back where the content stays; where it moves, that detail is blended like the ends.
+        False returns the decoded frames as they are."""
         if last_image is None:
             raise ValueError("SVDInterpolationPipeline needs last_image (the clip's last frame)")
         cfg = self.config
-        return super().__call__(
-            (image, last_image), height=height or cfg.height, width=width or cfg.width,
-            num_frames=num_frames or cfg.num_frames, num_inference_steps=num_inference_steps or cfg.num_inference_steps,
-            min_guidance_scale=min_guidance_scale,
+        height, width = height or cfg.height, width or cfg.width
+        num_frames = num_frames or cfg.num_frames
+        pin = pin_ends and output_type != "latent"
+        out = super().__call__(
+            (image, last_image), height=height, width=width, num_frames=num_frames,
+            num_inference_steps=num_inference_steps or cfg.num_inference_steps, min_guidance_scale=min_guidance_scale,
             max_guidance_scale=cfg.max_guidance_scale if max_guidance_scale is None else max_guidance_scale,
             fps=fps or cfg.fps, motion_bucket_id=cfg.motion_bucket_id if motion_bucket_id is None else motion_bucket_id,
             noise_aug_strength=noise_aug_strength, decode_chunk_size=decode_chunk_size,
-            num_videos_per_prompt=num_videos_per_prompt, generator=generator, latents=latents, output_type=output_type,
-            callback_on_step_end=callback_on_step_end,
+            num_videos_per_prompt=num_videos_per_prompt, generator=generator, latents=latents,
+            output_type="pt" if pin else output_type, callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, sampler=sampler, sigmas=sigmas,
-            eta=eta, return_dict=return_dict)
+            eta=eta, return_dict=True)
+        if pin:
+            video = pin_to_ends(out.frames, *(
+                ((conditioner.preprocess_image(x, height, width) + 1) / 2).repeat_interleave(num_videos_per_prompt, 0)
+                for x in (image, last_image)))
+            out.frames = postprocess_video(video.to(out.frames.device) * 2 - 1, output_type)
+        return out if return_dict else out.frames
 
     def encode_end(self, image, height: int, width: int, noise_aug_strength: float, generator):
         """CLIP embedding (B, 1, D) of the clean image and its VAE mean latent (B, C, h, w) with
