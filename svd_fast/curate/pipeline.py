@@ -72,8 +72,12 @@ def list_sources(input_dir: str, config: CurateConfig, limit: int | None = None)
     sources = []
     for name in names:
         path = os.path.abspath(os.path.join(input_dir, name))
-        stat = os.stat(path)
-        key = hashlib.sha1(f"{name}|{stat.st_size}|{stat.st_mtime_ns}|{fingerprint}".encode()).hexdigest()[:24]
+        try:
+            stat = os.stat(path)
+            identity = f"{stat.st_size}|{stat.st_mtime_ns}"
+        except OSError as error:  # a dangling link, a file gone since the walk: probing records why
+            identity = f"unreadable|{error.errno}"
+        key = hashlib.sha1(f"{name}|{identity}|{fingerprint}".encode()).hexdigest()[:24]
         sources.append(Source(name, path, key))
     return sources
 

@@ -44,7 +44,11 @@ def _frame_rate(stream, pts: list[int]) -> float:
 
 def probe_video(path: str) -> VideoInfo:
     """VideoInfo of the first video stream of `path`, or UnreadableVideo(reason)."""
-    if os.path.getsize(path) == 0:
+    try:
+        size = os.path.getsize(path)
+    except OSError as error:  # e.g. a symbolic link to nothing
+        raise UnreadableVideo(f"unreadable: {error.strerror}") from None
+    if size == 0:
         raise UnreadableVideo("empty file")
     try:
         with av.open(path) as container:
@@ -74,6 +78,8 @@ def probe_video(path: str) -> VideoInfo:
             first = next(container.decode(video=0), None)
             if first is None:
                 raise UnreadableVideo("no decodable frame")
+            if round((first.rotation or 0) / 90) % 2:
+                width, height = height, width  # a display matrix turns it a quarter: the upright size
     except UnreadableVideo:
         raise
     except (av.FFmpegError, OSError, ValueError) as error:
@@ -81,4 +87,6 @@ def probe_video(path: str) -> VideoInfo:
         raise UnreadableVideo(f"unreadable ({type(error).__name__}): {getattr(error, 'strerror', None) or error}") from None
     if width <= 0 or height <= 0:
         raise UnreadableVideo(f"invalid frame size {width}x{height}")
+    if len(pts) == 1:
+        raise UnreadableVideo(f"a single frame (a still {codec} image, not a video)")
     return VideoInfo(len(pts), fps, width, height, codec, pts, keyframes)

@@ -43,14 +43,16 @@ def clip_metadata(row: dict) -> dict:
 
 def encode_clip(source_path: str, start_frame: int, end_frame: int, start_pts: int, fps: float,
                 short_side: int, crf: int) -> bytes:
-    """Frames [start_frame, end_frame) of the source as an mp4 (streamed: one frame in memory)."""
+    """Frames [start_frame, end_frame) of the source as an mp4 (streamed: one frame in memory),
+    each at its source time from the clip start: variable frame rates keep their timing."""
     def frames() -> Iterator:
         for count, frame in enumerate(iter_decoded(source_path, start_pts=start_pts, seek_pts=start_pts)):
             if count >= end_frame - start_frame:
                 return
-            yield frame_to_rgb(frame, short_side)
+            seconds = float((frame.pts - start_pts) * frame.time_base) if frame.pts is not None else count / fps
+            yield frame_to_rgb(frame, short_side), seconds
 
-    return encode_mp4(frames(), fps, crf=crf)
+    return encode_mp4(frames(), fps, crf=crf, timed=True)
 
 
 def shard_is_complete(path: str, keys: list[str]) -> bool:

@@ -49,6 +49,8 @@ def source_rows(item: dict, config: CurateConfig) -> list[dict]:
         return [dict(_blank_row(source, path), error=str(error))]
     except (av.FFmpegError, OSError) as error:
         return [dict(_blank_row(source, path), error=f"decode failed during cut detection: {error}")]
+    except Exception as error:  # noqa: BLE001 - one odd file must not end a run of thousands: record it
+        return [dict(_blank_row(source, path), error=_unexpected(error))]
     if not spans:
         return [dict(_blank_row(source, path), error="no clips: transitions cover the whole video")]
     rows = []
@@ -59,6 +61,12 @@ def source_rows(item: dict, config: CurateConfig) -> list[dict]:
                    reason=span.reason)
         rows.append(row)
     return rows
+
+
+def _unexpected(error: Exception) -> str:
+    """One line for an error no stage anticipated (a decoder or library bug on a strange file)."""
+    text = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    return f"unexpected {type(error).__name__} while reading the video: {text}"
 
 
 def _active(row: dict) -> bool:
@@ -74,6 +82,8 @@ def decode_row(row: dict, config: CurateConfig) -> dict:
                              config.decode, config.motion, float(row["fps"]))
     except (av.FFmpegError, ValueError) as error:
         return dict(row, reason=f"decode_error: {error}")
+    except Exception as error:  # noqa: BLE001 - as in source_rows
+        return dict(row, reason=f"decode_error: {_unexpected(error)}")
     return dict(row, key_frames=pack(frames.key), motion_frames=pack(frames.motion), caption_frames=pack(frames.caption))
 
 
