@@ -10,35 +10,30 @@ config, in the ZeRO paper's terms (Psi = trainable parameters, N = world size):
   ZeRO-3 working set: the two largest top-level blocks gathered at once (current + prefetched)
   communication buckets: reduce_bucket_size elements of gradients (ZeRO 1..3)
   frozen VAE and image encoder weights (replicated)
-Activations are measured, not modelled: a width-reduced copy of the UNet (every width divided by
-k so it stays a multiple of 32 groups) runs one forward + backward on CPU at a few small sizes
-under the recipe's precision, trainable mode and checkpointing; the CPU profiler's allocation
-timeline gives the peak above the weights. Activation memory is linear in B*T*h*w (plus small
-per-frame terms) and in the widths, so the fit c0 + c1*B*T + c2*B*T*h*w times k scales to the target. The frozen conditioning pass (VAE
-encoding) is measured the same way; it runs before the UNet, so the peak takes the larger of the
-two on top of the static parts.
+Activations are traced, not modelled: the full-width UNet runs the training objective's forward
+and backward at the target micro-batch, frames and resolution on FakeTensors
+(svd_fast.train.fake_trace), under the recipe's precision, trainable mode and checkpointing, and
+the peak of live tensor bytes is read off the real graph. The frozen conditioning pass (VAE
+encoding, ENCODE_CHUNK frames at a time) is traced the same way; it runs before the UNet, so the
+peak takes the larger of the two on top of the static parts. Live tensor bytes are a lower bound
+of what the CUDA allocator reserves (rounding, fragmentation, the CUDA context): keep a margin.
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
-from svd_fast.config import UNetConfig, VAEConfig
+from svd_fast.config import UNetConfig
 from svd_fast.train.engine import auto_bucket_values
-from svd_fast.train.objective import ENCODE_CHUNK, DiffusionObjective
+from svd_fast.train.fake_trace import unet_step_peak, vae_encode_peak
+from svd_fast.train.objective import ENCODE_CHUNK
 from svd_fast.train.recipe import Recipe
-from svd_fast.train.trainable import enable_gradient_checkpointing, set_trainable
+from svd_fast.train.trainable import set_trainable
 
 GIB = 1024**3
-CALIBRATION = ((1, 1, 4, 4), (1, 1, 8, 8), (1, 2, 8, 4), (1, 2, 4, 4))
-"""(batch, frames, h, w) of the activation measurements, h and w in units of the UNet's total
-downsampling factor (2^(levels-1) latent pixels); large enough that feature maps, not fixed-size
-buffers, set the peak"""
+LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -50,11 +45,15 @@ class MemoryEstimate:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def static(self) -> float:
+        return sum(self.items.values())
+
+    @property
     def total(self) -> float:
-        return sum(self.items.values()) + max(self.activations, self.conditioning)
+        return self.static + max(self.activations, self.conditioning)
 
     def table(self) -> str:
-        rows = [*self.items.items(), ("activations (measured, scaled)", self.activations),
+        rows = [*self.items.items(), ("activations (traced forward + backward)", self.activations),
                 ("frozen conditioning pass (VAE encode; not concurrent)", self.conditioning),
                 ("total per GPU", self.total)]
         width = max(len(name) for name, _ in rows)
@@ -63,108 +62,31 @@ class MemoryEstimate:
         return "\n".join([*lines, *(f"  note: {n}" for n in self.notes)])
 
 
-def _width_factor(widths) -> int:
-    """Largest k dividing every width such that widths / k stay multiples of 32."""
-    return max(1, math.gcd(*widths) // 32)
+def precision_dtypes(recipe: Recipe, deepspeed: bool) -> tuple[torch.dtype, torch.dtype | None]:
+    """(stored weight dtype, autocast dtype) of a run: DeepSpeed bf16/fp16 keeps low-precision
+    weights (fp32 masters in the optimizer) and runs without autocast; the plain engine keeps fp32
+    weights and autocasts."""
+    low = LOW_PRECISION.get(recipe.mixed_precision)
+    if low is None:
+        return torch.float32, None
+    return (low, None) if deepspeed else (torch.float32, low)
 
 
-def proxy_unet_config(config: UNetConfig) -> tuple[UNetConfig, int]:
-    k = _width_factor(config.block_out_channels)
-    widths = tuple(w // k for w in config.block_out_channels)
-    head_dim = config.block_out_channels[0] // config.num_attention_heads[0]
-    heads = tuple(max(1, w // head_dim) for w in widths)
-    heads = tuple(h if w % h == 0 else 1 for h, w in zip(heads, widths))
-    return dataclasses.replace(config, block_out_channels=widths, num_attention_heads=heads), k
+def latent_size(recipe: Recipe) -> tuple[int, int]:
+    factor = recipe.model.vae.downsample_factor
+    data = recipe.data
+    if data.height % factor or data.width % factor:
+        raise ValueError(f"data.height/width {data.height}x{data.width} must be multiples of the VAE's factor {factor}")
+    return data.height // factor, data.width // factor
 
 
-def proxy_vae_config(config: VAEConfig) -> tuple[VAEConfig, int]:
-    k = _width_factor(config.block_out_channels)
-    return dataclasses.replace(config, block_out_channels=tuple(w // k for w in config.block_out_channels)), k
-
-
-def profiled_peak(fn) -> int:
-    """Peak bytes allocated above the starting point while fn runs (CPU profiler timeline)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    current = peak = 0
-    for _, nbytes in events:
-        current += nbytes
-        peak = max(peak, current)
-    return peak
-
-
-def _autocast(precision: str):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.bfloat16}.get(precision)  # CPU autocast: bf16 stands in for fp16
-    return torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
-
-
-def _fit(points: list[tuple[int, int, int]]) -> np.ndarray:
-    """Least-squares coefficients (c0, c1, c2) of bytes = c0 + c1 * frames + c2 * frames * pixels
-    from (frames, frames * pixels, bytes) measurements: per-frame vectors (embeddings, norm
-    statistics) grow with B*T only, feature maps with B*T*h*w."""
-    a = np.array([[1.0, f, n] for f, n, _ in points])
-    y = np.array([b for _, _, b in points], dtype=np.float64)
-    return np.linalg.lstsq(a, y, rcond=None)[0]
-
-
-def _predict(coef: np.ndarray, frames: int, elements: int) -> float:
-    return float(coef[0] + coef[1] * frames + coef[2] * elements)
-
-
-def measure_unet_activations(recipe: Recipe) -> tuple[np.ndarray, int]:
-    """(fit coefficients (see _fit), width factor k) of the UNet's forward + backward inside the
-    training objective (noising, preconditioning and loss included)."""
-    from svd_fast.unet import VideoUNet
-
-    proxy, k = proxy_unet_config(recipe.model.unet)
-    torch.manual_seed(0)
-    unet = VideoUNet(proxy)
-    set_trainable(unet, recipe.trainable, recipe.lora)
-    if recipe.gradient_checkpointing:
-        enable_gradient_checkpointing(unet)
-    for p in unet.parameters():  # gradients already exist in a running job: keep them out of the peak
-        if p.requires_grad:
-            p.grad = torch.zeros_like(p)
-    unit = 2 ** (len(proxy.block_out_channels) - 1)
-
-    objective = DiffusionObjective(unet)
-    latent = proxy.out_channels
-
-    def step(b, t, h, w):
-        inputs = dict(latents=torch.randn(b, t, latent, h, w), noise=torch.randn(b, t, latent, h, w),
-                      sigma=torch.ones(b), image_latents=torch.randn(b, t, proxy.in_channels - latent, h, w),
-                      context=torch.randn(b, 1, proxy.cross_attention_dim), added_time_ids=torch.randn(b, 3),
-                      image_only_indicator=torch.zeros(b, t))
-        with _autocast(recipe.mixed_precision):
-            loss = objective(**inputs).mean()
-        loss.backward()
-
-    points = []
-    for i, (b, t, hu, wu) in enumerate(CALIBRATION):
-        h, w = hu * unit, wu * unit
-        if i == 0:
-            step(b, t, h, w)  # warm-up: one-time allocations out of the measurement
-        points.append((b * t, b * t * h * w, profiled_peak(lambda: step(b, t, h, w))))
-    return _fit(points), k
-
-
-def measure_vae_encode(vae_config: VAEConfig, frames: int, height: int, width: int) -> float:
-    """Peak bytes of encoding `frames` frames of height x width with the frozen VAE (no grad)."""
-    from svd_fast.vae import TemporalVAE
-
-    proxy, k = proxy_vae_config(vae_config)
-    vae = TemporalVAE(proxy).eval()
-    unit = 2 ** (len(proxy.block_out_channels) - 1)
-    points = []
-    for n, s in ((1, 2), (1, 4), (2, 4)):
-        x = torch.randn(n, 3, s * unit, s * unit)
-        with torch.no_grad():
-            vae.encode(x)
-            points.append((n, n * s * s * unit * unit, profiled_peak(lambda: vae.encode(x))))
-    return k * _predict(_fit(points), frames, frames * height * width)
+def trace_activations(recipe: Recipe, deepspeed: bool, batch: int | None = None) -> int:
+    """Peak activation bytes of one micro-step of `recipe` (batch: clips per GPU, default the recipe's)."""
+    weight_dtype, autocast = precision_dtypes(recipe, deepspeed)
+    h, w = latent_size(recipe)
+    peak = unet_step_peak(recipe.model.unet, recipe.trainable, recipe.lora, recipe.gradient_checkpointing,
+                          weight_dtype, autocast, batch or recipe.batch_size, recipe.data.num_frames, h, w)
+    return peak["peak"]
 
 
 def _numel(module: nn.Module, trainable_only: bool = False) -> int:
@@ -187,47 +109,69 @@ def count_parameters(recipe: Recipe) -> dict:
             "largest_blocks": sum(largest), "trainable_numels": [p.numel() for p in unet.parameters() if p.requires_grad]}
 
 
-def estimate_memory(recipe: Recipe, ds_config: dict | None, world_size: int) -> MemoryEstimate:
-    """Per-GPU bytes of a training run of `recipe` under `ds_config` (None: plain engine, no ZeRO)."""
+def zero_settings(ds_config: dict | None) -> dict:
+    """ZeRO stage and offload switches of a DeepSpeed config (None: the plain engine)."""
+    zero = (ds_config or {}).get("zero_optimization", {})
+    stage = int(zero.get("stage", 0))
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_optimization.stage must be 0..3, got {stage}")
+    return {"stage": stage, "bucket": zero.get("reduce_bucket_size", 5e8),
+            "offload_optimizer": zero.get("offload_optimizer", {}).get("device", "none") in ("cpu", "nvme"),
+            "offload_param": stage == 3 and zero.get("offload_param", {}).get("device", "none") in ("cpu", "nvme")}
+
+
+def static_memory(recipe: Recipe, ds_config: dict | None, world_size: int, counts: dict | None = None) -> MemoryEstimate:
+    """The formula part of the estimate (everything but activations), per GPU."""
     if world_size < 1:
         raise ValueError(f"--world-size must be >= 1, got {world_size}")
-    ds = ds_config or {}
-    zero = ds.get("zero_optimization", {})
-    stage = int(zero.get("stage", 0))
-    offload_opt = zero.get("offload_optimizer", {}).get("device", "none") in ("cpu", "nvme")
-    offload_param = stage == 3 and zero.get("offload_param", {}).get("device", "none") in ("cpu", "nvme")
+    z = zero_settings(ds_config)
+    stage, n = z["stage"], world_size
     # DeepSpeed holds bf16/fp16 weights plus fp32 masters; the plain engine autocasts fp32 weights.
     mixed = recipe.mixed_precision != "no" and ds_config is not None
     weight_bytes = 2 if mixed else 4
-    counts = count_parameters(recipe)
-    psi, n = counts["trainable"], world_size
+    counts = counts or count_parameters(recipe)
+    psi = counts["trainable"]
     est = MemoryEstimate()
     params = counts["unet"] * weight_bytes
-    est.items["UNet parameters"] = 0 if offload_param else params / (n if stage == 3 else 1)
+    est.items["UNet parameters"] = 0 if z["offload_param"] else params / (n if stage == 3 else 1)
     est.items["gradients"] = psi * weight_bytes / (n if stage >= 2 else 1)
     adam = 2 if recipe.optim.name == "adamw8bit" else 8
     master = 4 if mixed else 0
     optimizer = psi * (adam + master)
-    est.items["optimizer states"] = 0 if offload_opt else optimizer / (n if stage >= 1 else 1)
+    est.items["optimizer states"] = 0 if z["offload_optimizer"] else optimizer / (n if stage >= 1 else 1)
     if recipe.ema_decay:
         est.items["EMA (fp32)"] = 4 * psi / (n if stage == 3 else 1)
     if stage == 3:
         est.items["ZeRO-3 gathered working set"] = 2 * counts["largest_blocks"] * weight_bytes if n > 1 else 0
     if stage >= 1:
-        bucket = zero.get("reduce_bucket_size", 5e8)
+        bucket = z["bucket"]
         bucket = auto_bucket_values(counts["trainable_numels"])["reduce_bucket_size"] if bucket == "auto" else float(bucket)
         est.items["communication buckets"] = min(bucket, psi) * weight_bytes
     est.items["frozen VAE + image encoder"] = counts["frozen"] * 4
-    data = recipe.data
-    factor = 2 ** (len(recipe.model.vae.block_out_channels) - 1)  # the VAE's downsampling
-    latent_h, latent_w = data.height // factor, data.width // factor
-    coef, k = measure_unet_activations(recipe)
-    frames = recipe.batch_size * data.num_frames
-    est.activations = k * _predict(coef, frames, frames * latent_h * latent_w)
-    est.conditioning = measure_vae_encode(recipe.model.vae, min(ENCODE_CHUNK, frames), data.height, data.width)
-    if offload_opt or offload_param:
+    if z["offload_optimizer"] or z["offload_param"]:
         est.notes.append("offloaded states live in CPU memory: "
-                         f"{(optimizer + (params if offload_param else 0)) / GIB:.2f} GiB per process")
-    est.notes.append(f"activations from a width/{k} proxy measured on CPU at {len(CALIBRATION)} small sizes "
-                     "(flash-style attention: linear in tokens)")
+                         f"{(optimizer + (params if z['offload_param'] else 0)) / GIB:.2f} GiB per process")
     return est
+
+
+def estimate_memory(recipe: Recipe, ds_config: dict | None, world_size: int) -> MemoryEstimate:
+    """Per-GPU bytes of a training run of `recipe` under `ds_config` (None: plain engine, no ZeRO)."""
+    est = static_memory(recipe, ds_config, world_size)
+    est.activations = trace_activations(recipe, ds_config is not None)
+    frames = recipe.batch_size * recipe.data.num_frames
+    est.conditioning = vae_encode_peak(recipe.model.vae, min(ENCODE_CHUNK, frames), recipe.data.height, recipe.data.width)
+    est.notes.append("activations traced on FakeTensors at full width (live tensor bytes; the CUDA allocator "
+                     "reserves more: keep a margin)")
+    return est
+
+
+def wide_few_layer_unet(frames: int = 14, levels: int = 2) -> UNetConfig:
+    """SVD's widths (320/640/1280, head dim 64, CLIP-H context, 256-wide micro-conditioning, 1280-wide
+    time embedding) with one ResBlock per level and the first `levels` levels, all with
+    spatiotemporal transformers: full-width GEMMs and convs at a size a CPU can train, for
+    measurements where those dominate (bench/train.py) and the estimator's check against a real
+    run (tests/train/test_train_memory.py). levels=1 has 52M parameters, 2 has 213M, 3 has 822M."""
+    if levels not in (1, 2, 3):
+        raise ValueError(f"levels must be 1, 2 or 3, got {levels}")
+    return UNetConfig(block_out_channels=(320, 640, 1280)[:levels], attention_levels=(True,) * levels,
+                      num_attention_heads=(5, 10, 20)[:levels], layers_per_block=1, num_frames=frames)
