@@ -1,10 +1,13 @@
 """Training throughput and memory: svd_fast's trainer against a plain PyTorch loop over diffusers' UNet.
 
     python bench/train.py --json bench/results/train-cpu-<date>.json
+    python bench/train.py --preset wide --frames 8 --latent 16 --batch 1 \
+        --variants diffusers_plain diffusers_ckpt ours_plain ours_ckpt ours_zero3_ckpt --json ...
 
 Every variant trains the same UNet configuration (same random init, same inputs, the EDM
 v-objective with the paper's weighting) for a few optimizer steps, each in its own process:
   diffusers_plain      diffusers UNetSpatioTemporalConditionModel + torch AdamW, a plain loop
+  diffusers_ckpt       the same with diffusers' gradient checkpointing (its ResBlocks only)
   ours_plain           svd_fast.train's plain engine on svd_fast's VideoUNet
   ours_ckpt            the same with per-block gradient checkpointing
   ours_zero3_ckpt      DeepSpeed ZeRO-3 + checkpointing, 1 process
@@ -13,6 +16,12 @@ Reported per variant: samples/s (median step time over --steps), and peak memory
 process: the CUDA allocator's peak on GPU; on CPU the peak of the CPU allocator's live bytes over
 the whole process (model, optimizer and DeepSpeed buffers included), from the profiler's
 allocation timeline. Ratios are against diffusers_plain measured in the same run.
+
+--preset wide is SVD's widths (320/640, head dim 64, CLIP-H context, 1280-wide time embedding)
+with one layer per level (svd_fast.train.memory.wide_few_layer_unet, 213M parameters), so the
+full-width GEMMs and convs dominate. Each variant also gets the memory estimator's prediction for
+its own set-up (static parts by formula + activations traced on FakeTensors, on diffusers' graph
+for the diffusers variants) and its error against the measured peak.
 """
 from __future__ import annotations
 
@@ -42,13 +51,14 @@ def _harness():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-VARIANTS = ("diffusers_plain", "ours_plain", "ours_ckpt", "ours_zero3_ckpt", "ours_zero3_ckpt_x2")
+VARIANTS = ("diffusers_plain", "diffusers_ckpt", "ours_plain", "ours_ckpt", "ours_zero3_ckpt", "ours_zero3_ckpt_x2")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="default", choices=["default", "tiny"],
-                   help="default: the embedded default model's UNet; tiny: svd_fast's tiny preset")
+    p.add_argument("--preset", default="default", choices=["default", "tiny", "wide"],
+                   help="default: the embedded default model's UNet; tiny: svd_fast's tiny preset; "
+                        "wide: SVD's widths, one layer per level")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--latent", type=int, default=12, help="latent height and width")
     p.add_argument("--batch", type=int, default=2, help="global batch (clips per optimizer step)")
@@ -65,6 +75,10 @@ def unet_config(preset: str, frames: int):
 
     if preset == "tiny":
         return dataclasses.replace(SVDConfig.from_name("tiny").unet, num_frames=frames)
+    if preset == "wide":
+        from svd_fast.train.memory import wide_few_layer_unet
+
+        return wide_few_layer_unet(frames=frames, levels=2)
     sys.path.insert(0, str(REPO / "training" / "recipes"))
     from default_model import CONFIG
 
@@ -85,7 +99,7 @@ def make_inputs(config, batch: int, frames: int, latent: int) -> dict:
     }
 
 
-def diffusers_step_fn(config, inputs):
+def diffusers_step_fn(config, inputs, checkpointing: bool = False):
     """A plain PyTorch training step on diffusers' UNet with the same objective."""
     from diffusers import UNetSpatioTemporalConditionModel
 
@@ -95,6 +109,8 @@ def diffusers_step_fn(config, inputs):
     torch.manual_seed(0)
     cfg = {k: v for k, v in config.to_diffusers().items() if not k.startswith("_")}
     unet = UNetSpatioTemporalConditionModel(**cfg).train()
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
 
     def step():
@@ -148,6 +164,13 @@ def ours_step_fn(config, inputs, variant: str):
     return step, env
 
 
+def _count_parameters(config) -> int:
+    from svd_fast.unet import VideoUNet
+
+    with torch.device("meta"):  # counted without a second copy of the weights
+        return sum(p.numel() for p in VideoUNet(config).parameters())
+
+
 def _allocation_peak(events) -> int:
     current = peak = 0
     for _, nbytes in sorted(events):
@@ -160,14 +183,12 @@ def worker(args) -> dict:
     """One variant in this process: peak memory (profiled pass), then timed steps."""
     from torch.profiler import ProfilerActivity, profile
 
-    from svd_fast.unet import VideoUNet
-
     config = unet_config(args.preset, args.frames)
     inputs = make_inputs(config, args.batch, args.frames, args.latent)
     rank, world = 0, 1
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        if args.worker == "diffusers_plain":
-            step = diffusers_step_fn(config, inputs)
+        if args.worker.startswith("diffusers"):
+            step = diffusers_step_fn(config, inputs, checkpointing=args.worker == "diffusers_ckpt")
         else:
             step, env = ours_step_fn(config, inputs, args.worker)
             rank, world = env.rank, env.world_size
@@ -184,7 +205,7 @@ def worker(args) -> dict:
         "variant": args.worker, "rank": rank, "world_size": world, "threads": torch.get_num_threads(),
         "step_median_s": median, "step_min_s": min(times), "samples_per_s": args.batch / median,
         "peak_memory_bytes": _allocation_peak(events), "losses": losses,
-        "unet_parameters": sum(p.numel() for p in VideoUNet(config).parameters()),
+        "unet_parameters": _count_parameters(config),
     }
     if args.worker_out:
         Path(f"{args.worker_out}.rank{rank}").write_text(json.dumps(result))
@@ -212,6 +233,36 @@ def run_variant(args, variant: str, tmp: Path) -> dict:
             "per_rank_peak_memory_bytes": [r["peak_memory_bytes"] for r in ranks]}
 
 
+def estimate_variant(config, variant: str, batch: int, frames: int, latent: int, world: int) -> dict:
+    """The memory estimator's per-process prediction for a variant: its static parts (weights,
+    gradients, AdamW state, ZeRO partitions; no frozen VAE or image encoder here) plus activations
+    traced on FakeTensors on the variant's own graph."""
+    from svd_fast.config import SVDConfig
+    from svd_fast.train.data import DataConfig
+    from svd_fast.train.engine import resolve_deepspeed_config
+    from svd_fast.train.fake_trace import diffusers_unet_step_peak
+    from svd_fast.train.memory import static_memory, trace_activations
+    from svd_fast.train.recipe import OptimConfig, Recipe
+
+    model = dataclasses.replace(SVDConfig.from_name("tiny"), unet=config)
+    factor = model.vae.downsample_factor
+    per_rank = batch // world
+    recipe = Recipe(name="bench", output_dir="unused", model=model, batch_size=per_rank, optim=OptimConfig(lr=1e-4),
+                    gradient_checkpointing=variant not in ("ours_plain", "diffusers_plain"),
+                    data=DataConfig(num_frames=frames, height=latent * factor, width=latent * factor))
+    zero3 = variant.startswith("ours_zero3")
+    ds = resolve_deepspeed_config(REPO / "training" / "ds" / "zero3.json", recipe, world) if zero3 else None
+    static = static_memory(recipe, ds, world)
+    static.items.pop("frozen VAE + image encoder")
+    if variant.startswith("diffusers"):
+        act = diffusers_unet_step_peak(config, recipe.gradient_checkpointing, torch.float32, None, per_rank, frames,
+                                       latent, latent)["peak"]
+    else:
+        act = trace_activations(recipe, deepspeed=zero3)
+    return {"estimate_bytes": static.static + act, "estimate_static_bytes": static.static,
+            "estimate_activation_bytes": act}
+
+
 def _free_port() -> int:
     import socket
 
@@ -225,12 +276,14 @@ def print_block(report: dict) -> None:
     print(f"training step, UNet {report['setup']['unet_parameters'] / 1e6:.2f}M params, batch {report['setup']['batch']} x "
           f"{report['setup']['frames']} frames at {report['setup']['latent']}x{report['setup']['latent']} latents, "
           f"{report['machine']['host_cpu']}")
-    print(f"  {'variant':<20} {'procs':>5} {'step (s)':>9} {'samples/s':>10} {'peak MiB/proc':>14} {'x speed':>8} {'x memory':>9}")
+    print(f"  {'variant':<20} {'procs':>5} {'step (s)':>9} {'samples/s':>10} {'peak MiB/proc':>14} {'x speed':>8} "
+          f"{'x memory':>9} {'estimate MiB':>13} {'error':>7}")
     for name, r in report["results"].items():
         speed = r["samples_per_s"] / base["samples_per_s"] if base else float("nan")
         memory = r["peak_memory_bytes"] / base["peak_memory_bytes"] if base else float("nan")
         print(f"  {name:<20} {r['world_size']:>5} {r['step_median_s']:>9.3f} {r['samples_per_s']:>10.2f} "
-              f"{r['peak_memory_bytes'] / 2**20:>14.1f} {speed:>8.2f} {memory:>9.2f}")
+              f"{r['peak_memory_bytes'] / 2**20:>14.1f} {speed:>8.2f} {memory:>9.2f} "
+              f"{r['estimate_bytes'] / 2**20:>13.1f} {r['estimate_error']:>+7.1%}")
 
 
 def main(argv=None) -> int:
@@ -244,6 +297,10 @@ def main(argv=None) -> int:
             results[variant] = run_variant(args, variant, Path(tmp))
             print(f"{variant}: {results[variant]['samples_per_s']:.2f} samples/s, "
                   f"{results[variant]['peak_memory_bytes'] / 2**20:.1f} MiB", flush=True)
+    for variant, r in results.items():
+        r.update(estimate_variant(unet_config(args.preset, args.frames), variant, args.batch, args.frames, args.latent,
+                                  r["world_size"]))
+        r["estimate_error"] = r["estimate_bytes"] / r["peak_memory_bytes"] - 1
     base = results.get("diffusers_plain")
     if base:
         for r in results.values():
