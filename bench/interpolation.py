@@ -1,13 +1,18 @@
 """Frame interpolation on held-out clips subsampled by 4: the in-between frames against the truth.
 
-    python bench/interpolation.py --json bench/results/interpolation-DATE.json
+    python bench/interpolation.py --json bench/results/interpolation-DATE.json [--fi-model PATH] [--model PATH]
+        [--panel OUT.png]
 
-Held-out clips of the default model's world at its resolution: procedural clips (indices the
-recipe never trains on) and camera moves over the held-out real photographs (never trained on).
-Each clip gives 5 frames at its own frame rate: frames 0 and 4 are the ends, frames 1-3 the
-truth. Methods: linear blending of the ends (the baseline to beat) and the training-free
-bidirectional sampler (SVDPipeline's last_image) on the default model (or --model). Reported:
-PSNR of the three in-between frames against the truth, per method, per kind of clip.
+Held-out clips of the default model's world at its resolution, each 5 consecutive frames at its
+own frame rate (frames 0 and 4 are the ends, 4 apart; frames 1-3 the truth):
+- procedural: clips of indices the default model's recipe never trains on;
+- photo_pans: camera moves over the held-out real photographs (never trained on);
+- real_footage: windows of real videos that no svd_fast model trains on (svd_fast.real_media's
+  EVALUATION_ONLY: carphone, a moving car; megamind, a film excerpt), windows across a cut skipped.
+Methods: linear blending of the ends (the baseline to beat), the training-free bidirectional
+sampler on the image-to-video default model (SVDPipeline's last_image; --model), and SVD-FI
+(SVDInterpolationPipeline; --fi-model, default the shipped default interpolator) without and with
+guidance. Reported: PSNR of the three in-between frames against the truth, mean per kind of clip.
 """
 from __future__ import annotations
 
@@ -22,9 +27,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 # Python puts this script's folder first on sys.path, where bench/kernels.py would shadow the
 # `kernels` library that diffusers probes for: the repository root replaces it (as bench/run.py).
-sys.path[0] = str(REPO)
+if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(REPO)
 from bench.harness import recipe_module  # noqa: E402
+
 FACTOR = 4  # the paper's SVD-FI: 3 in-between frames, 4x the frame rate
+REAL_FOOTAGE = ("carphone", "megamind")
+"""real videos never trained on by any svd_fast model (svd_fast.real_media.EVALUATION_ONLY)"""
+CUT_PSNR_DB = 14.0
+"""a window with two consecutive frames further apart than this is across a cut: skipped"""
+METHODS = ("linear_blend", "bidirectional", "svd_fi", "svd_fi_guided")
+GUIDED_SCALE = 2.0  # svd_fi_guided: the guidance of the default model's own sampling defaults
 
 
 def procedural_clips(count: int, size: int) -> list[tuple[np.ndarray, float]]:
@@ -54,48 +67,132 @@ def photo_clips(per_photo: int, size: int) -> list[tuple[np.ndarray, float]]:
     return clips
 
 
-def main(argv=None) -> int:
-    from bench.harness import machine_info, write_json
+def footage_clips(per_video: int, size: int) -> list[tuple[np.ndarray, float]]:
+    """`per_video` windows of FACTOR + 1 consecutive frames, evenly spread over each real video,
+    scaled to cover size x size and centre-cropped (as training clips are)."""
+    from svd_fast.real_media import EVALUATION_ONLY, fetch
+    from svd_fast.train.data import _resize_crop, decode_video
+    from svd_fast.train.video_metrics import psnr
+
+    clips = []
+    for name in REAL_FOOTAGE:
+        assert name in EVALUATION_ONLY, f"{name} must be footage no model trains on"
+        frames, fps = decode_video(fetch(name), name)
+        starts = np.linspace(0, len(frames) - FACTOR - 1, 4 * per_video).round().astype(int)
+        kept = 0
+        for start in starts:
+            x = torch.from_numpy(frames[start : start + FACTOR + 1]).permute(0, 3, 1, 2).float() / 255
+            x = _resize_crop(x, size, size).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+            if min(psnr(a, b) for a, b in zip(x, x[1:])) < CUT_PSNR_DB or x.mean() < 0.05:  # a cut, or black
+                continue
+            clips.append((x, fps))
+            kept += 1
+            if kept == per_video:
+                break
+    return clips
+
+
+def linear_blend(clip: np.ndarray) -> np.ndarray:
+    weights = np.linspace(0, 1, FACTOR + 1)[1:FACTOR].reshape(-1, 1, 1, 1)
+    return (1 - weights) * clip[0] + weights * clip[FACTOR]
+
+
+def _tensor(frame: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32)).permute(2, 0, 1)
+
+
+def measure(fi_model=None, base_model=None, procedural: int = 12, per_photo: int = 3, per_video: int = 6,
+            steps: int | None = None, panel: Path | None = None) -> dict:
+    """The figures of every method on every kind of held-out clip (dict with machine info)."""
+    from bench.harness import machine_info
 
     from svd_fast.interpolate import between
-    from svd_fast.train.video_metrics import psnr
+    from svd_fast.interpolation import SVDInterpolationPipeline, motion_bucket_from_ends
     from svd_fast.pipeline import SVDPipeline
+    from svd_fast.train.video_metrics import psnr
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(REPO / "svd_fast" / "assets" / "default_model"))
-    p.add_argument("--procedural", type=int, default=12)
-    p.add_argument("--per-photo", type=int, default=3)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--json", required=True)
-    args = p.parse_args(argv)
-
-    pipe = SVDPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    cfg = pipe.config
-    size = cfg.height
-    results, start = {}, time.perf_counter()
-    for kind, clips in (("procedural", procedural_clips(args.procedural, size)), ("photo_pans", photo_clips(args.per_photo, size))):
+    fi_model = Path(fi_model or REPO / "svd_fast" / "assets" / "default_interpolator")
+    base_model = Path(base_model or REPO / "svd_fast" / "assets" / "default_model")
+    base = SVDPipeline.from_pretrained(base_model, torch_dtype=torch.float32)
+    fi = SVDInterpolationPipeline.from_pretrained(fi_model, torch_dtype=torch.float32)
+    for pipe in (base, fi):
+        pipe.set_progress_bar_config(disable=True)
+    size = base.config.height
+    sources = {"procedural": procedural_clips(procedural, size), "photo_pans": photo_clips(per_photo, size),
+               "real_footage": footage_clips(per_video, size)}
+    results, panels, start = {}, [], time.perf_counter()
+    for kind, clips in sources.items():
         rows = []
         for i, (clip, fps) in enumerate(clips):
             truth = clip[1:FACTOR]
-            weights = np.linspace(0, 1, FACTOR + 1)[1:FACTOR].reshape(-1, 1, 1, 1)
-            linear = (1 - weights) * clip[0] + weights * clip[FACTOR]
-            first, last = (torch.from_numpy(np.ascontiguousarray(clip[j])).permute(2, 0, 1) for j in (0, FACTOR))
-            video = between(pipe, first, last, FACTOR + 1, seed=i, height=size, width=size,
-                            num_inference_steps=args.steps or cfg.num_inference_steps, fps=max(3, round(fps)),
-                            motion_bucket_id=cfg.motion_bucket_id, max_guidance_scale=cfg.max_guidance_scale)
-            rows.append({"linear_blend": np.mean([psnr(a, b) for a, b in zip(linear, truth)]),
-                         "bidirectional": np.mean([psnr(a, b) for a, b in zip(video[1:FACTOR], truth)]),
-                         "bidirectional_ends": np.mean([psnr(video[0], clip[0]), psnr(video[FACTOR], clip[FACTOR])])})
+            first, last = _tensor(clip[0]), _tensor(clip[FACTOR])
+            fps = int(np.clip(round(fps), 3, 30))
+            videos = {"linear_blend": linear_blend(clip)}
+            videos["bidirectional"] = between(
+                base, first, last, FACTOR + 1, seed=i, height=size, width=size,
+                num_inference_steps=steps or base.config.num_inference_steps, fps=fps,
+                motion_bucket_id=base.config.motion_bucket_id, max_guidance_scale=base.config.max_guidance_scale)[1:FACTOR]
+            bucket = motion_bucket_from_ends(clip[0], clip[FACTOR], FACTOR + 1)
+            for name, guidance in (("svd_fi", fi.config.max_guidance_scale), ("svd_fi_guided", GUIDED_SCALE)):
+                video = fi(first, last, num_frames=FACTOR + 1, num_inference_steps=steps, fps=fps,
+                           motion_bucket_id=bucket, max_guidance_scale=guidance,
+                           generator=torch.Generator().manual_seed(i), output_type="np").frames[0]
+                videos[name] = video[1:FACTOR]
+                if name == "svd_fi":
+                    ends = np.mean([psnr(video[0], clip[0]), psnr(video[FACTOR], clip[FACTOR])])
+            rows.append({**{m: float(np.mean([psnr(a, b) for a, b in zip(videos[m], truth)])) for m in METHODS},
+                         "svd_fi_ends": float(ends)})
+            if i < 2:
+                panels.append(np.concatenate([np.concatenate(list(x), axis=1) for x in
+                                              (truth, videos["linear_blend"], videos["bidirectional"], videos["svd_fi"])],
+                                             axis=0))
         mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-        results[kind] = {"clips": len(rows), "mean_psnr_db": mean}
+        results[kind] = {"clips": len(rows), "mean_psnr_db": mean, "rows": rows}
         print(f"{kind} ({len(rows)} clips): in-between PSNR linear blend {mean['linear_blend']:.2f} dB, "
-              f"bidirectional {mean['bidirectional']:.2f} dB (ends re-created at {mean['bidirectional_ends']:.2f} dB)",
-              flush=True)
-    write_json(args.json, {"machine": machine_info(), "model": args.model, "dtype": "fp32", "factor": FACTOR,
-                           "resolution": size, "steps": args.steps or cfg.num_inference_steps,
-                           "threads": torch.get_num_threads(), "seconds": time.perf_counter() - start,
-                           "results": results})
+              f"bidirectional {mean['bidirectional']:.2f} dB, SVD-FI {mean['svd_fi']:.2f} dB "
+              f"(guided {mean['svd_fi_guided']:.2f}; ends re-created at {mean['svd_fi_ends']:.2f} dB)", flush=True)
+    if panel is not None:
+        from PIL import Image
+
+        Image.fromarray((np.concatenate(panels, axis=0).clip(0, 1) * 255).round().astype(np.uint8)).save(panel)
+    return {"machine": machine_info(), "fi_model": str(fi_model), "base_model": str(base_model), "dtype": "fp32",
+            "factor": FACTOR, "resolution": size, "steps": steps or fi.config.num_inference_steps,
+            "bidirectional_steps": steps or base.config.num_inference_steps, "torch_threads": torch.get_num_threads(),
+            "seconds": time.perf_counter() - start, "results": results}
+
+
+def card_table(metrics: dict) -> list[str]:
+    """Markdown lines of the figures (model card, README)."""
+    lines = ["| clips | linear blend | training-free bidirectional (default model) | SVD-FI | SVD-FI, guidance "
+             f"{GUIDED_SCALE:g} | SVD-FI vs linear |", "|---|---|---|---|---|---|"]
+    for kind, r in metrics["results"].items():
+        m = r["mean_psnr_db"]
+        lines.append(f"| {kind.replace('_', ' ')} ({r['clips']}) | {m['linear_blend']:.2f} dB | {m['bidirectional']:.2f} dB "
+                     f"| **{m['svd_fi']:.2f} dB** | {m['svd_fi_guided']:.2f} dB | {m['svd_fi'] - m['linear_blend']:+.2f} dB |")
+    machine = metrics["machine"]
+    lines += ["", f"PSNR of the 3 in-between frames against the true frames (mean over clips), {metrics['resolution']} px, "
+              f"fp32, {metrics['steps']} Euler steps for SVD-FI and {metrics['bidirectional_steps']} for the "
+              f"bidirectional sampler; {machine['host_cpu']}, {machine['date'][:10]} (bench/interpolation.py). "
+              "Clips: held-out procedural clips, camera moves over the held-out photographs, and windows of real "
+              "footage never trained on (carphone, megamind), each 5 consecutive frames: the ends 4 frames apart."]
+    return lines
+
+
+def main(argv=None) -> int:
+    from bench.harness import write_json
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="image-to-video model of the bidirectional baseline (default model)")
+    p.add_argument("--fi-model", default=None, help="SVD-FI model (default: svd_fast/assets/default_interpolator)")
+    p.add_argument("--procedural", type=int, default=12)
+    p.add_argument("--per-photo", type=int, default=3)
+    p.add_argument("--per-video", type=int, default=6)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--panel", type=Path, help="PNG: truth / linear / bidirectional / SVD-FI rows of the first clips")
+    p.add_argument("--json", required=True)
+    args = p.parse_args(argv)
+    metrics = measure(args.fi_model, args.model, args.procedural, args.per_photo, args.per_video, args.steps, args.panel)
+    write_json(args.json, metrics)
     return 0
 
 
