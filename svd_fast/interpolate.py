@@ -5,15 +5,18 @@
         [--model PATH] [--steps N] [--seed S] [--fps F] [--motion-bucket M] [--max-cfg Y]
         [--height H] [--width W] [--dtype auto|bf16|fp16|fp32]
 
-Any image-to-video model interpolates here without training (SVDPipeline's `last_image`: the
-video conditioned on the first frame and the time-reversed video conditioned on the last, fused
-at every step). Without --model the embedded default model is used.
+Without --model the shipped default interpolator (svd_fast/assets/default_interpolator, an SVD-FI
+model: svd_fast.interpolation.SVDInterpolationPipeline) is used. --model takes an SVD-FI checkpoint
+(conditioning 'interpolation') or any image-to-video model, which interpolates without training
+(SVDPipeline's `last_image`: the video conditioned on the first frame and the time-reversed video
+conditioned on the last, fused at every step). The command says which method runs.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,12 +30,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output: .mp4/.webm, .gif, or .png (one file per frame)")
     p.add_argument("--frames", type=int, help="--first/--last: frames in all, both ends included (default: the model's)")
     p.add_argument("--factor", type=int, default=4, help="--video: output frames per input frame interval")
-    p.add_argument("--model", help="diffusers folder or sgm .safetensors file (default: the embedded model)")
+    p.add_argument("--model", help="SVD-FI or image-to-video model, diffusers folder or sgm .safetensors file "
+                                   "(default: the shipped default interpolator)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     p.add_argument("--seed", type=int, default=23)
     p.add_argument("--fps", type=int, help="fps conditioning and output frame rate (default: the model's; --video: "
                                               "factor x the input's)")
-    p.add_argument("--motion-bucket", type=int, help="motion conditioning (default: the model's)")
+    p.add_argument("--motion-bucket", type=int, help="motion conditioning (default: SVD-FI: measured between the two "
+                                                     "ends; image-to-video: the model's)")
     p.add_argument("--max-cfg", type=float, help="guidance at the far end of each direction (default: the model's)")
     p.add_argument("--height", type=int, help="output height, a multiple of 8 (default: the model's)")
     p.add_argument("--width", type=int, help="output width, a multiple of 8 (default: the model's)")
@@ -48,22 +53,56 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+DEFAULT_INTERPOLATOR = Path(__file__).resolve().parent / "assets" / "default_interpolator"
+METHODS = {"interpolation": "SVD-FI model", "image": "image-to-video model, training-free bidirectional sampling"}
+
+
 def between(pipe, first, last, num_frames: int, *, seed: int, **call_args) -> np.ndarray:
     """num_frames frames (T, H, W, 3) in [0, 1] from first to last (both included, approximately:
-    the model re-creates them)."""
-    return pipe(first, last_image=last, num_frames=num_frames, generator=torch.Generator().manual_seed(seed),
-                output_type="np", **call_args).frames[0]
+    the model re-creates them). An SVD-FI pipeline conditions on both ends; an image-to-video
+    pipeline samples bidirectionally (`last_image`)."""
+    from svd_fast.interpolation import SVDInterpolationPipeline
+
+    generator = torch.Generator().manual_seed(seed)
+    if isinstance(pipe, SVDInterpolationPipeline):
+        return pipe(first, last, num_frames=num_frames, generator=generator, output_type="np", **call_args).frames[0]
+    return pipe(first, last_image=last, num_frames=num_frames, generator=generator, output_type="np", **call_args).frames[0]
+
+
+def load_interpolator(model: Path, **load_args):
+    """(pipeline, method): SVDInterpolationPipeline for an SVD-FI checkpoint, SVDPipeline (bidirectional
+    sampling) for an image-to-video one; other conditionings cannot interpolate (ValueError)."""
+    from svd_fast.interpolation import SVDInterpolationPipeline, model_conditioning
+    from svd_fast.pipeline import SVDPipeline
+
+    conditioning = model_conditioning(model)
+    if conditioning not in METHODS:
+        raise ValueError(f"{model}: a {conditioning!r} model cannot interpolate; pass an SVD-FI (interpolation) or "
+                         f"an image-to-video model")
+    cls = SVDInterpolationPipeline if conditioning == "interpolation" else SVDPipeline
+    return cls.from_pretrained(model, **load_args), METHODS[conditioning]
+
+
+def resolve_interpolator(model: str | None) -> Path:
+    from svd_fast.sample import resolve_model
+
+    if model is not None:
+        return resolve_model(model)
+    if not (DEFAULT_INTERPOLATOR / "model_index.json").is_file():
+        raise ValueError(f"no default interpolator at {DEFAULT_INTERPOLATOR}; pass --model (an SVD-FI or image-to-video model)")
+    return DEFAULT_INTERPOLATOR
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from svd_fast.pipeline import SVDPipeline
-    from svd_fast.sample import DTYPES, check_arguments, check_memory, resolve_model
+    from svd_fast import conditioner
+    from svd_fast.interpolation import SVDInterpolationPipeline, motion_bucket_from_ends
+    from svd_fast.sample import DTYPES, check_arguments, check_memory
     from svd_fast.video_io import check_output_path, load_image, read_video, save_video
 
     check_arguments(args)
     check_output_path(args.out)
-    model = resolve_model(args.model)
+    model = resolve_interpolator(args.model)
     if args.video is not None:
         source, source_fps = read_video(args.video)
         if len(source) < 2:
@@ -71,19 +110,29 @@ def main(argv=None) -> int:
         keyframes = [torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in source]
     else:
         keyframes = [load_image(args.first), load_image(args.last)]
-    pipe = SVDPipeline.from_pretrained(model, torch_dtype=DTYPES.get(args.dtype, args.dtype), device=args.device)
+    pipe, method = load_interpolator(model, torch_dtype=DTYPES.get(args.dtype, args.dtype), device=args.device)
+    print(f"interpolating with {model} ({method})", flush=True)
+    fi = isinstance(pipe, SVDInterpolationPipeline)
     cfg = pipe.config
     frames = (args.frames or cfg.num_frames) if args.video is None else args.factor + 1
     fps = args.fps or (cfg.fps if args.video is None else round(source_fps * args.factor))
-    call_args = dict(height=args.height or cfg.height, width=args.width or cfg.width,
-                     num_inference_steps=args.steps or cfg.num_inference_steps, fps=fps,
-                     motion_bucket_id=cfg.motion_bucket_id if args.motion_bucket is None else args.motion_bucket,
+    height, width = args.height or cfg.height, args.width or cfg.width
+    call_args = dict(height=height, width=width, num_inference_steps=args.steps or cfg.num_inference_steps, fps=fps,
                      max_guidance_scale=cfg.max_guidance_scale if args.max_cfg is None else args.max_cfg)
-    check_memory(frames, call_args["height"], call_args["width"])
+    check_memory(frames, height, width)
+
+    def motion(a, b) -> float:
+        if args.motion_bucket is not None:
+            return args.motion_bucket
+        if not fi:
+            return cfg.motion_bucket_id
+        ends = [((conditioner.preprocess_image(x, height, width)[0] + 1) / 2).permute(1, 2, 0).numpy() for x in (a, b)]
+        return motion_bucket_from_ends(*ends, frames)
+
     start = time.perf_counter()
     pieces = []
     for i, (a, b) in enumerate(zip(keyframes, keyframes[1:])):
-        clip = between(pipe, a, b, frames, seed=args.seed + i, **call_args)
+        clip = between(pipe, a, b, frames, seed=args.seed + i, motion_bucket_id=motion(a, b), **call_args)
         pieces.append(clip if i == 0 else clip[1:])  # each interval's first frame is the last one's end
         if len(keyframes) > 2:
             print(f"interval {i + 1}/{len(keyframes) - 1} done", flush=True)

@@ -1,4 +1,5 @@
-"""Training-free interpolation (SVDPipeline's last_image, BidirectionalDenoiser) and its CLI."""
+"""Training-free interpolation (SVDPipeline's last_image, BidirectionalDenoiser) and its CLI with an
+image-to-video --model (the CLI's default, the SVD-FI interpolator: tests/test_interpolation_model.py)."""
 import subprocess
 import sys
 
@@ -52,9 +53,10 @@ def two_images(tmp_path):
 def test_cli_writes_the_pipelines_frames(two_images, tmp_path, capsys):
     out = tmp_path / "between.png"
     args = ["--first", str(two_images[0]), "--last", str(two_images[1]), "--out", str(out), "--frames", "4",
-            "--steps", "2", "--dtype", "fp32", "--seed", "3"]
+            "--steps", "2", "--dtype", "fp32", "--seed", "3", "--model", str(sample.DEFAULT_MODEL)]
     assert interpolate.main(args) == 0
-    assert "wrote 4 frames" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote 4 frames" in printed and "training-free bidirectional sampling" in printed
     frames = np.stack([np.asarray(Image.open(p)) for p in sorted(tmp_path.glob("between_*.png"))]) / 255
     real = SVDPipeline.from_pretrained(sample.DEFAULT_MODEL, torch_dtype=torch.float32)
     real.set_progress_bar_config(disable=True)
@@ -72,7 +74,7 @@ def test_cli_video_mode_multiplies_the_frame_rate(tmp_path, capsys):
     save_video(source, tmp_path / "in.gif", fps=4)
     out = tmp_path / "out.gif"
     assert interpolate.main(["--video", str(tmp_path / "in.gif"), "--out", str(out), "--factor", "3", "--steps", "2",
-                             "--dtype", "fp32"]) == 0
+                             "--dtype", "fp32", "--model", str(sample.DEFAULT_MODEL)]) == 0
     frames, fps = read_video(out)
     assert len(frames) == 2 * 3 + 1 and fps == pytest.approx(12, abs=0.5)  # 3 keyframes -> 2 intervals of 3
     assert "interval 2/2 done" in capsys.readouterr().out

@@ -1,0 +1,348 @@
+"""SVD-FI (svd_fast.interpolation): the conditioning layout, training, checkpoints, the shipped
+default interpolator and its CLI."""
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from svd_fast import conditioner
+from svd_fast.config import SVDConfig
+from svd_fast.interpolation import SVDInterpolationPipeline, motion_bucket_from_ends
+from svd_fast.pipeline import SVDPipeline
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "svd_fast" / "assets" / "default_interpolator"
+
+
+def fi_config(**changes) -> SVDConfig:
+    """The tiny preset as an SVD-FI model: 4 latent channels, in_channels 2 x 4 + 1 = 9 (the paper's)."""
+    cfg = SVDConfig.from_name("tiny")
+    unet = dataclasses.replace(cfg.unet, in_channels=9, mask_embedding=True, num_frames=5)
+    return dataclasses.replace(cfg, unet=unet, conditioning="interpolation", num_frames=5, **changes)
+
+
+@pytest.fixture(scope="module")
+def tiny_fi():
+    pipe = SVDInterpolationPipeline.from_config(fi_config())
+    with torch.no_grad():
+        pipe.unet.mask_embedding.copy_(torch.tensor([0.5, -1.0, 2.0, 3.0]))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _images():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(3, 64, 64, generator=g), torch.rand(3, 64, 64, generator=g)
+
+
+def _capture(pipe):
+    """Record the UNet's inputs (sample, context) and what its conv_in sees."""
+    seen = {"sample": [], "context": [], "conv_in": []}
+    original = pipe.unet.forward
+
+    def spy(sample, timestep, context, *rest):
+        seen["sample"].append(sample.clone())
+        seen["context"].append(context.clone())
+        return original(sample, timestep, context, *rest)
+
+    pipe.unet.forward = spy
+    hook = pipe.unet.conv_in.register_forward_pre_hook(lambda m, args: seen["conv_in"].append(args[0].clone()))
+    return seen, lambda: (hook.remove(), pipe.unet.__dict__.pop("forward"))
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_conditioning_layout_against_a_hand_built_tensor(tiny_fi, guidance):
+    first, last = _images()
+    seen, undo = _capture(tiny_fi)
+    try:
+        tiny_fi(first, last, height=64, width=64, num_frames=5, num_inference_steps=1, noise_aug_strength=0.0,
+                max_guidance_scale=guidance, output_type="latent", generator=torch.Generator().manual_seed(0))
+    finally:
+        undo()
+    z = [tiny_fi.vae.encode(conditioner.preprocess_image(x, 64, 64))[0] for x in (first, last)]  # (4, 8, 8)
+    e = [conditioner.encode_image(tiny_fi.image_encoder, x)[0, 0] for x in (first, last)]  # (32,)
+    # Built by hand, frame by frame: [z_s, 0, 0, 0, z_e] and the mask channel [1, 0, 0, 0, 1].
+    expected = torch.zeros(5, 5, 8, 8)
+    expected[0, :4], expected[4, :4] = z[0], z[1]
+    expected[0, 4], expected[4, 4] = 1.0, 1.0
+    z_m = torch.tensor([0.5, -1.0, 2.0, 3.0]).reshape(4, 1, 1)
+    after = expected.clone()  # what conv_in sees: z_m in the missing frames
+    after[1:4, :4] = z_m
+    sample, context, conv_in = seen["sample"][0], seen["context"][0], seen["conv_in"][0]
+    cond_row = 1 if guidance > 1 else 0  # the guidance batch is [unconditional, conditional]
+    assert sample.shape == (cond_row + 1, 5, 9, 8, 8) and context.shape == (cond_row + 1, 2, 32)
+    torch.testing.assert_close(sample[cond_row, :, 4:], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(context[cond_row], torch.stack(e), rtol=1e-5, atol=1e-5)
+    conv_in = conv_in.reshape(cond_row + 1, 5, 9, 8, 8)
+    torch.testing.assert_close(conv_in[cond_row, :, 4:], after, rtol=1e-5, atol=1e-5)
+    if guidance > 1:  # unconditional: no CLIP tokens, no latents, mask 0, so z_m in every frame
+        assert not sample[0, :, 4:].any() and not context[0].any()
+        torch.testing.assert_close(conv_in[0, :, 4:8], z_m.expand(5, 4, 8, 8))
+        assert not conv_in[0, :, 8].any()
+
+
+def test_pin_ends_puts_the_true_ends_back_and_blends_their_residuals():
+    from svd_fast.interpolation import pin_to_ends
+
+    g = torch.Generator().manual_seed(2)
+    video = torch.rand(1, 5, 3, 4, 4, generator=g) * 0.5 + 0.25
+    first, last = torch.rand(1, 3, 4, 4, generator=g) * 0.5 + 0.25, torch.rand(1, 3, 4, 4, generator=g) * 0.5 + 0.25
+    out = pin_to_ends(video, first, last)
+    torch.testing.assert_close(out[:, 0], first)
+    torch.testing.assert_close(out[:, 4], last)
+    for t in range(1, 4):  # frame t: its own pixels plus (1 - t/4) of the first end's error and t/4 of the last's
+        a = t / 4
+        expected = video[:, t] + (1 - a) * (first - video[:, 0]) + a * (last - video[:, 4])
+        torch.testing.assert_close(out[:, t], expected.clamp(0, 1))
+
+
+def test_image_to_video_call_on_other_variants_names_the_right_pipeline(tiny_fi):
+    first, _ = _images()
+    for conditioning, name in (("interpolation", "SVDInterpolationPipeline"), ("text", "SVDTextToVideoPipeline"),
+                               ("multiview", "SVDMultiViewPipeline")):
+        config = dataclasses.replace(tiny_fi.config, conditioning=conditioning)
+        pipe = SVDPipeline(tiny_fi.unet, tiny_fi.vae, tiny_fi.image_encoder, config)
+        with pytest.raises(ValueError, match=f"sample it with {name}"):
+            pipe(first, height=64, width=64, num_inference_steps=1)
+
+
+def test_training_inputs_layout_and_the_mask_embedding_learns(tiny_fi):
+    from svd_fast.train.objective import DiffusionObjective, ObjectiveConfig, prepare_inputs
+
+    g = torch.Generator().manual_seed(1)
+    frames = torch.rand(2, 5, 3, 64, 64, generator=g) * 2 - 1
+    batch = {"frames": frames, "fps": torch.tensor([8.0, 4.0]), "motion": torch.tensor([1.0, 2.0]),
+             "image": torch.tensor([False, False]), "seed": torch.tensor([3, 4])}
+    config = ObjectiveConfig(cond_aug_mean=-100.0, cond_aug_std=0.0, drop_image_embedding=0.0, drop_image_latent=0.0)
+    inputs = prepare_inputs(batch, tiny_fi.vae, tiny_fi.image_encoder, config, "cpu", conditioning="interpolation")
+    expected = torch.zeros(2, 5, 5, 8, 8)
+    for i in range(2):
+        for t in (0, 4):
+            expected[i, t, :4] = tiny_fi.vae.encode(frames[i, t][None])[0]
+            expected[i, t, 4] = 1.0
+    torch.testing.assert_close(inputs["image_latents"], expected, rtol=1e-4, atol=1e-4)
+    clip = conditioner.encode_image(tiny_fi.image_encoder, ((frames[:, [0, 4]].flatten(0, 1) + 1) / 2))
+    torch.testing.assert_close(inputs["context"], clip.reshape(2, 2, -1), rtol=1e-4, atol=1e-4)
+    latents = torch.stack([tiny_fi.vae.encode(f) for f in frames]) * tiny_fi.vae.config.scaling_factor
+    torch.testing.assert_close(inputs["latents"], latents, rtol=1e-4, atol=1e-4)
+    assert inputs["added_time_ids"][:, 0].tolist() == [7.0, 3.0]
+
+    unet = SVDInterpolationPipeline.from_config(fi_config()).unet.train().requires_grad_(True)
+    loss = DiffusionObjective(unet)(**inputs).mean()
+    loss.backward()
+    assert unet.mask_embedding.grad is not None and unet.mask_embedding.grad.abs().sum() > 0
+
+
+def test_checkpoint_round_trip_in_both_layouts(tiny_fi, tmp_path):
+    from safetensors.torch import load_file
+
+
+    state = {k: v.clone() for k, v in tiny_fi.unet.state_dict().items()}
+    for layout, target in (("diffusers", tmp_path / "fi"), ("sgm", tmp_path / "fi.safetensors")):
+        tiny_fi.save_pretrained(target, layout=layout)
+        loaded = SVDInterpolationPipeline.from_pretrained(target)
+        assert loaded.config == tiny_fi.config and loaded.config.conditioning == "interpolation"
+        assert loaded.unet.config.mask_embedding and loaded.unet.config.in_channels == 9
+        for key, value in state.items():
+            assert torch.equal(loaded.unet.state_dict()[key], value), key
+    unet_config = json.loads((tmp_path / "fi" / "unet" / "config.json").read_text())
+    assert unet_config["svd_fast_mask_embedding"] is True and unet_config["in_channels"] == 9
+    # An sgm file without svd_fast's metadata: the mask embedding is inferred from its tensor.
+    assert "model.diffusion_model.mask_embedding" in load_file(tmp_path / "fi.safetensors")
+    from svd_fast.checkpoints import sgm
+    from svd_fast.checkpoints.io import TensorSource
+    from svd_fast.unet import VideoUNet
+
+    unet_config = dataclasses.replace(fi_config().unet, block_out_channels=(64, 64), num_attention_heads=(1, 1))
+    weights = {sgm.UNET_PREFIX + sgm.unet_key(k, unet_config): v for k, v in VideoUNet(unet_config).state_dict().items()}
+    inferred = sgm.infer_unet_config(TensorSource.from_state_dict(weights, "fi"))
+    assert inferred.mask_embedding and inferred.in_channels == 9
+    del weights[sgm.UNET_PREFIX + "mask_embedding"]
+    assert not sgm.infer_unet_config(TensorSource.from_state_dict(weights, "i2v")).mask_embedding
+
+
+def test_diffusers_loads_the_folder_and_leaves_the_mask_embedding_unused(tiny_fi, tmp_path):
+    diffusers = pytest.importorskip("diffusers")  # installed by setup.sh --dev: the parity tests need it
+    tiny_fi.save_pretrained(tmp_path / "fi")
+    unet, info = diffusers.UNetSpatioTemporalConditionModel.from_pretrained(tmp_path / "fi" / "unet",
+                                                                           output_loading_info=True)
+    assert unet.config.in_channels == 9 and info["unexpected_keys"] == ["mask_embedding"]
+    torch.testing.assert_close(unet.conv_in.weight, tiny_fi.unet.conv_in.weight)
+
+
+def test_fi_recipe_trains_exports_and_loads(tmp_path):
+    """A tiny run through svd_fast.train with the interpolation conditioning: loss, export, load."""
+    from svd_fast.train.data import DataConfig
+    from svd_fast.train.recipe import OptimConfig, Recipe
+    from svd_fast.train.trainer import train
+
+    recipe = Recipe(name="fi", output_dir=str(tmp_path / "run"), model=fi_config(height=64, width=64),
+                    data=DataConfig(num_frames=5, height=32, width=32, num_samples=16),
+                    optim=OptimConfig(lr=1e-3), batch_size=2, max_steps=2, log_every=1, checkpoint_every=100)
+    summary = train(recipe)
+    assert np.isfinite(summary["last_loss"])
+    pipe = SVDInterpolationPipeline.from_pretrained(tmp_path / "run" / "final")
+    assert pipe.config.conditioning == "interpolation" and pipe.unet.mask_embedding.abs().sum() > 0  # it moved
+
+
+# ------------------------------------------------------------------------ the shipped interpolator
+@pytest.fixture(scope="module")
+def shipped():
+    assert (SHIPPED / "model_index.json").is_file(), f"the default interpolator is missing at {SHIPPED}"
+    pipe = SVDInterpolationPipeline.from_pretrained(SHIPPED, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _square_clip(speed: int, size: int = 64, side: int = 12, start: int = 10) -> np.ndarray:
+    """5 frames: a red square moving `speed` px per frame to the right over a smooth grey-blue ground."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    ground = np.stack([0.35 + 0.1 * yy, 0.4 + 0.1 * xx, 0.55 + 0.05 * (xx + yy)], axis=-1)
+    clip = np.repeat(ground[None], 5, axis=0).astype(np.float32)
+    top = (size - side) // 2
+    for t in range(5):
+        left = start + speed * t
+        clip[t, top : top + side, left : left + side] = (0.9, 0.15, 0.1)
+    return clip
+
+
+def _redness(frame: np.ndarray) -> np.ndarray:
+    return np.clip(frame[..., 0] - 0.5 * (frame[..., 1] + frame[..., 2]), 0, None)
+
+
+def _centroid_x(frame: np.ndarray) -> float:
+    r = _redness(frame)
+    r = np.where(r > 0.5 * r.max(), r, 0)
+    return float((r * np.arange(frame.shape[1])).sum() / r.sum())
+
+
+def test_constant_velocity_lands_between_the_ends(shipped):
+    """A square moving 4 px per frame: in the in-between frames it lies between the end positions,
+    in order, and stronger than linear blending's half-strength ghosts. Measured on the shipped
+    model (seed 0): x = 15.5 | 16.0, 29.2, 31.3 | 31.5 against the constant-velocity 19.5, 23.5,
+    27.5 (it moves late, mostly between frames 1 and 2: mean error 4.3 px), middle-frame peak 0.60
+    of the square's (the blend's: 0.44). The bounds below allow for that, not for constant velocity."""
+    speed = 4
+    clip = _square_clip(speed)
+    first, last = (torch.from_numpy(np.ascontiguousarray(clip[t])).permute(2, 0, 1) for t in (0, 4))
+    video = shipped(first, last, num_frames=5, motion_bucket_id=motion_bucket_from_ends(clip[0], clip[4], 5),
+                    generator=torch.Generator().manual_seed(0), output_type="np").frames[0]
+    xs = [_centroid_x(f) for f in video]
+    truth = [_centroid_x(f) for f in clip]
+    assert truth[0] <= xs[1] < xs[2] < xs[3] <= truth[4], (xs, truth)  # between the ends, in order
+    assert np.mean([abs(a - b) for a, b in zip(xs[1:4], truth[1:4])]) < 6.0, (xs, truth)  # measured 4.3
+    peak = _redness(clip[0]).max()
+    blend_middle = 0.5 * clip[0] + 0.5 * clip[4]
+    assert _redness(blend_middle).max() < 0.5 * peak  # the blend's ghosts (checks the measure itself)
+    assert _redness(video[2]).max() > 0.5 * peak, _redness(video[2]).max() / peak  # measured 0.60
+
+
+def test_shipped_model_against_linear_blending_on_held_out_clips(shipped):
+    """A subset of bench/interpolation.py's held-out clips (4 procedural, 4 photo pans, 4 real
+    footage windows). Issue 16's target is SVD-FI >= 2 dB above linear blending: the shipped model
+    MISSES it; measured here -5.6 dB on average (-2.0 procedural, -3.4 photo pans, -11.4 real
+    footage, whose ends 4 frames apart barely move: blending scores 34.7 dB there). This guards the
+    measured figure (1 dB margin); the full set's figures are in the model card."""
+    sys.path.insert(0, str(REPO))
+    from bench.interpolation import FACTOR, footage_clips, linear_blend, photo_clips, procedural_clips
+
+    from svd_fast.train.video_metrics import psnr
+
+    clips = procedural_clips(4, 64) + photo_clips(1, 64) + footage_clips(2, 64)
+    gains = []
+    for i, (clip, fps) in enumerate(clips):
+        first, last = (torch.from_numpy(np.ascontiguousarray(clip[t])).permute(2, 0, 1) for t in (0, FACTOR))
+        video = shipped(first, last, num_frames=FACTOR + 1, fps=int(np.clip(round(fps), 3, 30)),
+                        motion_bucket_id=motion_bucket_from_ends(clip[0], clip[FACTOR], FACTOR + 1),
+                        generator=torch.Generator().manual_seed(i), output_type="np").frames[0]
+        truth = clip[1:FACTOR]
+        fi = np.mean([psnr(a, b) for a, b in zip(video[1:FACTOR], truth)])
+        blend = np.mean([psnr(a, b) for a, b in zip(linear_blend(clip), truth)])
+        gains.append(fi - blend)
+    assert len(clips) == 12
+    assert np.mean(gains) > MEASURED_GAIN_DB - 1.0, gains
+
+
+MEASURED_GAIN_DB = -5.6
+"""mean dB over linear blending on this subset, measured on the shipped model (2026-12-01)"""
+
+
+# ------------------------------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Two real photographs (held-out ones, never trained on) as PNG files: a crop and a shifted crop."""
+    from svd_fast.real_media import fetch
+
+    folder = tmp_path_factory.mktemp("photos")
+    photo = Image.open(fetch("chelsea")).convert("RGB").resize((96, 64))
+    paths = [folder / "a.png", folder / "b.png"]
+    photo.crop((0, 0, 64, 64)).save(paths[0])
+    photo.crop((12, 0, 76, 64)).save(paths[1])
+    return paths
+
+
+def test_cli_default_is_the_shipped_interpolator(photos, tmp_path, capsys):
+    from svd_fast import interpolate
+
+    out = tmp_path / "between.png"
+    assert interpolate.main(["--first", str(photos[0]), "--last", str(photos[1]), "--out", str(out), "--steps", "4",
+                             "--dtype", "fp32", "--seed", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "default_interpolator (SVD-FI model)" in printed and "wrote 5 frames" in printed
+    frames = np.stack([np.asarray(Image.open(p)) for p in sorted(tmp_path.glob("between_*.png"))]) / 255
+    pipe = SVDInterpolationPipeline.from_pretrained(SHIPPED, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    a, b = (Image.open(p).convert("RGB") for p in photos)
+    ends = [((conditioner.preprocess_image(x, 64, 64)[0] + 1) / 2).permute(1, 2, 0).numpy() for x in (a, b)]
+    expected = interpolate.between(pipe, a, b, 5, seed=5, num_inference_steps=4,
+                                   motion_bucket_id=motion_bucket_from_ends(*ends, 5))
+    np.testing.assert_allclose(frames, expected, atol=1 / 255 + 1e-6)
+
+
+def test_cli_image_to_video_model_uses_the_training_free_baseline(photos, tmp_path, capsys):
+    from svd_fast import interpolate, sample
+
+    assert interpolate.main(["--first", str(photos[0]), "--last", str(photos[1]), "--out", str(tmp_path / "o.gif"),
+                             "--model", str(sample.DEFAULT_MODEL), "--steps", "2", "--frames", "4"]) == 0
+    assert "training-free bidirectional sampling" in capsys.readouterr().out
+
+
+def test_cli_video_mode_with_the_interpolator(tmp_path, capsys):
+    from svd_fast import interpolate
+    from svd_fast.video_io import read_video, save_video
+
+    clip = _square_clip(3)[[0, 4]]
+    save_video((np.concatenate([clip, clip[::-1]]) * 255).round().astype(np.uint8), tmp_path / "in.gif", fps=2)
+    assert interpolate.main(["--video", str(tmp_path / "in.gif"), "--out", str(tmp_path / "out.gif"), "--steps", "2",
+                             "--dtype", "fp32"]) == 0
+    frames, fps = read_video(tmp_path / "out.gif")
+    assert len(frames) == 3 * 4 + 1 and fps == pytest.approx(8, abs=0.5)  # 4 keyframes -> 3 intervals of 4
+    assert "SVD-FI model" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("make_input, message", [
+    (lambda d: d / "missing.png", "not found"),
+    (lambda d: (d / "text.png").write_text("not an image") and d / "text.png", "text.png"),
+])
+def test_cli_bad_image_is_one_line(tmp_path, photos, make_input, message):
+    bad = make_input(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "svd_fast.interpolate", "--first", str(bad), "--last", str(photos[1]),
+                             "--out", str(tmp_path / "o.gif")], capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+
+
+def test_cli_refuses_a_model_that_cannot_interpolate(tmp_path, photos, tiny_fi):
+    config = dataclasses.replace(tiny_fi.config, conditioning="multiview")
+    SVDPipeline(tiny_fi.unet, tiny_fi.vae, tiny_fi.image_encoder, config).save_pretrained(tmp_path / "mv")
+    result = subprocess.run([sys.executable, "-m", "svd_fast.interpolate", "--first", str(photos[0]), "--last",
+                             str(photos[1]), "--model", str(tmp_path / "mv"), "--out", str(tmp_path / "o.gif")],
+                            capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "'multiview' model cannot interpolate" in lines[0]
