@@ -112,10 +112,10 @@ def main(argv=None) -> int:
     if args.max_cfg is not None and not math.isfinite(args.max_cfg):
         raise ValueError(f"--max-cfg must be a finite number, got {args.max_cfg}")
     check_output_path(args.out)
+    image = load_image(args.image)
     model = Path(args.model) if args.model else DEFAULT_MULTIVIEW_MODEL
     if not model.exists():
         raise FileNotFoundError(f"model not found: {model}")
-    image = load_image(args.image)
     start = time.perf_counter()
     pipe = SVDMultiViewPipeline.from_pretrained(model, torch_dtype=DTYPES.get(args.dtype, args.dtype), device=args.device)
     if pipe.config.conditioning != "multiview":

@@ -170,7 +170,7 @@ def evaluate_all(model: Path, base: Path, objects: int, steps: int = 16, views: 
     return {"evaluation": result, "machine": machine_info()}
 
 
-def model_card(result: dict, recipe) -> str:
+def model_card(result: dict, recipe, observations: str = "") -> str:
     """MODEL_CARD.md of a multi-view model trained by training/recipes/multiview.py."""
     ev, tr, machine = result["evaluation"], result["training"], result["machine"]
     m = ev["means"]
@@ -180,7 +180,11 @@ def model_card(result: dict, recipe) -> str:
                      for k, name in (("multiview", "SVD-MV fine-tune (this model)"),
                                      ("i2v", "image-to-video default model, no fine-tune"),
                                      ("copy", "input view copied to every view")))
-    beats = all(m["multiview"][k] > m[o][k] for k in ("psnr_db", "clip_s") for o in ("i2v", "copy"))
+    verdicts = "\n".join(
+        f"- {label} above {other_label}: {m['multiview'][k]:.{digits}f} vs {m[o][k]:.{digits}f}: "
+        f"{'met' if m['multiview'][k] > m[o][k] else 'MISSED'}"
+        for k, label, digits in (("psnr_db", "PSNR", 2), ("clip_s", "CLIP-S", 4))
+        for o, other_label in (("i2v", "the image-to-video model"), ("copy", "the copied input")))
     return f"""# svd_fast default multi-view model (SVD-MV at the default model's scale)
 
 The embedded image-to-video default model (`svd_fast/assets/default_model`) fine-tuned into a
@@ -233,7 +237,7 @@ them): the image model's embedding of them is reused unchanged. The fine-tune st
   noise {tr['noise']} (the default model's stage 3), conditioning dropout 0.1 / 0.1,
   noise augmentation ln sigma ~ N(-3, 0.5^2).
 - Loss: first logged {tr['first_loss']:.4f}, mean of the last logged {tr['last_losses_mean']:.4f}.
-- Time: training {tr['timings_s'].get('train_s')} s on {tr['threads']} thread(s) of {machine.get('cpu_model')} (shared with other jobs).
+- Time: {tr['timings_s'].get('train_wall', str(tr['timings_s'].get('train_s')) + ' s')} on {tr['threads']} thread(s) of {machine.get('cpu_model')} (shared with other jobs).
 - Weights: fp16 safetensors, diffusers layout.
 
 ## Held-out objects
@@ -247,7 +251,10 @@ offline and no installed package bundles them).
 |---|---|---|---|
 {rows}
 
-Target (issue 17): PSNR and CLIP-S above both baselines: {'met' if beats else 'MISSED'}.
+Targets (issue 17):
+{verdicts}
+
 `samples.png`: rows per held-out object: rendered views, this model, the image-to-video model.
+{observations}
 Machine: {machine.get('cpu_model')}, torch {machine['torch']}, {machine['date']}.
 """
