@@ -109,7 +109,9 @@ def load_loras(pipe, specs: list[str]) -> None:
         print(f"LoRA {path} at scale {scale:g} (adapter {name})")
 
 
-def resolve_model(model: str | None, default: Path = DEFAULT_MODEL) -> Path:
+def resolve_model(model: str | None, default: Path | None = None) -> Path:
+    """--model, else the embedded `default` (DEFAULT_MODEL unless given), with a clear exit if absent."""
+    default = default if default is not None else DEFAULT_MODEL
     if model is not None:
         path = Path(model)
         if not path.exists():
