@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    count = sum(p.numel() for name in ("unet", "vae", "image_encoder") for p in parts[name].parameters())
+    towers = [name for name in ("image_encoder", "text_encoder") if name in parts]  # text models: text_encoder
+    count = sum(p.numel() for name in ("unet", "vae", *towers) for p in parts[name].parameters())
     print(
         f"wrote {args.to} checkpoint {args.dst} ({count / 1e6:.1f}M parameters; "
         f"load {loaded - start:.1f} s, save {time.perf_counter() - loaded:.1f} s)"

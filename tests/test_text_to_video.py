@@ -340,3 +340,20 @@ def test_default_model_follows_prompts():
     for key in ("colour",) + MOTION_KEYS:
         assert model[key] >= MIN_RATE[key], (key, model)
         assert model[key] >= shuffled[key] + MARGIN and model[key] >= unconditioned[key] + MARGIN, (key, result)
+
+
+def test_shipped_model_converts_to_sgm_and_back(tmp_path, capsys):
+    """python -m svd_fast.convert on the shipped text model: sgm file and back to a folder, same video."""
+    from svd_fast.convert import main as convert
+
+    assert convert([str(DEFAULT_T2V), str(tmp_path / "t2v.safetensors"), "--to", "sgm"]) == 0
+    assert convert([str(tmp_path / "t2v.safetensors"), str(tmp_path / "back"), "--to", "diffusers"]) == 0
+    assert "wrote diffusers checkpoint" in capsys.readouterr().out
+    videos = []
+    for path in (DEFAULT_T2V, tmp_path / "t2v.safetensors", tmp_path / "back"):
+        pipe = SVDTextToVideoPipeline.from_pretrained(path, torch_dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        videos.append(pipe("a dim scene, mostly blue; camera zooms in", num_inference_steps=2,
+                           generator=torch.Generator().manual_seed(0), output_type="latent").frames)
+    torch.testing.assert_close(videos[1], videos[0], atol=0, rtol=0)
+    torch.testing.assert_close(videos[2], videos[0], atol=0, rtol=0)
