@@ -279,3 +279,12 @@ def test_shipped_model_on_held_out_objects_reproduces_its_card():
         for other, other_label in (("i2v", "the image-to-video model"), ("copy", "the copied input")):
             verdict = "met" if full["multiview"][key] > full[other][key] else "MISSED"
             assert re.search(rf"- {label} above {other_label}: .*: {verdict}\n", card), (label, other, verdict)
+
+
+def test_the_image_pipeline_refuses_a_multiview_model():
+    """Variants are configs of one model: the image-to-video pipeline names the pipeline to use."""
+    from svd_fast.pipeline import SVDPipeline
+
+    pipe = SVDPipeline.from_pretrained(DEFAULT_MULTIVIEW_MODEL, torch_dtype=torch.float32)
+    with pytest.raises(ValueError, match="SVDMultiViewPipeline"):
+        pipe(torch.rand(3, 64, 64), height=64, width=64, num_inference_steps=1)
