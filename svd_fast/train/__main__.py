@@ -26,6 +26,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="override recipe fields, e.g. --set optim.lr=3e-5 data.num_frames=8")
     p.add_argument("--output-dir", help="shortcut for --set output_dir=...")
     p.add_argument("--max-steps", type=int, help="shortcut for --set max_steps=...")
+    p.add_argument("--collective-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="stop every rank with an error when a collective makes no progress for this long "
+                        "(a hung peer; a dead one is noticed at once); default 600")
     p.add_argument("--estimate-memory", action="store_true", help="print the per-GPU memory estimate and exit")
     p.add_argument("--world-size", type=int, default=1, help="processes (GPUs) for --estimate-memory")
     p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="GPU size --estimate-memory compares with")
@@ -103,7 +106,17 @@ def main(argv=None) -> int:
             return _estimate(args)
         from svd_fast.train.trainer import train
 
-        summary = train(_load_recipe(args), deepspeed_config=args.deepspeed, resume=args.resume or False)
+        from svd_fast.train.checkpoint import CheckpointWriteError
+        from svd_fast.train.engine import PeerFailure
+
+        if args.collective_timeout <= 0:
+            raise ValueError(f"--collective-timeout must be > 0 seconds, got {args.collective_timeout:g}")
+        try:
+            summary = train(_load_recipe(args), deepspeed_config=args.deepspeed, resume=args.resume or False,
+                            collective_timeout_s=args.collective_timeout)
+        except (CheckpointWriteError, PeerFailure) as err:  # faults of the machine, not of the input
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -9,9 +9,11 @@
 <output_dir>/checkpoints/latest   name of the newest complete checkpoint
 
 Everything is gathered from ZeRO partitions into full shapes, so a run can resume with another
-world size or ZeRO stage. A checkpoint is written into a temporary folder and renamed when
-complete; `latest` is updated after that, and only then are checkpoints beyond the newest K
-removed, so a kill at any moment leaves the previous checkpoint usable.
+world size or ZeRO stage. A checkpoint is written into a temporary folder, synced to disk and
+renamed when complete; `latest` is updated after that, and only then are checkpoints beyond the
+newest K removed (each renamed out of the `step-*` namespace before it is deleted), so a kill at
+any moment leaves the previous checkpoint usable and every `step-*` folder complete. A failed
+write (a full disk) removes the partial folder and stops every rank with CheckpointWriteError.
 """
 from __future__ import annotations
 
@@ -25,18 +27,19 @@ import torch.distributed as dist
 
 from svd_fast.checkpoints.io import save_safetensors, write_json, write_text
 from svd_fast.train import lora as lora_lib
+from svd_fast.train.logs import log
 
 PREFIX = "unet."  # the engine's module is DiffusionObjective(unet)
 LATEST = "latest"
+STATE = "trainer_state.json"  # written last: a checkpoint folder without it is not one
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (raised on every rank; the previous one is intact)."""
 
 
 def checkpoint_root(output_dir) -> Path:
     return Path(output_dir) / "checkpoints"
-
-
-def _barrier():
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def _unet_name(name: str) -> str:
@@ -64,56 +67,131 @@ def save_checkpoint(output_dir, step: int, engine, ema, recipe, env, keep: int) 
     optimizer_tensors, optimizer_meta = engine.optimizer_state()
     root = checkpoint_root(output_dir)
     final = root / f"step-{step:08d}"
+    failure = None
     if env.is_main:
-        root.mkdir(parents=True, exist_ok=True)
         tmp = root / f".{final.name}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        save_safetensors(weights, tmp / "model.safetensors")
-        if recipe.trainable == "lora":
-            lora_lib.save_lora_tensors(trainable, recipe.lora, tmp / "lora.safetensors")
-        if ema_state is not None:
-            save_safetensors({_unet_name(k): v for k, v in ema_state.items()}, tmp / "ema.safetensors")
-        save_safetensors(optimizer_tensors, tmp / "optimizer.safetensors", metadata={"meta": json.dumps(optimizer_meta)})
-        write_json(tmp / "trainer_state.json", {
-            "step": step,
-            "ema_updates": ema.num_updates if ema is not None else 0,
-            "world_size": env.world_size,
-            "zero_stage": engine.zero_stage,
-            "recipe": json.loads(recipe.to_json()),
-        })
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        write_text(root / LATEST, final.name + "\n")
-        _prune(root, keep)
-    _barrier()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            _remove_leftovers(root)
+            tmp.mkdir()
+            save_safetensors(weights, tmp / "model.safetensors")
+            if recipe.trainable == "lora":
+                lora_lib.save_lora_tensors(trainable, recipe.lora, tmp / "lora.safetensors")
+            if ema_state is not None:
+                save_safetensors({_unet_name(k): v for k, v in ema_state.items()}, tmp / "ema.safetensors")
+            save_safetensors(optimizer_tensors, tmp / "optimizer.safetensors", metadata={"meta": json.dumps(optimizer_meta)})
+            write_json(tmp / STATE, {
+                "step": step,
+                "ema_updates": ema.num_updates if ema is not None else 0,
+                "world_size": env.world_size,
+                "zero_stage": engine.zero_stage,
+                "recipe": json.loads(recipe.to_json()),
+            })
+            _fsync_folder(tmp)  # the data reaches the disk before the rename makes it a checkpoint
+            if final.exists():
+                _delete(final)
+            os.replace(tmp, final)
+            _fsync_folder(root, files=False)
+            write_text(root / LATEST, final.name + "\n")
+        except Exception as err:  # noqa: BLE001 - any failed write: clean up, then stop every rank alike
+            shutil.rmtree(tmp, ignore_errors=True)  # a partial checkpoint would only take space
+            previous, reason = _marked_checkpoint(root), _describe_write_error(err)
+            remedy = "free disk space" if "No space left" in reason else "fix that"
+            failure = (f"checkpoint {final.name} was not written to {root}: {reason}; the previous checkpoint "
+                       f"({previous.name if previous else 'none'}) is intact; {remedy} and continue with --resume")
+        else:
+            _prune(root, keep)
+    failure = _from_rank0(failure)
+    if failure is not None:
+        raise CheckpointWriteError(failure if env.is_main else f"rank 0 reported: {failure}")
     return final
+
+
+def _describe_write_error(err: Exception) -> str:
+    """One line saying what went wrong: the OS's words for OSError (ENOSPC: 'No space left on
+    device'); safetensors reports I/O errors as SafetensorError with the OS's message inside."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror + (f" ({err.filename})" if err.filename else "")
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
+def _from_rank0(value):
+    """rank 0's `value` on every rank (a picklable object; collective)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _fsync_folder(folder: Path, files: bool = True) -> None:
+    """fsync the files of `folder` and the folder itself (its entries), so a rename after this
+    never publishes data that a power loss could still take back."""
+    if files:
+        for path in folder.iterdir():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _delete(folder: Path) -> None:
+    """Remove a checkpoint folder: renamed out of `step-*` first, so a kill during the (long,
+    non-atomic) removal never leaves a half-deleted folder that looks like a checkpoint."""
+    doomed = folder.with_name(f".{folder.name}.deleting")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Temporary folders of writes or removals that a kill interrupted (one writer per run folder)."""
+    for path in root.glob(".step-*"):
+        if path.is_dir() and path.name.endswith((".tmp", ".deleting")):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _prune(root: Path, keep: int) -> None:
     steps = sorted(p for p in root.glob("step-*") if p.is_dir())
     for old in steps[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _delete(old)
 
 
-def latest_checkpoint(output_dir) -> Path | None:
-    """The newest complete checkpoint of a run folder, or None when it has none."""
-    root = checkpoint_root(output_dir)
+def _complete(path: Path) -> bool:
+    return path.is_dir() and (path / STATE).is_file()
+
+
+def _marked_checkpoint(root: Path) -> Path | None:
     marker = root / LATEST
     if not marker.is_file():
         return None
     path = root / marker.read_text().strip()
-    if not (path / "trainer_state.json").is_file():
-        raise FileNotFoundError(f"{marker} names {path.name}, which is not a complete checkpoint")
-    return path
+    return path if path.name.startswith("step-") and _complete(path) else None
+
+
+def latest_checkpoint(output_dir) -> Path | None:
+    """The newest complete checkpoint of a run folder, or None when it has none.
+
+    `latest` names it; when that marker is missing or names no complete checkpoint (a copy of
+    the folder without it, a hand edit), the complete `step-*` folder with the highest step is
+    used instead. Temporary folders of interrupted writes are never candidates."""
+    root = checkpoint_root(output_dir)
+    marked = _marked_checkpoint(root)
+    if marked is not None:
+        return marked
+    complete = sorted(p for p in root.glob("step-*") if _complete(p))
+    if complete and (root / LATEST).is_file():
+        log.warning("%s does not name a complete checkpoint; using %s", root / LATEST, complete[-1].name)
+    return complete[-1] if complete else None
 
 
 def resolve_checkpoint(path) -> Path:
     """A checkpoint folder from a checkpoint folder or a run folder (its latest checkpoint)."""
     path = Path(path)
-    if (path / "trainer_state.json").is_file():
+    if (path / STATE).is_file():
         return path
     found = latest_checkpoint(path) if path.is_dir() else None
     if found is None:

@@ -9,6 +9,7 @@ partitions), so checkpoints do not depend on the world size or the ZeRO stage.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -43,8 +44,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed(use_deepspeed: bool) -> DistEnv:
-    """Join the process group set up by torchrun / the deepspeed launcher (or a single process)."""
+DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0  # DeepSpeed's default; torch's gloo default is 30 minutes
+
+
+class PeerFailure(RuntimeError):
+    """A collective operation failed: another process of the run crashed, was killed or hung."""
+
+
+def is_collective_failure(err: BaseException) -> bool:
+    """True for the errors torch.distributed raises when a peer dies (gloo: "Connection closed by
+    peer") or stops answering (a timeout). NCCL's are DistBackendErrors; gloo raises plain
+    RuntimeErrors naming its TCP transport."""
+    if isinstance(err, dist.DistError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(
+        marker in text for marker in ("gloo/transport/", "Connection closed by peer", "Connection reset by peer",
+                                      "Timed out waiting"))
+
+
+def init_distributed(use_deepspeed: bool, timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> DistEnv:
+    """Join the process group set up by torchrun / the deepspeed launcher (or a single process).
+
+    Every collective fails after `timeout_s` seconds without progress (the watchdog against a
+    hung peer; a dead peer's closed connection fails it at once)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -53,6 +76,7 @@ def init_distributed(use_deepspeed: bool) -> DistEnv:
     if cuda:
         torch.cuda.set_device(device)
     backend = "nccl" if cuda else "gloo"
+    timeout = datetime.timedelta(seconds=timeout_s)
     if use_deepspeed:
         # A single process started without a launcher still needs a (one-member) process group.
         for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
@@ -60,9 +84,9 @@ def init_distributed(use_deepspeed: bool) -> DistEnv:
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
         import deepspeed
 
-        deepspeed.init_distributed(dist_backend=backend)
+        deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
     elif world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=timeout)
     return DistEnv(rank, world, local_rank, device)
 
 
@@ -230,11 +254,14 @@ class DeepSpeedEngine:
     def restore_master_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Set the fp32 master copies of the trainable weights exactly (the module's low-precision
         weights were loaded before deepspeed.initialize and are their rounding)."""
-        from deepspeed.utils import safe_set_full_fp32_param
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_local_fp32_param
 
         for name, param in self.trainable.items():
-            if _has_master(param):
-                safe_set_full_fp32_param(param, state[name].to(self.env.device).float())
+            value = state[name].to(self.env.device).float()
+            if _zero3_partitioned(param):
+                safe_set_local_fp32_param(param, _local_partition(param, value))
+            elif _has_master(param):
+                safe_set_full_fp32_param(param, value)
 
     def _base_optimizer(self):
         return getattr(self.optimizer, "optimizer", self.optimizer)
@@ -261,7 +288,7 @@ class DeepSpeedEngine:
         return tensors, {"step": max(steps, default=0)}
 
     def load_optimizer_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        from deepspeed.utils import safe_set_full_optimizer_state
+        from deepspeed.utils import safe_set_full_optimizer_state, safe_set_local_optimizer_state
 
         base = self._base_optimizer()
         for p in self._optimized_tensors():  # DeepSpeed creates Adam's state lazily, at the first step
@@ -276,7 +303,9 @@ class DeepSpeedEngine:
                 if value is None:
                     raise ValueError(f"optimizer state lacks {name}::{key}")
                 value = value.to(self.env.device)
-                if _has_master(param):
+                if _zero3_partitioned(param):
+                    safe_set_local_optimizer_state(param, _local_partition(param, value), key)
+                elif _has_master(param):
                     safe_set_full_optimizer_state(param, value, key)
                 else:
                     base.state.setdefault(param, {})[key] = value.clone()
@@ -309,6 +338,22 @@ def fill_auto_buckets(ds_config: dict, numels: list[int]) -> None:
 def _has_master(param) -> bool:
     """True when DeepSpeed keeps a separate fp32 master copy of the parameter (ZeRO or bf16/fp16)."""
     return hasattr(param, "ds_id") or getattr(param, "_hp_mapping", None) is not None
+
+
+def _zero3_partitioned(param) -> bool:
+    return hasattr(param, "ds_id") and hasattr(param, "ds_tensor")
+
+
+def _local_partition(param, value: torch.Tensor) -> torch.Tensor:
+    """This rank's ZeRO-3 partition of a full-shape value: the flat value zero-padded to
+    world x partition size, then this rank's slice. (DeepSpeed's safe_set_full_* setters slice
+    without the padding, so they fail on the last ranks for a weight with fewer elements than
+    ranks, e.g. a 1-element mix factor on 2 processes; the local setters do not.)"""
+    size = param.ds_tensor.numel()
+    world, rank = dist.get_world_size(), dist.get_rank()
+    flat = torch.zeros(size * world, dtype=torch.float32, device=value.device)
+    flat[: value.numel()] = value.flatten().float()
+    return flat[rank * size : (rank + 1) * size]
 
 
 def _drop_zero3_hooks_of_parameterless_containers(model: nn.Module) -> None:

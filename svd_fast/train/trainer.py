@@ -15,7 +15,8 @@ from svd_fast.train import lora as lora_lib
 from svd_fast.train.data import BatchPlan, build_dataset, micro_batch_loader
 from svd_fast.train.distill import ConsistencyDistiller, ConsistencyObjective
 from svd_fast.train.ema import EMA
-from svd_fast.train.engine import DeepSpeedEngine, PlainEngine, init_distributed, resolve_deepspeed_config
+from svd_fast.train.engine import (DEFAULT_COLLECTIVE_TIMEOUT_S, DeepSpeedEngine, PeerFailure, PlainEngine,
+                                   init_distributed, is_collective_failure, resolve_deepspeed_config)
 from svd_fast.train.logs import TrainingLog, log, peak_memory_bytes, setup_console_logging
 from svd_fast.train.objective import DiffusionObjective, prepare_inputs
 from svd_fast.train.recipe import Recipe
@@ -90,10 +91,27 @@ def _cuda_reset_peak(device):
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def train(recipe: Recipe, deepspeed_config: str | None = None, resume: str | bool = False) -> dict:
-    """Run (or continue) a training run; returns a summary of it (rank 0's view)."""
+def train(recipe: Recipe, deepspeed_config: str | None = None, resume: str | bool = False,
+          collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> dict:
+    """Run (or continue) a training run; returns a summary of it (rank 0's view).
+
+    When another process of a distributed run dies or hangs (a collective fails, or makes no
+    progress for `collective_timeout_s`), every surviving rank stops with PeerFailure naming
+    the step and the checkpoint a resume starts from."""
+    progress = {"step": None, "log": None}
+    try:
+        return _train(recipe, deepspeed_config, resume, collective_timeout_s, progress)
+    except Exception as err:
+        if progress["log"] is not None:
+            progress["log"].close()  # ends the progress bar's line, so the error starts its own line
+        if dist.is_initialized() and dist.get_world_size() > 1 and is_collective_failure(err):
+            raise _peer_failure(err, recipe.output_dir, progress["step"]) from err
+        raise
+
+
+def _train(recipe: Recipe, deepspeed_config, resume, collective_timeout_s: float, progress: dict) -> dict:
     recipe.validate()
-    env = init_distributed(use_deepspeed=deepspeed_config is not None)
+    env = init_distributed(use_deepspeed=deepspeed_config is not None, timeout_s=collective_timeout_s)
     setup_console_logging(env.rank)
     out = Path(recipe.output_dir)
     ckpt = _resume_checkpoint(recipe, resume)
@@ -125,7 +143,7 @@ def train(recipe: Recipe, deepspeed_config: str | None = None, resume: str | boo
     dataset = build_dataset(recipe.data)
     plan = BatchPlan(len(dataset), recipe.batch_size, recipe.grad_accum, env.world_size, env.rank, recipe.seed)
     batches = micro_batch_loader(dataset, plan, start_step, recipe.data.num_workers)
-    tlog = TrainingLog(out, env.is_main, recipe.max_steps, start_step, recipe.tensorboard)
+    tlog = progress["log"] = TrainingLog(out, env.is_main, recipe.max_steps, start_step, recipe.tensorboard)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "recipe.json", recipe.to_json() + "\n")
@@ -133,6 +151,7 @@ def train(recipe: Recipe, deepspeed_config: str | None = None, resume: str | boo
     losses_seen = []
     train_start = time.perf_counter()
     for step in range(start_step, recipe.max_steps):
+        progress["step"] = step + 1
         lr = lr_at(recipe, step)
         engine.set_lr(lr)
         _cuda_reset_peak(env.device)
@@ -175,6 +194,19 @@ def train(recipe: Recipe, deepspeed_config: str | None = None, resume: str | boo
     if dist.is_initialized():
         dist.barrier()
     return summary
+
+
+def _peer_failure(err: Exception, output_dir, step: int | None) -> PeerFailure:
+    """One line for a lost peer: which rank saw it, at which step, and where a resume starts."""
+    try:
+        resume_from = ckpt_lib.latest_checkpoint(output_dir)
+    except OSError:
+        resume_from = None
+    cause = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    when = f"during step {step}" if step else "before the first step"
+    where = f"--resume restarts from {resume_from.name}" if resume_from else "no checkpoint yet: --resume starts over"
+    return PeerFailure(f"rank {dist.get_rank()}: another process of the run died or stopped answering {when} "
+                       f"({cause}); {where}")
 
 
 def _target_weights(engine, ema) -> dict:
