@@ -4,7 +4,7 @@ Static parts are counted exactly from the model (built on the meta device) and t
 config, in the ZeRO paper's terms (Psi = trainable parameters, N = world size):
   parameters   2 or 4 bytes x all UNet parameters           (/N under ZeRO-3, 0 with param offload)
   gradients    2 or 4 bytes x Psi                            (/N under ZeRO-2 and 3)
-  optimizer    fp32 master copy (mixed precision) + Adam's 8 bytes, or 2 bytes with 8-bit AdamW,
+  optimizer    fp32 master copy (mixed precision, or any ZeRO stage) + Adam's 8 bytes, or 2 bytes with 8-bit AdamW,
                per trainable parameter                       (/N under ZeRO-1..3, 0 with offload)
   EMA          4 bytes x Psi                                 (/N under ZeRO-3, as svd_fast.train.ema keeps it)
   ZeRO-3 working set: the two largest top-level blocks gathered at once (current + prefetched)
@@ -136,7 +136,8 @@ def static_memory(recipe: Recipe, ds_config: dict | None, world_size: int, count
     est.items["UNet parameters"] = 0 if z["offload_param"] else params / (n if stage == 3 else 1)
     est.items["gradients"] = psi * weight_bytes / (n if stage >= 2 else 1)
     adam = 2 if recipe.optim.name == "adamw8bit" else 8
-    master = 4 if mixed else 0
+    # ZeRO's optimizer always steps a separate fp32 copy of its partition (a clone even in fp32).
+    master = 4 if mixed or (ds_config is not None and stage >= 1) else 0
     optimizer = psi * (adam + master)
     est.items["optimizer states"] = 0 if z["offload_optimizer"] else optimizer / (n if stage >= 1 else 1)
     if recipe.ema_decay:
