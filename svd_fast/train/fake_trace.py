@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 import weakref
 
 import torch
@@ -99,7 +100,10 @@ def unet_step_peak(unet_config, trainable: str, lora_config, checkpointing: bool
     from svd_fast.train.trainable import enable_gradient_checkpointing, set_trainable
     from svd_fast.unet import VideoUNet
 
-    with kernel_backend(TRACE_BACKEND), FakeTensorMode():
+    with kernel_backend(TRACE_BACKEND), FakeTensorMode(), warnings.catch_warnings():
+        # The native conv keys its weight cache on data_ptr(), which a FakeTensor only warns about
+        # (no cache entry outlives the trace: the fake weights die with it).
+        warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
         with _default_dtype(weight_dtype):
             unet = VideoUNet(unet_config)
         set_trainable(unet, trainable, lora_config)
