@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from svd_fast import conditioner
+from svd_fast.accel.memory import return_freed_memory_to_os
 from svd_fast.config import SVDConfig
 from svd_fast.consistency import ConsistencySchedule, default_sampler, is_consistency_scheduler
 from svd_fast.denoiser import BidirectionalDenoiser, Conditioning, Denoiser, LinearGuidedDenoiser, UnguidedDenoiser
@@ -266,6 +267,8 @@ class SVDPipeline:
             raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
         timings: dict = {}
         device = self.device
+        if device.type == "cpu":
+            return_freed_memory_to_os()  # resident memory follows the live tensors (accel/memory.py)
 
         start = time.perf_counter()
         conditioning = functools.partial(self._conditioning, height=height, width=width, num_frames=num_frames, fps=fps,

@@ -27,6 +27,32 @@ TEMPORAL_EPS = 1e-5  # sgm's normalization() inside the decoder's temporal ResBl
 LOGVAR_RANGE = (-30.0, 20.0)  # clamp of sgm / diffusers DiagonalGaussianDistribution
 
 
+# Inference runs the per-frame (spatial) layers of the VAE a few frames at a time, so their
+# intermediates (GroupNorm output, conv outputs, the 4x upsampled map) exist for one chunk instead
+# of the whole clip: the decoder's peak memory becomes about its largest whole-clip activation
+# plus one chunk's work. Exact: every op in those layers is computed per frame.
+FRAME_CHUNK_BYTES = 32 << 20
+"""input bytes per chunk of frames for the per-frame layers (at least one frame per chunk)"""
+
+
+def per_frame_chunks(fn, x: torch.Tensor, growth: int = 1) -> torch.Tensor:
+    """fn(x) for an fn that treats each of x's frames (dim 0) alone, applied chunk by chunk under
+    no_grad/inference (with autograd on, fn(x) itself, as training needs the intermediates anyway).
+    growth: how many times larger than its input fn's intermediates get (4 for a x2 upsampling)."""
+    chunk = max(1, FRAME_CHUNK_BYTES // max(1, growth * x[0].numel() * x.element_size()))
+    if torch.is_grad_enabled() or chunk >= x.shape[0]:
+        return fn(x)
+    first = fn(x[:chunk])
+    layout = torch.channels_last if first.ndim == 4 and first.is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
+    out = torch.empty((x.shape[0], *first.shape[1:]), dtype=first.dtype, device=first.device, memory_format=layout)
+    out[:chunk] = first
+    del first
+    for start in range(chunk, x.shape[0], chunk):
+        out[start : start + chunk] = fn(x[start : start + chunk])
+    return out
+
+
 class ResnetBlock(nn.Module):
     """Spatial ResBlock without time embedding: GN-SiLU-conv3x3, GN-SiLU-conv3x3, residual."""
 
@@ -40,6 +66,9 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x, num_frames=None):
         """num_frames is accepted (and unused) so every VAE block has the same call signature."""
+        return per_frame_chunks(self._forward, x)
+
+    def _forward(self, x):
         h = self.conv2(self.norm2(self.conv1(self.norm1(x, silu=True)), silu=True))
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
         return skip + h
@@ -91,7 +120,10 @@ class VideoResnetBlock(nn.Module):
         self.time_mixer = TimeMixer()
 
     def forward(self, x, num_frames):
-        x = self.spatial_res_block(x)
+        return self.temporal(self.spatial_res_block(x), num_frames)
+
+    def temporal(self, x, num_frames):
+        """The temporal half on the spatial half's output x."""
         h = self.temporal_res_block(x, num_frames)
         # blend(x_spatial=x, x_temporal=x + h) = x + a * h
         return layers.alpha_blend_residual(x, h, self.time_mixer.spatial_weight(x.shape[0]))
@@ -155,7 +187,8 @@ class Upsample(nn.Module):
         self.conv = layers.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return per_frame_chunks(lambda frames: self.conv(F.interpolate(frames, scale_factor=2.0, mode="nearest")), x,
+                                growth=4)
 
 
 class DownBlock(nn.Module):
@@ -178,10 +211,22 @@ class UpBlock(nn.Module):
         )
         self.upsamplers = nn.ModuleList([Upsample(c_out)]) if upsample else None
 
-    def forward(self, x, num_frames):
+    def stages(self) -> list:
+        """The block as a sequence of steps x -> stage(x, num_frames). A caller that loops over them
+        holds only the current step's input, so each step's input is freed as soon as it is used:
+        the spatial half of a ResBlock (which changes the width) frees its input before the
+        temporal half runs."""
+        steps = []
         for resnet in self.resnets:
-            x = resnet(x, num_frames)
-        return x if self.upsamplers is None else self.upsamplers[0](x)
+            steps += [lambda x, num_frames, r=resnet: r.spatial_res_block(x), resnet.temporal]
+        if self.upsamplers is not None:
+            steps.append(lambda x, num_frames: self.upsamplers[0](x))
+        return steps
+
+    def forward(self, x, num_frames):
+        for stage in self.stages():
+            x = stage(x, num_frames)
+        return x
 
 
 class Encoder(nn.Module):
@@ -227,9 +272,9 @@ class TemporalDecoder(nn.Module):
 
     def forward(self, z, num_frames: int):
         x = self.mid_block(self.conv_in(z), num_frames)
-        for block in self.up_blocks:
-            x = block(x, num_frames)
-        x = self.conv_out(self.conv_norm_out(x, silu=True))
+        for stage in [stage for block in self.up_blocks for stage in block.stages()]:  # flat: see UpBlock.stages
+            x = stage(x, num_frames)
+        x = per_frame_chunks(lambda frames: self.conv_out(self.conv_norm_out(frames, silu=True)), x)
         return layers.temporal_conv(x, self.time_conv_out.weight, self.time_conv_out.bias, num_frames)
 
 

@@ -87,6 +87,28 @@ def test_decode_latents_matches_diffusers_pipeline(name, kwargs, b, t, chunk):
     assert _rel(got, expected) < FP32_RTOL
 
 
+@pytest.mark.parametrize("chunk_bytes,largest_chunk", [(1, 1), (130_000, 2)])  # a frame at a time; 2 + 1 frames
+def test_per_frame_layers_run_in_chunks_and_match_diffusers(monkeypatch, chunk_bytes, largest_chunk):
+    """The decoder's per-frame layers run a few frames at a time at inference (to bound their
+    intermediates' memory); the video is diffusers' all the same, with chunks that do not divide
+    the clip too. 130 kB is two frames of the 32-channel 20x24 maps at the top (and four-fold
+    upsampling of the 10x12 ones), a whole clip lower down."""
+    import svd_fast.vae as vae_module
+
+    ref, ours = _pair(CONFIGS[1][1])
+    monkeypatch.setattr(vae_module, "FRAME_CHUNK_BYTES", chunk_bytes)
+    seen = []
+    for block in ours.decoder.modules():
+        if isinstance(block, vae_module.ResnetBlock):
+            monkeypatch.setattr(block, "_forward", lambda x, f=block._forward: seen.append(x.shape[0]) or f(x))
+    latents = torch.randn(2, 3, 4, 5, 6) * 0.18215
+    with torch.no_grad():
+        expected = StableVideoDiffusionPipeline.decode_latents(SimpleNamespace(vae=ref), latents, 3, 3)
+        got = ours.decode_latents(latents)
+    assert max(seen[-3:]) == largest_chunk and max(seen) == (largest_chunk if chunk_bytes == 1 else 3)
+    assert _rel(got, expected) < FP32_RTOL
+
+
 def test_decode_takes_unscaled_latents_like_diffusers_vae_decode():
     ref, ours = _pair(CONFIGS[1][1])
     z = torch.randn(6, 4, 4, 4)
