@@ -294,6 +294,22 @@ def test_tuning_off_uses_the_starting_order_and_writes_nothing(monkeypatch, priv
     assert (first.calls, second.calls) == (1, 0) and not private_cache.exists()
 
 
+def test_processes_of_a_multi_process_run_use_the_starting_order(monkeypatch, private_cache):
+    """Timed per process, the ranks of a distributed run could pick different kernels and diverge."""
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    op, first, second = geglu_op("first")
+    op(torch.randn(2, 4))
+    assert (first.calls, second.calls) == (1, 0) and not private_cache.exists()
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 1)  # one process: measured
+    assert tuning.tuning_enabled()
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setenv("SVD_FAST_TUNE", "1")  # asked for
+    assert tuning.tuning_enabled()
+
+
 def test_nothing_is_timed_under_a_dispatch_mode(private_cache):
     from torch.utils.flop_counter import FlopCounterMode
 
