@@ -14,11 +14,9 @@ On CPU, freed activation memory goes back to the OS (accel/memory.py), as in SVD
 """
 from __future__ import annotations
 
-import torch
-
 from svd_fast.accel import compile as _compile
-from svd_fast.accel.memory import return_freed_memory_to_os
 from svd_fast.accel.dtypes import resolve_dtype  # noqa: F401  (re-exported: svd_fast.accel.resolve_dtype)
+from svd_fast.accel.memory import return_freed_memory_to_os
 
 _STATE = "_svd_fast_accel"  # attribute on an accelerated pipeline: what to undo
 

@@ -37,19 +37,25 @@ _QKV = ("q", "k", "v")
 _LAYER = re.compile(r"vision_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 
+def resblock_name(layer: str, module: str, param: str) -> tuple[str, int | None] | None:
+    """A transformers encoder layer's parameter -> (OpenCLIP name, q/k/v chunk index or None), the
+    same in the vision and the text tower; None for a module OpenCLIP does not have."""
+    block = f"transformer.resblocks.{layer}."
+    qkv = re.fullmatch(r"self_attn\.([qkv])_proj", module)
+    if qkv:
+        return f"{block}attn.in_proj_{param}", _QKV.index(qkv.group(1))
+    if module in _LAYER_RENAMES:
+        return f"{block}{_LAYER_RENAMES[module]}.{param}", None
+    return None
+
+
 def open_clip_name(key: str) -> tuple[str, int | None]:
     """transformers key -> (open_clip key without PREFIX, q/k/v chunk index or None)."""
     if key in _FIXED:
         return _FIXED[key], None
     match = _LAYER.fullmatch(key)
-    if match:
-        layer, module, param = match.groups()
-        block = f"transformer.resblocks.{layer}."
-        qkv = re.fullmatch(r"self_attn\.([qkv])_proj", module)
-        if qkv:
-            return f"{block}attn.in_proj_{param}", _QKV.index(qkv.group(1))
-        if module in _LAYER_RENAMES:
-            return f"{block}{_LAYER_RENAMES[module]}.{param}", None
+    if match and (name := resblock_name(*match.groups())):
+        return name
     raise KeyError(f"{key!r} is not a parameter of a CLIP vision tower with projection")
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from svd_fast.checkpoints import open_clip
 from svd_fast.checkpoints.io import CheckpointError, TensorSource
 
 OPEN_CLIP_PREFIX = "conditioner.embedders.0.model."
@@ -42,8 +43,6 @@ _FIXED = {
     "text_model.final_layer_norm.bias": "ln_final.bias",
     "text_projection.weight": "text_projection",
 }
-_LAYER_RENAMES = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
-                  "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
 _LAYER = re.compile(r"text_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 
@@ -59,14 +58,8 @@ def open_clip_name(key: str) -> tuple[str, int | None]:
     if key in _FIXED:
         return _FIXED[key], None
     match = _LAYER.fullmatch(key)
-    if match:
-        layer, module, param = match.groups()
-        block = f"transformer.resblocks.{layer}."
-        qkv = re.fullmatch(r"self_attn\.([qkv])_proj", module)
-        if qkv:
-            return f"{block}attn.in_proj_{param}", "qkv".index(qkv.group(1))
-        if module in _LAYER_RENAMES:
-            return f"{block}{_LAYER_RENAMES[module]}.{param}", None
+    if match and (name := open_clip.resblock_name(*match.groups())):
+        return name
     raise KeyError(f"{key!r} is not a parameter of a CLIP text tower")
 
 

@@ -386,6 +386,21 @@ def stage_recipes(work: Path, components: Path, shards: Path, config: SVDConfig,
 
 
 # --------------------------------------------------------------------------- export + evaluation
+def train_resumed(recipe: Recipe, work: Path) -> tuple[dict, float]:
+    """train(recipe, resume=True): its summary, and its training seconds summed over every
+    invocation that worked on `work` (kept in work/train_seconds.json), for the model card."""
+    from svd_fast.checkpoints.io import write_json
+    from svd_fast.train.trainer import train
+
+    times_file = work / "train_seconds.json"
+    spent = json.loads(times_file.read_text())["seconds"] if times_file.is_file() else 0.0
+    summary = train(recipe, resume=True)
+    if summary["steps"] > summary["start_step"]:
+        spent += summary["train_seconds"]
+        write_json(times_file, {"seconds": spent})
+    return summary, spent
+
+
 def export(stage3: Path, components: Path, out: Path) -> None:
     """fp16 weights (EMA UNet) in the diffusers layout, replacing `out` atomically."""
     from svd_fast.checkpoints import load_components, save_components

@@ -164,7 +164,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from svd_fast.train.logs import setup_console_logging
-    from svd_fast.train.trainer import train
 
     setup_console_logging(rank=0)
     work, out = Path(args.workdir), Path(args.out)
@@ -177,12 +176,7 @@ def main(argv=None) -> int:
         dm.write_real_sources(work / "videos" / "real", media, dm.Schedule().pans_per_photo)
         shards = dm.curate(work / "videos", work / "curated")
     recipe = distill_recipe(Path(args.teacher), shards, work, args.steps, args.solver)
-    times_file = work / "train_seconds.json"  # summed over resumed invocations
-    spent = json.loads(times_file.read_text())["seconds"] if times_file.is_file() else 0.0
-    summary = train(recipe, resume=True)
-    if summary["steps"] > summary["start_step"]:
-        spent += summary["train_seconds"]
-        write_json(times_file, {"seconds": spent})
+    summary, spent = dm.train_resumed(recipe, work)
     export(Path(recipe.output_dir), out)
     metrics = evaluate(Path(args.teacher), out)
     write_json(work / "metrics.json", {**metrics, "train": summary})

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -174,7 +172,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from svd_fast.train.logs import setup_console_logging
-    from svd_fast.train.trainer import train
 
     setup_console_logging(rank=0)
     base, work, out = Path(args.base), Path(args.workdir), Path(args.out)
@@ -184,12 +181,7 @@ def main(argv=None) -> int:
     recipe = fi_recipe(base, Path(args.shards), work, args.steps)
     if args.lab:
         recipe = dataclasses.replace(recipe, export_final=False, checkpoint_every=10_000)
-    times_file = work / "train_seconds.json"  # summed over resumed invocations
-    spent = json.loads(times_file.read_text())["seconds"] if times_file.is_file() else 0.0
-    summary = train(recipe, resume=True)
-    if summary["steps"] > summary["start_step"]:
-        spent += summary["train_seconds"]
-        write_json(times_file, {"seconds": spent})
+    summary, spent = dm.train_resumed(recipe, work)
     if args.lab:
         print(json.dumps(summary, indent=2))
         return 0
