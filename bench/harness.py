@@ -1,7 +1,6 @@
 """Measurement helpers shared by the benchmarks: timing, peak memory, machine facts, JSON output."""
 from __future__ import annotations
 
-import ctypes
 import datetime as _dt
 import importlib.util
 import json
@@ -15,6 +14,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from svd_fast.accel.memory import release_free_memory
 
 
 def sync():
@@ -45,14 +46,6 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _release_free_heap():
-    """Return freed heap pages to the OS (glibc malloc_trim), so RSS growth measures new peaks."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc
-        pass
-
-
 class PeakMemory:
     """Peak memory above the level at entry while the block runs.
 
@@ -70,7 +63,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self._base = torch.cuda.memory_allocated()
             return self
-        _release_free_heap()
+        release_free_memory()  # so RSS growth measures new peaks
         self._base = self._peak = _rss_bytes()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)

@@ -389,8 +389,6 @@ def print_block(report):
     print(f"load: ours {report['load']['ours_s']:.1f}s, diffusers {report['load']['diffusers_s'] or 0:.1f}s | "
           f"compile: {compiled} | measured matmul peak " +
           ", ".join(f"{k} {v:.2f}" for k, v in report["peak_tflops_by_dtype"].items()) + " TFLOP/s")
-    if report["allocator"]:
-        print(f"allocator: {report['allocator']}")
     for side, r in report["results"].items():
         stages = [k for k in ("total", "image_encode", "unet_step", "vae_decode") if k in r]
         line = ", ".join(f"{k} {r[k]['median_s']:.3f}/{r[k]['min_s']:.3f}s" for k in stages)
@@ -424,14 +422,6 @@ def main(argv=None):
     from svd_fast.accel.dtypes import dtype_name, resolve_dtype
 
     dtype, dtype_reason = resolve_dtype(args.dtype, args.device)
-    allocator = None
-    if args.device == "cpu":
-        from svd_fast.accel.memory import return_freed_memory_to_os
-
-        # our pipeline sets this on its first call, and it is process-wide: set it before either
-        # side runs, so both are measured under the same allocator (SVD_FAST_MALLOC=keep: neither)
-        allocator = ("glibc mmap threshold 1 MiB for both sides (svd_fast.accel.memory)" if return_freed_memory_to_os()
-                     else "the C library's default for both sides")
     ours, theirs, load = build_pipelines(args, dtype)
     compile_sides(ours, theirs, args)
     peak_by_dtype = {}
@@ -451,7 +441,6 @@ def main(argv=None):
         "dtype_reason": dtype_reason,
         "shape": f"{ours.config.num_frames} frames {args.height}x{args.width} batch {1 if args.no_cfg else 2}",
         "kernel_backend": get_backend(),
-        "allocator": allocator,
         "machine": machine,
         "peak_tflops_by_dtype": peak_by_dtype,
         "inductor_cache": inductor_cache_state() if args.compile else None,

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from svd_fast import conditioner
-from svd_fast.accel.memory import return_freed_memory_to_os
+from svd_fast.accel.memory import release_free_memory
 from svd_fast.config import SVDConfig
 from svd_fast.consistency import ConsistencySchedule, default_sampler, is_consistency_scheduler
 from svd_fast.denoiser import BidirectionalDenoiser, Conditioning, Denoiser, LinearGuidedDenoiser, UnguidedDenoiser
@@ -267,8 +267,6 @@ class SVDPipeline:
             raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
         timings: dict = {}
         device = self.device
-        if device.type == "cpu":
-            return_freed_memory_to_os()  # resident memory follows the live tensors (accel/memory.py)
 
         start = time.perf_counter()
         conditioning = functools.partial(self._conditioning, height=height, width=width, num_frames=num_frames, fps=fps,
@@ -330,6 +328,8 @@ class SVDPipeline:
         if output_type == "latent":
             frames = x.to(self.dtype)
         else:
+            if device.type == "cpu":
+                release_free_memory()  # the UNet steps' freed heap, before the decoder's peak (accel/memory.py)
             start = time.perf_counter()
             video = self.decode(x.to(self.dtype), decode_chunk_size)
             timings["vae_decode"] = time.perf_counter() - start

@@ -10,13 +10,11 @@ is diffusers'). Then, on either kind of pipeline:
   cuda_graphs=None  replay the UNet step from CUDA graphs (auto: on CUDA only; accel/graphs.py);
   cache_interval=N  reuse the UNet's deep features on all but every N-th step and the first and
                     last (DeepCache; accel/feature_cache.py). Approximate: see bench/quality.py.
-On CPU, freed activation memory goes back to the OS (accel/memory.py), as in SVDPipeline's calls.
 """
 from __future__ import annotations
 
 from svd_fast.accel import compile as _compile
 from svd_fast.accel.dtypes import resolve_dtype  # noqa: F401  (re-exported: svd_fast.accel.resolve_dtype)
-from svd_fast.accel.memory import return_freed_memory_to_os
 
 _STATE = "_svd_fast_accel"  # attribute on an accelerated pipeline: what to undo
 
@@ -56,8 +54,6 @@ def accelerate(pipe, compile: bool = False, cuda_graphs: bool | None = None, num
         _compile.compile_vae_decoder(vae)
         state["compiled"] = True
     on_cuda = next(unet_owner.inner.parameters()).device.type == "cuda"
-    if not on_cuda:
-        return_freed_memory_to_os()  # a diffusers pipeline's own __call__ runs our models
     if (cuda_graphs or (cuda_graphs is None and on_cuda and not caching)) and not state["graphed"]:
         from svd_fast.accel.graphs import graph_unet
 

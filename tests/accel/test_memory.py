@@ -1,4 +1,4 @@
-"""accel/memory.py: freed activation memory goes back to the OS on glibc."""
+"""accel/memory.py: the heap a stage freed goes back to the OS before the next stage (glibc)."""
 import platform
 import subprocess
 import sys
@@ -6,24 +6,24 @@ from pathlib import Path
 
 import pytest
 
-# A fresh process: allocate 64 MiB as 4 MiB tensors interleaved with 512 KiB ones that stay alive
-# (so the heap cannot shrink from its top), free the big ones and report the resident memory that
-# stayed behind. "default" pins glibc's threshold where it settles once a model has freed a few
-# large buffers (its dynamic maximum, 32 MiB), so the result does not depend on the heap's history.
+# A fresh process: with glibc's threshold where it settles once a model has freed a few large
+# buffers (its dynamic maximum, 32 MiB, pinned so the result does not depend on the heap's
+# history), allocate 64 MiB as 4 MiB tensors interleaved with 512 KiB ones that stay alive (so
+# the heap cannot shrink from its top), free the big ones, optionally release, and report the
+# resident memory that stayed behind.
 _SCRIPT = """
 import ctypes, sys, torch
 from bench.harness import _rss_bytes
-if sys.argv[1] == "apply":
-    from svd_fast.accel.memory import return_freed_memory_to_os
-    assert return_freed_memory_to_os()
-else:
-    ctypes.CDLL("libc.so.6").mallopt(-3, 32 << 20)
+from svd_fast.accel.memory import release_free_memory
+ctypes.CDLL("libc.so.6").mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
 base = _rss_bytes()
 big, small = [], []
 for _ in range(16):
     big.append(torch.ones(1 << 20))  # 4 MiB
     small.append(torch.ones(1 << 17))  # 512 KiB
 del big
+if sys.argv[1] == "release":
+    assert release_free_memory()
 print((_rss_bytes() - base) / 2**20)
 """
 
@@ -34,17 +34,26 @@ def _retained_mib(mode: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
-def test_freed_buffers_leave_no_resident_memory_behind():
-    kept = _retained_mib("default")
-    returned = _retained_mib("apply")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_freed_heap_goes_back_to_the_os():
+    kept = _retained_mib("keep")
+    released = _retained_mib("release")
     assert kept > 40  # glibc keeps most of the 64 MiB: the test can tell the difference
-    assert returned < 4 + 8  # the live 512 KiB tensors, and no more than two 4 MiB blocks
+    assert released < 4 + 8  # the live 512 KiB tensors, and no more than two 4 MiB blocks
 
 
-def test_the_setting_can_be_declined(monkeypatch):
-    import svd_fast.accel.memory as memory
+def test_the_pipeline_releases_between_sampling_and_decoding(monkeypatch):
+    """The UNet steps' freed heap is returned before the decoder runs, once per call."""
+    import torch
 
-    monkeypatch.setattr(memory, "_applied", None)
-    monkeypatch.setenv("SVD_FAST_MALLOC", "keep")
-    assert memory.return_freed_memory_to_os() is False
+    import svd_fast.pipeline as pipeline_module
+    from svd_fast.pipeline import SVDPipeline
+
+    pipe = SVDPipeline.from_config("tiny", torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    events = []
+    monkeypatch.setattr(pipeline_module, "release_free_memory", lambda: events.append("release"))
+    decode = pipe.decode
+    monkeypatch.setattr(pipe, "decode", lambda *a, **k: events.append("decode") or decode(*a, **k))
+    pipe(torch.rand(3, 64, 64), height=64, width=64, num_inference_steps=2, output_type="np")
+    assert events == ["release", "decode"]
