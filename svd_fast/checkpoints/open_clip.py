@@ -79,15 +79,22 @@ def read_plan(keys) -> Plan:
 
 def to_open_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """transformers CLIP vision state dict -> sgm file tensors (prefixed, q/k/v fused, proj transposed)."""
+    return fused_state(state, open_clip_name, PREFIX, "visual_projection.weight", "CLIP state dict", KeyError)
+
+
+def fused_state(state: dict[str, torch.Tensor], name_of, prefix: str, projection_key: str, what: str,
+                error: type[Exception]) -> dict[str, torch.Tensor]:
+    """A transformers CLIP tower's state dict in OpenCLIP names (`name_of`: key -> (name, q/k/v
+    index or None)) under `prefix`: q/k/v fused along dim 0, the projection transposed."""
     out, fused = {}, {}
     for key, tensor in state.items():
-        name, index = open_clip_name(key)
+        name, index = name_of(key)
         if index is not None:
             fused.setdefault(name, [None] * 3)[index] = tensor
         else:
-            out[PREFIX + name] = tensor.t().contiguous() if key == "visual_projection.weight" else tensor
+            out[prefix + name] = tensor.t().contiguous() if key == projection_key else tensor.contiguous()
     for name, parts in fused.items():
         if any(p is None for p in parts):
-            raise KeyError(f"CLIP state dict lacks one of q/k/v for {name}")
-        out[PREFIX + name] = torch.cat(parts, dim=0)
+            raise error(f"{what} lacks one of q/k/v for {name}")
+        out[prefix + name] = torch.cat(parts, dim=0)
     return out

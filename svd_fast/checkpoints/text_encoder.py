@@ -69,18 +69,8 @@ def is_text_tower_key(key: str) -> bool:
 
 def to_sgm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """transformers text-tower state dict -> sgm file tensors (FrozenOpenCLIPEmbedder names)."""
-    out, fused = {}, {}
-    for key, tensor in state.items():
-        name, index = open_clip_name(key)
-        if index is not None:
-            fused.setdefault(name, [None] * 3)[index] = tensor
-        else:
-            out[OPEN_CLIP_PREFIX + name] = tensor.t().contiguous() if key == "text_projection.weight" else tensor.contiguous()
-    for name, parts in fused.items():
-        if any(p is None for p in parts):
-            raise CheckpointError(f"text tower state dict lacks one of q/k/v for {name}")
-        out[OPEN_CLIP_PREFIX + name] = torch.cat(parts, dim=0)
-    return out
+    return open_clip.fused_state(state, open_clip_name, OPEN_CLIP_PREFIX, "text_projection.weight",
+                                 "text tower state dict", CheckpointError)
 
 
 def _from_sgm(source: TensorSource, keys: list[str]) -> dict[str, torch.Tensor]:
