@@ -5,17 +5,20 @@ Its sampling grid is the Karras grid of `num_train_timesteps` points sigma_0 = s
 sigma_{N-1} = sigma_min that the student is saved with (svd_fast.consistency.ConsistencySchedule).
 For one clip with clean latents x0, noise n and conditioning c:
 
-    i ~ U{0, ..., N-2},   x = x0 + sigma_i * n
-    x_hat  = one step of the teacher's guided probability-flow ODE from sigma_i to sigma_{i+1}
+    i ~ U{0, ..., N-2},   j = min(i + k, N-1),   x = x0 + sigma_i * n
+    x_hat  = one step of the teacher's guided probability-flow ODE from sigma_i to sigma_j
              (Euler or Heun; per-frame linear guidance as at sampling, so the student learns the
              guided trajectories and samples without guidance: one UNet batch per step)
-    target = f_target(x_hat, sigma_{i+1})        (no gradient)
+    target = f_target(x_hat, sigma_j)        (no gradient)
     loss   = w_i * (sqrt(mean((f_student(x, sigma_i) - target)^2) + c^2) - c)   (pseudo-Huber; w_i = 1
              as LCM, or 1 / (sigma_i - sigma_{i+1}) as improved consistency training)
 
 f is the consistency function: the v-prediction UNet with svd_fast.denoiser.consistency_scalings,
 exactly the identity at sigma_min, so the last interval ties the chain to the teacher's ODE and
-f(x, sigma_i) learns to jump to the end of the teacher's trajectory from any point of it. The target
+f(x, sigma_i) learns to jump to the end of the teacher's trajectory from any point of it. k = 1 is
+the consistency models paper's chain of N-1 links; LCM's skipping step (Luo et al. 2023, sec. 4.3)
+takes k > 1: the teacher steps over k intervals at once, so only about N/k links separate sigma_max
+from the boundary and the student's high-noise jumps inherit fewer links' errors. The target
 network is the EMA of the student (recipe.ema_decay, which the trainer keeps and checkpoints),
 or the student's own current weights when the recipe has no EMA.
 """
@@ -54,6 +57,8 @@ class DistillConfig:
     max_guidance_scale: float = 2.0
     huber_c: float = 1e-3
     """pseudo-Huber constant, in units of the latents' RMS error"""
+    skip: int = 1
+    """grid intervals one teacher step spans (LCM's skipping step k; 1: the consistency models paper)"""
     weighting: str = "uniform"
     """per-interval loss weight: 'uniform' (LCM, AnimateLCM) or 'ict', 1 / (sigma_i - sigma_i+1)
     (Song & Dhariwal 2023: up-weights the small intervals near the data)"""
@@ -65,6 +70,8 @@ class DistillConfig:
             raise ValueError(f"distill.solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.huber_c <= 0 or self.max_guidance_scale < self.min_guidance_scale or self.min_guidance_scale < 0:
             raise ValueError(f"distill: need huber_c > 0 and 0 <= min_guidance_scale <= max_guidance_scale, got {self}")
+        if not 1 <= self.skip < self.num_train_timesteps:
+            raise ValueError(f"distill.skip must be in [1, num_train_timesteps - 1], got {self.skip}")
         self.schedule().sigmas(1)  # the grid's own checks (N >= 2, 0 < sigma_min < sigma_max, rho > 0)
 
     def schedule(self) -> ConsistencySchedule:
@@ -125,7 +132,8 @@ class ConsistencyDistiller:
         """ConsistencyObjective's arguments from prepare_inputs' (its sigma is replaced by grid draws)."""
         device = inputs["latents"].device
         index = torch.tensor([self.grid_index(s) for s in seeds])
-        sigma, sigma_next = self.grid[index].to(device), self.grid[index + 1].to(device)
+        index_next = (index + self.config.skip).clamp(max=len(self.grid) - 1)
+        sigma, sigma_next = self.grid[index].to(device), self.grid[index_next].to(device)
         latents = inputs["latents"].float()
         noisy = latents + sigma.reshape(-1, 1, 1, 1, 1) * inputs["noise"].float()
         cond = Conditioning(inputs["image_latents"], inputs["context"], inputs["added_time_ids"],
@@ -138,14 +146,20 @@ class ConsistencyDistiller:
                 "image_only_indicator": inputs["image_only_indicator"]}
 
     def teacher_step(self, x, sigma, sigma_next, cond: Conditioning) -> torch.Tensor:
-        """One step of the guided probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma, per sample."""
+        """One step of the guided probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma, per sample.
+
+        Euler is written as D + sigma_next * d (= x + (sigma_next - sigma) d), which does not cancel
+        the large noisy terms when a skipping step lands near sigma_min. Heun's correction divides
+        by sigma_next, so steps that end at sigma_min stay Euler (Karras et al.'s last step, too)."""
         denoise = self._guided(cond, x.shape[1])
         s, s_next = sigma.reshape(-1, 1, 1, 1, 1), sigma_next.reshape(-1, 1, 1, 1, 1)
-        d = (x - denoise(x, sigma).float()) / s
-        x_next = x + (s_next - s) * d
+        denoised = denoise(x, sigma).float()
+        d = (x - denoised) / s
+        x_next = denoised + s_next * d
         if self.config.solver == "heun":
             d_next = (x_next - denoise(x_next, sigma_next).float()) / s_next
-            x_next = x + (s_next - s) * (d + d_next) / 2
+            corrected = x_next + (s_next - s) * (d_next - d) / 2
+            x_next = torch.where(s_next > self.config.sigma_min, corrected, x_next)
         return x_next
 
     def _guided(self, cond: Conditioning, num_frames: int):

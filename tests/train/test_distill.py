@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from svd_fast.config import SVDConfig
-from svd_fast.denoiser import Conditioning, Denoiser, LinearGuidedDenoiser, v_scalings
+from svd_fast.denoiser import Conditioning, Denoiser, LinearGuidedDenoiser, consistency_scalings, v_scalings
 from svd_fast.train.data import build_dataset, collate
 from svd_fast.train.distill import ConsistencyDistiller, DistillConfig, pseudo_huber
 from svd_fast.train.objective import prepare_inputs
@@ -83,6 +83,43 @@ def test_grid_draws_are_per_seed_and_cover_every_interval():
     grid = config.grid()
     assert len(grid) == 10 and grid[0] == pytest.approx(700.0) and grid[-1] == pytest.approx(0.002)
     assert (grid[1:] < grid[:-1]).all()
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+@pytest.mark.parametrize("skip", [1, 3, 9])
+def test_skipping_step_targets_the_grid_point_k_intervals_on(skip, solver):
+    """LCM's skipping step: the teacher steps from sigma_i to sigma_min(i+k, N-1). With a point-mass
+    data set the guided teacher's ODE is exact, x(sigma) = x0 + sigma n, and a target network whose
+    UNet outputs 0 returns c_skip(sigma_j) x_hat, which exposes where the teacher step landed."""
+    config = DistillConfig(num_train_timesteps=10, skip=skip, solver=solver)
+    g = torch.Generator().manual_seed(2)
+    x0, noise = torch.randn(1, 2, 4, 2, 2, generator=g), torch.randn(6, 2, 4, 2, 2, generator=g)
+    distiller = ConsistencyDistiller(PointMassUNet(x0), config)
+    distiller.target = ZeroUNet()
+    seeds = list(range(6))
+    inputs = {"latents": x0.expand(6, -1, -1, -1, -1), "noise": noise, "image_latents": torch.zeros(6, 2, 4, 2, 2),
+              "context": torch.zeros(6, 1, 8), "added_time_ids": torch.tensor([[6.0, 127.0, 0.02]] * 6),
+              "image_only_indicator": torch.zeros(6, 2)}
+    step = distiller.training_inputs(inputs, seeds)
+    grid = config.grid()
+    index = torch.tensor([distiller.grid_index(s) for s in seeds])
+    sigma_next = grid[(index + skip).clamp(max=9)].reshape(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(step["sigma"], grid[index])
+    c_skip = consistency_scalings(sigma_next, config.sigma_min)[0]
+    torch.testing.assert_close(step["target"], c_skip * (x0 + sigma_next * noise), atol=2e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="skip"):
+        DistillConfig(num_train_timesteps=10, skip=10).validate()
+
+
+class ZeroUNet(nn.Module):
+    """A 'UNet' that predicts v = 0 (its one parameter only gives the denoiser a dtype)."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(()), requires_grad=False)
+
+    def forward(self, x_in, c_noise, context, added_time_ids, image_only_indicator=None):
+        return torch.zeros_like(x_in[:, :, :4])
 
 
 def test_pseudo_huber_is_rms_distance_beyond_c_and_quadratic_below():

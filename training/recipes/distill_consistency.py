@@ -43,7 +43,7 @@ TEACHER_STEPS = 25  # the teacher's reference: SVD's default step count
 EVAL_SEEDS = (0, 1, 2)
 
 
-def distill_recipe(teacher: Path, shards: Path, work: Path, steps: int, solver: str) -> Recipe:
+def distill_recipe(teacher: Path, shards: Path, work: Path, steps: int, solver: str, skip: int) -> Recipe:
     from svd_fast.checkpoints import load_components
 
     config = load_components(teacher)["config"]
@@ -55,7 +55,7 @@ def distill_recipe(teacher: Path, shards: Path, work: Path, steps: int, solver: 
         # stage 3's conditioning noise; no condition dropout: the student never samples unconditionally
         objective=ObjectiveConfig(p_mean=1.0, p_std=1.6, drop_image_embedding=0.0, drop_image_latent=0.0),
         optim=OptimConfig(lr=1e-4, warmup_steps=50), batch_size=2, max_steps=steps, ema_decay=0.95, seed=0,
-        distill=DistillConfig(solver=solver, max_guidance_scale=config.max_guidance_scale),
+        distill=DistillConfig(solver=solver, skip=skip, max_guidance_scale=config.max_guidance_scale),
         log_every=25, checkpoint_every=200, keep_checkpoints=1, export_final=True,
     )
 
@@ -118,7 +118,8 @@ def write_card(out: Path, metrics: dict, recipe: Recipe, train_s: float) -> None
         "no guidance by default (one UNet batch per step instead of the teacher's two).",
         "",
         f"Distillation: {recipe.max_steps} steps, batch {recipe.batch_size}, lr {recipe.optim.lr:g}, teacher "
-        f"{recipe.distill.solver} steps on a {recipe.distill.num_train_timesteps}-point Karras grid "
+        f"{recipe.distill.solver} steps over {recipe.distill.skip} interval(s) of a "
+        f"{recipe.distill.num_train_timesteps}-point Karras grid "
         f"(sigma {recipe.distill.sigma_min:g}..{recipe.distill.sigma_max:g}), teacher guidance "
         f"{recipe.distill.min_guidance_scale:g} -> {recipe.distill.max_guidance_scale:g} over frames, EMA target "
         f"{recipe.ema_decay}, pseudo-Huber c {recipe.distill.huber_c:g}; {train_s / 60:.0f} min on "
@@ -160,6 +161,7 @@ def main(argv=None) -> int:
     p.add_argument("--shards", default=None, help="curated shards to reuse (default: made in the work folder)")
     p.add_argument("--steps", type=int, default=2400)
     p.add_argument("--solver", default="euler", choices=("euler", "heun"))
+    p.add_argument("--skip", type=int, default=1, help="grid intervals one teacher step spans (LCM's skipping step)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -175,7 +177,7 @@ def main(argv=None) -> int:
         dm.render_source_videos(work / "videos" / "procedural", dm.Schedule().videos)
         dm.write_real_sources(work / "videos" / "real", media, dm.Schedule().pans_per_photo)
         shards = dm.curate(work / "videos", work / "curated")
-    recipe = distill_recipe(Path(args.teacher), shards, work, args.steps, args.solver)
+    recipe = distill_recipe(Path(args.teacher), shards, work, args.steps, args.solver, args.skip)
     summary, spent = dm.train_resumed(recipe, work)
     export(Path(recipe.output_dir), out)
     metrics = evaluate(Path(args.teacher), out)
