@@ -193,6 +193,42 @@ def test_a_multiview_model_loads_in_both_layouts(layout, tmp_path):
     torch.testing.assert_close(views[0], views[1], rtol=0, atol=0)
 
 
+def test_an_sgm_file_without_svd_fast_metadata_is_recognised_as_multiview(tmp_path):
+    """sgm files from elsewhere carry no svd_fast config: the fourth vector entry is read off
+    label_emb's input width (4 x 8 here, not a multiple of 3), so the file loads as SVD-MV with
+    the right sinusoid width, and an image-to-video file of the same widths still loads as one."""
+    from safetensors.torch import load_file, save_file
+
+    from svd_fast.checkpoints import sgm
+    from svd_fast.checkpoints.io import open_tensors
+
+    def inferable(config):  # sgm shapes give widths in 64-channel heads
+        return dataclasses.replace(config, unet=dataclasses.replace(config.unet, block_out_channels=(64, 64),
+                                                                    num_attention_heads=(1, 1)))
+
+    pipe = SVDMultiViewPipeline.from_config(inferable(_tiny_multiview_config()))
+    pipe.save_pretrained(tmp_path / "mv.safetensors", layout="sgm")
+    bare = tmp_path / "mv_bare.safetensors"
+    save_file(load_file(tmp_path / "mv.safetensors"), bare)  # the same tensors, no metadata
+    config = sgm.read_config(open_tensors(bare), numerics="sgm")
+    assert config.conditioning == "multiview"
+    assert config.unet.addition_time_embed_dim == pipe.config.unet.addition_time_embed_dim
+    assert config.unet.projection_class_embeddings_input_dim == 4 * pipe.config.unet.addition_time_embed_dim
+    loaded = SVDMultiViewPipeline.from_pretrained(bare)  # the user's path: no "use SVDPipeline" refusal
+    for name, tensor in pipe.unet.state_dict().items():
+        torch.testing.assert_close(loaded.unet.state_dict()[name], tensor, rtol=0, atol=0)
+
+    i2v = inferable(SVDConfig.from_name("tiny"))
+    from svd_fast.pipeline import SVDPipeline
+
+    SVDPipeline.from_config(i2v).save_pretrained(tmp_path / "i2v.safetensors", layout="sgm")
+    save_file(load_file(tmp_path / "i2v.safetensors"), tmp_path / "i2v_bare.safetensors")
+    config = sgm.read_config(open_tensors(tmp_path / "i2v_bare.safetensors"), numerics="sgm")
+    assert config.conditioning == "image" and config.unet.addition_time_embed_dim == i2v.unet.addition_time_embed_dim
+    with pytest.raises(sgm.CheckpointError, match="label_emb"):
+        sgm.vector_ids(25, "odd.safetensors")
+
+
 # ---------------------------------------------------------------------------------------- CLI
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "svd_fast.multiview", *args], capture_output=True, text=True,

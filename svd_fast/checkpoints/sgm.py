@@ -282,6 +282,7 @@ def infer_unet_config(source: TensorSource) -> UNetConfig:
         raise CheckpointError(f"{source.name}: widths {widths} are not multiples of 64-channel heads; pass config=")
     depth = len(_indices(source, re.escape(p) + r"middle_block\.1\.transformer_blocks\.(\d+)\."))
     label = _shape(source, p + "label_emb.0.0.weight")[1]
+    ids = vector_ids(label, source.name)
     return UNetConfig(
         in_channels=_shape(source, p + "input_blocks.0.0.weight")[1],
         out_channels=_shape(source, p + "out.2.weight")[0],
@@ -291,10 +292,31 @@ def infer_unet_config(source: TensorSource) -> UNetConfig:
         num_attention_heads=tuple(w // 64 for w in widths),
         transformer_layers_per_block=depth,
         cross_attention_dim=_shape(source, p + "middle_block.1.transformer_blocks.0.attn2.to_k.weight")[1],
-        addition_time_embed_dim=label // 3,
+        addition_time_embed_dim=label // ids,
         projection_class_embeddings_input_dim=label,
         mask_embedding=p + "mask_embedding" in source,
     )
+
+
+def vector_ids(label_width: int, name: str) -> int:
+    """Entries of the vector conditioning from label_emb's input width (entries x sinusoid width):
+    SVD's 3 (fps, motion bucket, noise augmentation), or SVD-MV's 4 (+ elevation,
+    conditioner.multiview_time_ids) when the width is not a multiple of 3. A file saved by
+    svd_fast carries its config in the metadata and never needs this guess."""
+    for ids in (3, 4):
+        if label_width % ids == 0:
+            return ids
+    raise CheckpointError(f"{name}: label_emb takes {label_width} inputs, not 3 or 4 sinusoidal embeddings; pass config=")
+
+
+def inferred_conditioning(unet: UNetConfig) -> str:
+    """The conditioning a metadata-less sgm UNet was trained for: SVD-FI has the mask embedding,
+    SVD-MV a fourth vector entry, anything else is image-to-video (text models are told apart by
+    their text tower, in read_config)."""
+    if unet.mask_embedding:
+        return "interpolation"
+    ids = unet.projection_class_embeddings_input_dim // unet.addition_time_embed_dim
+    return "multiview" if ids == 4 else "image"
 
 
 def infer_vae_config(source: TensorSource) -> VAEConfig:
@@ -346,7 +368,7 @@ def read_config(source: TensorSource, numerics: str) -> SVDConfig:
             return dataclasses.replace(preset, unet=dataclasses.replace(unet, numerics=numerics),
                                        vae=infer_vae_config(source), conditioning="text")
         config = dataclasses.replace(
-            preset, unet=unet, vae=infer_vae_config(source), image_encoder=infer_image_encoder_config(source)
-        )
+            preset, unet=unet, vae=infer_vae_config(source), image_encoder=infer_image_encoder_config(source),
+            conditioning=inferred_conditioning(unet))
     return dataclasses.replace(config, unet=dataclasses.replace(config.unet, numerics=numerics))
 
