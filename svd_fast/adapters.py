@@ -1,17 +1,28 @@
-"""Low-rank adapters (LoRA) on the UNet's Linear layers, for sampling and for training.
+"""Low-rank adapters (LoRA) on the UNet's Linear and convolution layers, for sampling and for training.
 
 Several named adapters may sit on one layer, each with its own scale; they are switched, weighted,
 fused and unloaded with diffusers' names and semantics (SVDPipeline delegates here), and read from
 svd_fast's LoRA files and from diffusers / PEFT LoRA state dicts of this UNet (our module names
 are diffusers', so keys map by name: svd_fast/checkpoints/diffusers.py).
 
-An adapted layer is a LoRALinear: its base weight W stays the parameter `weight`, and adapter `a`
-adds the parameters `lora_A_<a>` (rank x in) and `lora_B_<a>` (out x rank) on the layer itself
-(DeepSpeed ZeRO-3 gathers a module's own parameters around its forward). `weight` reads as
+An adapted layer is a LoRALinear (or LoRAConv2d / LoRAConv3d): its base weight W stays the
+parameter `weight`, and adapter `a` adds the parameters `lora_A_<a>` and `lora_B_<a>` on the layer
+itself (DeepSpeed ZeRO-3 gathers a module's own parameters around its forward). `weight` reads as
     W + sum over active adapters a of  weight_a * scaling_a * B_a @ A_a,   scaling_a = alpha_a / rank_a,
 so every code path sees the adapted weight, whether it calls the module or reads `.weight` (fused
-kernels do). Fusing adds that sum into W once; `weight` is then W as stored and the adapters cannot
-change until unfused, which subtracts the same sum (exact up to float rounding of W + d - d).
+kernels, the temporal conv and the Winograd 3x3 conv do). Fusing adds that sum into W once; `weight`
+is then W as stored and the adapters cannot change until unfused, which subtracts the same sum
+(exact up to float rounding of W + d - d).
+
+Factor shapes: Linear (in -> out): A (rank, in), B (out, rank). Convolution (in -> out, kernel k):
+A (rank, in, *k), a conv of the layer's kernel down to `rank` channels, and B (out, rank, 1, ..),
+a 1x1 conv back up, as PEFT stores conv LoRA; B @ A is taken on the flattened factors and reshaped
+to the conv weight (out, in, *k). Grouped convs are not targets.
+
+Targets are fnmatch patterns on module names: a plain pattern selects Linear layers, a pattern
+written `conv:<pattern>` selects convolutions (nn.Conv2d, including svd_fast.layers.Conv2d, and the
+temporal ResBlocks' (3,1,1) nn.Conv3d), so 'all_linear' (`*`) stays on Linear layers. Preset names
+may be combined with patterns and other presets.
 
 svd_fast's file format: safetensors with `<layer>.lora_A` / `<layer>.lora_B` and the LoRAConfig as
 JSON under the metadata key 'svd_fast_lora'. A file is one adapter; its name is given on loading.
@@ -30,11 +41,29 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from svd_fast import layers
+
+CONV = "conv:"
+"""prefix of target patterns that select convolutions (plain patterns select Linear layers)"""
 PRESETS = {
     "temporal_attention": ("*temporal_transformer_blocks.*.attn1.to_[qkv]", "*temporal_transformer_blocks.*.attn1.to_out.0"),
     "attention": ("*.attn[12].to_[qkv]", "*.attn[12].to_out.0"),
     "all_linear": ("*",),
+    "temporal_convs": (CONV + "*temporal_res_block.conv[12]",),
+    "temporal": ("temporal_attention", "temporal_convs"),
+    "convs": (CONV + "*",),
+    "all_linear_conv": ("all_linear", "convs"),
 }
+PRESET_WORDS = {
+    "temporal_attention": "the temporal attention (q, k, v, out)",
+    "attention": "the spatial and temporal attention (q, k, v, out)",
+    "all_linear": "every Linear layer (spatial and temporal attention, feed-forwards, projections, embeddings)",
+    "temporal_convs": "the temporal ResBlocks' (3,1,1) convolutions",
+    "temporal": "the temporal attention (q, k, v, out) and the temporal ResBlocks' (3,1,1) convolutions",
+    "convs": "every convolution (spatial 3x3 and 1x1, down/upsamplers, temporal (3,1,1))",
+    "all_linear_conv": "every Linear layer and every convolution (spatial and temporal)",
+}
+"""what each preset covers, in words (model cards)"""
 METADATA_KEY = "svd_fast_lora"
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY (a PEFT LoraConfig)
 DEFAULT_ADAPTER = "default"
@@ -45,26 +74,35 @@ _IN_FILE = re.compile(r"\.lora_([AB])$")
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    """Which Linear layers get adapters and how big they are."""
+    """Which layers get adapters and how big they are."""
 
     rank: int = 16
     alpha: float = 16.0
     """the adapter's product is scaled by alpha / rank"""
     targets: tuple[str, ...] = PRESETS["temporal_attention"]
-    """fnmatch patterns on module names (e.g. 'down_blocks.0.*.to_q'), or one preset name"""
+    """fnmatch patterns on module names (e.g. 'down_blocks.0.*.to_q', 'conv:*.conv1') and preset names"""
 
     def patterns(self) -> tuple[str, ...]:
-        if len(self.targets) == 1 and self.targets[0] in PRESETS:
-            return PRESETS[self.targets[0]]
-        return tuple(self.targets)
+        return _expand(self.targets)
 
     def validate(self) -> None:
         if self.rank < 1 or self.alpha <= 0:
             raise ValueError(f"lora: rank must be >= 1 and alpha > 0, got rank={self.rank}, alpha={self.alpha}")
 
 
-class LoRALinear(nn.Linear):
-    """nn.Linear whose `weight` adds its active adapters' products (add_adapter sets this class)."""
+def _expand(targets) -> tuple[str, ...]:
+    return tuple(p for t in targets for p in (_expand(PRESETS[t]) if t in PRESETS else (t,)))
+
+
+def describe_targets(targets) -> str:
+    """The layers a LoRAConfig's targets select, in words."""
+    words = [PRESET_WORDS.get(t, f"the layers matching `{t}`") for t in targets]
+    return " and ".join(words)
+
+
+class LoRALayer:
+    """Mixin of an adapted layer: `weight` adds its active adapters' products (add_adapter sets a
+    LoRA class on the layer; LORA_CLASS maps each plain class to its adapted one)."""
 
     lora_scaling: dict[str, float]  # alpha / rank of each adapter
     lora_weights: dict[str, float]  # each adapter's user weight (load scale, set_adapters)
@@ -83,12 +121,55 @@ class LoRALinear(nn.Linear):
         return {a: scale * self.lora_weights[a] * self.lora_scaling[a] for a in self.lora_active}
 
     def lora_delta(self, coefficients: dict[str, float]) -> torch.Tensor:
-        terms = [c * (self._parameters[f"lora_B_{a}"] @ self._parameters[f"lora_A_{a}"]) for a, c in coefficients.items()]
-        return sum(terms[1:], terms[0]).to(self._parameters["weight"].dtype)
+        """sum of c_a * B_a @ A_a, shaped as the weight (conv factors flattened to matrices first)."""
+        weight = self._parameters["weight"]
+        terms = [c * (self._parameters[f"lora_B_{a}"].flatten(1) @ self._parameters[f"lora_A_{a}"].flatten(1))
+                 for a, c in coefficients.items()]
+        return sum(terms[1:], terms[0]).reshape(weight.shape).to(weight.dtype)
 
 
-def adapted_layers(model: nn.Module) -> dict[str, LoRALinear]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+class LoRALinear(LoRALayer, nn.Linear):
+    """nn.Linear with adapters."""
+
+
+class LoRAConv2d(LoRALayer, layers.Conv2d):
+    """svd_fast.layers.Conv2d with adapters (its 3x3 case still runs the conv3x3 kernels, on the adapted weight)."""
+
+
+class LoRATorchConv2d(LoRALayer, nn.Conv2d):
+    """nn.Conv2d with adapters."""
+
+
+class LoRAConv3d(LoRALayer, nn.Conv3d):
+    """nn.Conv3d with adapters (the temporal ResBlocks' (3,1,1) convs, which pass `.weight` to layers.temporal_conv)."""
+
+
+LORA_CLASS = {nn.Linear: LoRALinear, layers.Conv2d: LoRAConv2d, nn.Conv2d: LoRATorchConv2d, nn.Conv3d: LoRAConv3d}
+"""plain class -> adapted class; exact classes only (subclasses such as int8 layers keep their own forward)"""
+_PLAIN_CLASS = {v: k for k, v in LORA_CLASS.items()}
+
+
+def factor_shapes(layer: nn.Module, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of (A, B) for a layer: Linear (rank, in), (out, rank); conv (rank, in, *k), (out, rank, 1, ..)."""
+    if isinstance(layer, nn.Linear):
+        return (rank, layer.in_features), (layer.out_features, rank)
+    kernel = tuple(layer.kernel_size)
+    return (rank, layer.in_channels, *kernel), (layer.out_channels, rank, *(1,) * len(kernel))
+
+
+def _layer_words(layer: nn.Module) -> str:
+    if isinstance(layer, nn.Linear):
+        return f"a Linear of {layer.in_features} -> {layer.out_features}"
+    kind = _PLAIN_CLASS.get(type(layer), type(layer)).__name__
+    return f"a {kind} of {layer.in_channels} -> {layer.out_channels}, kernel {tuple(layer.kernel_size)}"
+
+
+def _adaptable(layer) -> bool:
+    return type(layer) in LORA_CLASS or type(layer) in _PLAIN_CLASS
+
+
+def adapted_layers(model: nn.Module) -> dict[str, LoRALayer]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALayer)}
 
 
 def adapter_names(model: nn.Module) -> list[str]:
@@ -112,22 +193,30 @@ def model_key(name: str, adapter: str) -> str:
 
 
 def target_names(model: nn.Module, config: LoRAConfig) -> list[str]:
-    """Names of the nn.Linear modules matched by the config's patterns."""
-    patterns = config.patterns()
-    return [
-        name for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and any(fnmatch.fnmatch(name, p) for p in patterns)
-    ]
+    """Names of the modules matched by the config's patterns: Linear layers by plain patterns,
+    convolutions (ungrouped) by `conv:` patterns."""
+    linear = [p for p in config.patterns() if not p.startswith(CONV)]
+    conv = [p.removeprefix(CONV) for p in config.patterns() if p.startswith(CONV)]
+    names = []
+    for name, module in model.named_modules():
+        if not _adaptable(module):
+            continue
+        patterns = linear if isinstance(module, nn.Linear) else conv if module.groups == 1 else ()
+        if any(fnmatch.fnmatch(name, p) for p in patterns):
+            names.append(name)
+    return names
 
 
 # ------------------------------------------------------------------------ adding and removing
 def add_adapter(model: nn.Module, adapter: str, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
                 scaling: dict[str, float], config: LoRAConfig, weight: float = 1.0, what: str = "LoRA",
                 keys: dict[str, str] | None = None) -> None:
-    """Put adapter `adapter` on the named Linear layers: factors[layer] = (A, B); the adapter is active.
+    """Put adapter `adapter` on the named layers: factors[layer] = (A, B) of `factor_shapes`; the
+    adapter is active.
 
     Raises a one-line ValueError naming the first layer (its key in `keys`, when given) that does
-    not exist, is not a Linear, or whose factors do not fit it; nothing is changed then."""
+    not exist, is not a Linear or an ungrouped convolution, or whose factors do not fit it; nothing
+    is changed then."""
     if not _ADAPTER_NAME.match(adapter):
         raise ValueError(f"adapter name {adapter!r}: use letters, digits and '_' only")
     if adapter in adapter_names(model):
@@ -136,17 +225,18 @@ def add_adapter(model: nn.Module, adapter: str, factors: dict[str, tuple[torch.T
     modules = dict(model.named_modules())
     for name, (a, b) in factors.items():
         layer, key = modules.get(name), (keys or {}).get(name, name)
-        if type(layer) not in (nn.Linear, LoRALinear):  # subclasses (e.g. quantized linears) keep their own forward
-            raise ValueError(f"{what}: {key}: names no Linear layer of this UNet (no plain nn.Linear {name!r})")
-        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1] or a.shape[1] != layer.in_features \
-                or b.shape[0] != layer.out_features:
-            raise ValueError(f"{what}: {key}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit {name}, a Linear "
-                             f"of {layer.in_features} -> {layer.out_features}")
+        if not _adaptable(layer) or getattr(layer, "groups", 1) != 1:  # subclasses (e.g. int8 layers) keep their forward
+            raise ValueError(f"{what}: {key}: names no Linear layer or convolution of this UNet (no plain nn.Linear, "
+                             f"nn.Conv2d or nn.Conv3d {name!r} without groups)")
+        want_a, want_b = factor_shapes(layer, a.shape[0] if a.ndim else 0)
+        if (tuple(a.shape), tuple(b.shape)) != (want_a, want_b):
+            raise ValueError(f"{what}: {key}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit {name}, "
+                             f"{_layer_words(layer)} (needs {want_a} / {want_b})")
     for name, (a, b) in factors.items():
         layer = modules[name]
         base = layer._parameters["weight"]
-        if not isinstance(layer, LoRALinear):
-            layer.__class__ = LoRALinear
+        if not isinstance(layer, LoRALayer):
+            layer.__class__ = LORA_CLASS[type(layer)]
             layer.lora_scaling, layer.lora_weights, layer.lora_active = {}, {}, ()
             layer.lora_enabled, layer.lora_fused = True, None
         layer.register_parameter(f"lora_A_{adapter}", nn.Parameter(a.detach().to(base.device, base.dtype)))
@@ -157,25 +247,27 @@ def add_adapter(model: nn.Module, adapter: str, factors: dict[str, tuple[torch.T
 
 
 def attach_lora(model: nn.Module, config: LoRAConfig, adapter: str = DEFAULT_ADAPTER) -> list[str]:
-    """Add a fresh adapter (A random, B zero: the model starts unchanged) to every matched Linear;
+    """Add a fresh adapter (A random, B zero: the model starts unchanged) to every matched layer;
     returns their names. Only adapter weights train after `mark_only_lora_trainable`."""
     config.validate()
     names = target_names(model, config)
     if not names:
-        raise ValueError(f"lora: no nn.Linear module matches {list(config.patterns())}")
+        raise ValueError(f"lora: no nn.Linear module matches {list(config.patterns())} (nor a convolution: "
+                         f"those match '{CONV}' patterns)")
     modules = dict(model.named_modules())
     factors = {}
     for name in names:
         layer = modules[name]
-        a = torch.empty(config.rank, layer.in_features, device=layer._parameters["weight"].device)
-        nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # as nn.Linear initialises a weight
-        factors[name] = (a, torch.zeros(layer.out_features, config.rank))
+        shape_a, shape_b = factor_shapes(layer, config.rank)
+        a = torch.empty(shape_a, device=layer._parameters["weight"].device)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # as nn.Linear / nn.Conv initialise a weight (fan-in: in * kernel)
+        factors[name] = (a, torch.zeros(shape_b))
     add_adapter(model, adapter, factors, dict.fromkeys(names, config.alpha / config.rank), config)
     return names
 
 
 def delete_adapters(model: nn.Module, adapters) -> None:
-    """Remove the named adapters; a layer left without adapters is a plain nn.Linear again."""
+    """Remove the named adapters; a layer left without adapters is a plain layer again."""
     adapters = [adapters] if isinstance(adapters, str) else list(adapters)
     _check_known(model, adapters)
     _refuse_when_fused(model)
@@ -186,7 +278,7 @@ def delete_adapters(model: nn.Module, adapters) -> None:
                 del layer.lora_scaling[a], layer.lora_weights[a]
         layer.lora_active = tuple(a for a in layer.lora_active if a not in adapters)
         if not layer.lora_scaling:
-            _to_plain_linear(layer)
+            _to_plain(layer)
     model.lora_configs = {k: v for k, v in model.lora_configs.items() if k not in adapters}
 
 
@@ -195,14 +287,14 @@ def unload(model: nn.Module) -> None:
     for layer in adapted_layers(model).values():
         for a in layer.lora_scaling:
             del layer._parameters[f"lora_A_{a}"], layer._parameters[f"lora_B_{a}"]
-        _to_plain_linear(layer)
+        _to_plain(layer)
     model.lora_configs = {}
 
 
-def _to_plain_linear(layer: LoRALinear) -> None:
+def _to_plain(layer: LoRALayer) -> None:
     for attr in ("lora_scaling", "lora_weights", "lora_active", "lora_enabled", "lora_fused"):
         delattr(layer, attr)
-    layer.__class__ = nn.Linear
+    layer.__class__ = _PLAIN_CLASS[type(layer)]
 
 
 # --------------------------------------------------------------------------------- switching
@@ -264,7 +356,7 @@ def fuse(model: nn.Module, lora_scale: float = 1.0) -> None:
     for layer in adapted_layers(model).values():
         coefficients = layer.lora_coefficients(lora_scale) if layer.lora_enabled else {}
         if coefficients:
-            layer._parameters["weight"] += layer.lora_delta(coefficients)
+            _replace_base(layer, layer.lora_delta(coefficients))
         layer.lora_fused = coefficients
 
 
@@ -273,9 +365,17 @@ def unfuse(model: nn.Module) -> None:
     """Undo `fuse` (W -= the same sum), applying the active adapters on the fly again."""
     for layer in adapted_layers(model).values():
         if layer.lora_fused:
-            layer._parameters["weight"] -= layer.lora_delta(layer.lora_fused)
+            _replace_base(layer, -layer.lora_delta(layer.lora_fused))
         layer.lora_fused = None
 
+
+def _replace_base(layer: LoRALayer, delta: torch.Tensor) -> None:
+    """W <- W + delta into new storage (W's layout kept), not in place: caches keyed on the weight's
+    storage and version (the Winograd transform of 3x3 convs) must see a changed weight, and
+    inference tensors (weights made under torch.inference_mode) have no version counter to bump."""
+    weight = layer._parameters["weight"]
+    with torch.inference_mode(weight.is_inference()):  # the new storage is an inference tensor iff W was
+        weight.data = weight.detach().clone().add_(delta)
 
 
 # ----------------------------------------------------------------------- svd_fast's file format
@@ -450,7 +550,7 @@ def parse_state_dict(tensors: dict[str, torch.Tensor], what: str = "LoRA"):
                 break
         else:
             raise ValueError(f"{what}: {key}: not a LoRA tensor this loader reads (lora_A/lora_B weights, "
-                             "lora.down/lora.up weights or alpha of a Linear layer)")
+                             "lora.down/lora.up weights or alpha of a Linear or conv layer)")
         layer, role = match.group(1), match.group(2)
         if role == "alpha":
             alphas[layer] = float(value)
@@ -533,9 +633,11 @@ def refresh_fast_paths(pipe) -> None:
     CUDA graphs recorded the old sequence of adapter ops (an adapter switched off would still run),
     so they are dropped and captured again; a compiled UNet (CPU freezing constant-folds weights)
     is compiled again, and dynamo's cache is cleared so it cannot hand back the old code. The
-    Winograd weight cache serves 3x3 convs only (adapters are on Linear layers) and is keyed on
-    the weight's version, so it never goes stale here. A quantized UNet holds int8 copies of its
-    linears: `edit` refuses adapters there (load them before accelerate(quantize=...)).
+    Winograd weight cache (kernels/native/ops.py, keyed on a weight's version and storage) never
+    goes stale with conv adapters: an active unfused adapter hands the kernel a fresh tensor
+    (W + delta) on every call, whose cache entry dies with it, and fuse / unfuse put W into new
+    storage (`_replace_base`). A quantized UNet holds int8 copies of its linears and convs: `edit`
+    refuses adapters there (load and fuse them before accelerate(quantize=...)).
     """
     from svd_fast.accel.compile import CompiledModule, compile_unet
     from svd_fast.accel.graphs import GraphedModule

@@ -91,9 +91,10 @@ def camera_clip(photo: np.ndarray, motion: str, frames: int, size: int, rng: np.
 
 
 def write_clips(folder: Path, photos: dict[str, np.ndarray], motions, clips_per_photo: int, frames: int, size: int,
-                fps: int, seed: int = 0) -> int:
+                fps: int, seed: int = 0, zoom: tuple[float, float] = (1.03, 1.07)) -> int:
     """Write clips of each motion over each photo as `<motion>/<photo>_<k>.mp4` (+ `.json` with the
-    fps and the label), for svd_fast.train's 'folder' data source; existing clips are kept.
+    fps and the label), for svd_fast.train's 'folder' data source; existing clips are kept (a
+    folder holds one `zoom` range: magnification per frame of zoom clips, see camera_clip).
     Returns the number of clips in the folder's motions."""
     from svd_fast.checkpoints.io import write_json
     from svd_fast.curate.video import encode_mp4
@@ -109,7 +110,7 @@ def write_clips(folder: Path, photos: dict[str, np.ndarray], motions, clips_per_
                 if path.exists():
                     continue
                 rng = np.random.default_rng([seed, k, MOTIONS.index(motion), *name.encode()])
-                clip = camera_clip(photo, motion, frames, size, rng)
+                clip = camera_clip(photo, motion, frames, size, rng, zoom=zoom)
                 write_json(path.with_suffix(".json"), {"fps": fps, "motion": motion, "flow": clip.flow, "zoom": clip.zoom})
                 tmp = path.with_suffix(".tmp.mp4")
                 tmp.write_bytes(encode_mp4(clip.frames, fps=fps, crf=10))  # near-lossless: the motion is the label
@@ -210,6 +211,18 @@ def targets_met(figures: dict, motion: str) -> dict:
     return met
 
 
+def placement(path: Path, targets) -> str:
+    """Which layers the LoRA file at `path` sits on, in words, with its count of Linear and conv layers."""
+    from svd_fast.adapters import describe_targets, read_file
+
+    tensors, _ = read_file(path)
+    downs = [v for k, v in tensors.items() if k.endswith(".lora_A")]
+    linear = sum(1 for v in downs if v.ndim == 2)
+    rank = downs[0].shape[0] if downs else 0
+    return (f"a rank-{rank} LoRA on {describe_targets(tuple(targets))} of the svd_fast default model "
+            f"({linear} Linear layers, {len(downs) - linear} convolutions)")
+
+
 def card(path: Path, motion: str, measured: dict, training: dict) -> str:
     """MODEL_CARD.md text for a camera-motion LoRA: its training and its measured figures."""
     quantity = {"pan": "mean flow along the pan (px/frame)", "zoom": "mean flow divergence (1/frame)"}.get(
@@ -222,8 +235,8 @@ def card(path: Path, motion: str, measured: dict, training: dict) -> str:
                     f"{f['flow_ratio']:.2f} | {f['first_frame_psnr']:.1f} ({f['base_first_frame_psnr']:.1f}) | {met} |")
     return "\n".join([
         f"# Camera-motion LoRA: {motion}", "",
-        f"`{path.name}`: a LoRA on the temporal attention of the svd_fast default model that makes it move the camera "
-        f"as `{motion}` (training/recipes/camera_lora.py). Load it with "
+        f"`{path.name}`: {placement(path, training['targets'])}, trained to move the camera as `{motion}` "
+        f"(training/recipes/camera_lora.py). Load it with "
         f"`pipe.load_lora_weights('{path.name}', scale=1.0)` or `python -m svd_fast.sample --lora {path.name}:1.0`.", "",
         "## Training", "",
         "```json", json.dumps(training, indent=2, sort_keys=True), "```", "",

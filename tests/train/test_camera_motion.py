@@ -110,9 +110,11 @@ def test_measure_motion_of_a_lora_that_changes_nothing(tmp_path):
     assert set(camera_motion.targets_met(f, "zoom_in")) == {"first_frame_within_1db", "sign_agreement_at_least_90pct"}
 
 
-def test_a_lora_trained_on_camera_clips_loads_onto_the_pipeline(photo, tmp_path):
+@pytest.mark.parametrize("targets", [("temporal_attention",), ("all_linear", "convs")])
+def test_a_lora_trained_on_camera_clips_loads_onto_the_pipeline(photo, tmp_path, targets):
     """svd_fast.train with trainable='lora' on camera clips (tiny model, 3 steps), resumed for a 4th:
-    the adapter file it writes loads through SVDPipeline.load_lora_weights and changes the output."""
+    the adapter file it writes loads through SVDPipeline.load_lora_weights and changes the output;
+    with conv targets its conv factors are conv-shaped and the card counts them."""
     from svd_fast.adapters import LoRAConfig
     from svd_fast.pipeline import SVDPipeline
     from svd_fast.train.data import DataConfig
@@ -128,7 +130,8 @@ def test_a_lora_trained_on_camera_clips_loads_onto_the_pipeline(photo, tmp_path)
     camera_motion.write_clips(tmp_path / "clips", {"camera": photo}, ["pan_left"], 2, 4, 16, fps=8)
     base = tmp_path / "base.safetensors"  # a base with non-zero outputs, so the adapters get gradients
     save_file(randomize_(VideoUNet(SVDConfig.from_name("tiny").unet), std=0.1).state_dict(), str(base))
-    recipe = make_recipe(tmp_path / "run", trainable="lora", lora=LoRAConfig(rank=2), max_steps=3, checkpoint_every=3,
+    recipe = make_recipe(tmp_path / "run", trainable="lora", lora=LoRAConfig(rank=2, alpha=2.0, targets=targets),
+                         max_steps=3, checkpoint_every=3,
                          init_from=str(base),
                          data=DataConfig(source="folder", path=str(tmp_path / "clips"), num_frames=4, height=16, width=16))
     train(recipe)
@@ -144,3 +147,16 @@ def test_a_lora_trained_on_camera_clips_loads_onto_the_pipeline(photo, tmp_path)
     plain = video()
     assert pipe.load_lora_weights(lora, adapter_name="pan_left") == "pan_left"
     assert (video() - plain).abs().max() > 0
+    from svd_fast.adapters import read_lora
+
+    _, tensors = read_lora(lora)
+    downs = {k: v for k, v in tensors.items() if ".lora_A" in k}
+    convs = [k for k, v in downs.items() if v.ndim > 2]
+    assert bool(convs) == ("convs" in targets)
+    assert all(tensors[k].ndim == 4 for k in convs if "spatial_res_block.conv1" in k)  # (rank, in, 3, 3)
+    words = camera_motion.placement(lora, targets)
+    assert f"({len(downs) - len(convs)} Linear layers, {len(convs)} convolutions)" in words
+    if "convs" in targets:
+        assert words.startswith("a rank-2 LoRA on every Linear layer (") and " and every convolution (" in words
+    else:
+        assert words.startswith("a rank-2 LoRA on the temporal attention (q, k, v, out) of the svd_fast default model")

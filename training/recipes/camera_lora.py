@@ -2,7 +2,8 @@
 attention, rank 16, trained on clips of one camera motion).
 
     python training/recipes/camera_lora.py --motion pan_left --base svd_fast/assets/default_model \
-        --out svd_fast/assets/camera_loras [--steps 800] [--rank 16] [--targets all_linear] [--lr 1e-3] [--threads 2]
+        --out svd_fast/assets/camera_loras [--steps 800] [--rank 16] [--targets all_linear] [--lr 1e-3] [--threads 2] \
+        [--zoom 1.03 1.07] [--image-fraction 0]
 
 Defaults are those of the shipped LoRAs. The paper's placement (temporal attention only, 800 steps
 at lr 3e-4) did not learn a pan on this small model: pan_right moved the held-out photos by +0.060
@@ -14,9 +15,12 @@ on every Linear layer (spatial and temporal attention, feed-forwards) at lr 1e-3
 1. clips: a crop window moving over each training photograph of the default model (its held-out
    photos excluded), labels exact (svd_fast.train.camera_motion), at the model's size and frames;
 2. a LoRA trained on them with svd_fast.train (trainable 'lora', the base frozen; the stage-3
-   noise of the default model); LoRA sits on Linear layers only: the temporal attention's
-   q/k/v/out by default, other Linear layers with --targets (patterns or a preset of
-   svd_fast.adapters.PRESETS); temporal convs are not LoRA targets;
+   noise of the default model) on the layers --targets names (a preset of svd_fast.adapters.PRESETS,
+   or comma-separated presets and fnmatch patterns; `conv:<pattern>` selects convolutions, so
+   all_linear_conv adds every spatial and temporal conv to all_linear); --image-fraction trains
+   that share of the samples as stills (svd_fast.train.data: independent frames, temporal layers
+   bypassed), which holds the adapted spatial layers to the base's pictures; --zoom sets the zoom
+   clips' magnification per frame (each range gets its own clip folder);
 3. `<out>/camera_lora_<motion>.safetensors` and `<out>/camera_lora_<motion>.md` (the card), with the
    figures of svd_fast.train.camera_motion.measure_motion on the held-out photos.
 Each part is skipped when its output exists (the training resumes from its checkpoints).
@@ -44,6 +48,8 @@ from svd_fast.train.recipe import OptimConfig, Recipe  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 CLIPS_PER_PHOTO = 8
 SEEDS, SCALES = (0, 1, 2), (0.5, 1.0, 1.5)
+ZOOM = (1.03, 1.07)
+"""magnification per frame of the zoom clips (camera_motion.camera_clip)"""
 SAMPLING = dict(height=HIGH, width=HIGH, num_frames=FRAMES, num_inference_steps=16)
 
 
@@ -55,8 +61,8 @@ def training_photos() -> dict:
     return {name: load_photo(fetch(source)) for name, source in sorted(training_media().items()) if source.kind == "photo"}
 
 
-def write_training_clips(folder: Path, motions, clips_per_photo: int, fps: int) -> int:
-    return camera_motion.write_clips(folder, training_photos(), motions, clips_per_photo, FRAMES, HIGH, fps)
+def write_training_clips(folder: Path, motions, clips_per_photo: int, fps: int, zoom=ZOOM) -> int:
+    return camera_motion.write_clips(folder, training_photos(), motions, clips_per_photo, FRAMES, HIGH, fps, zoom=zoom)
 
 
 def base_config(base: Path):
@@ -114,12 +120,13 @@ def run(args) -> dict:
     config = base_config(base)
     timings = {}
     start = time.perf_counter()
-    clips = work / "clips"
-    count = write_training_clips(clips, [motion], args.clips_per_photo, config.fps)
+    zoom = tuple(args.zoom)
+    clips = work / ("clips" if zoom == ZOOM else f"clips_zoom_{zoom[0]:g}_{zoom[1]:g}")
+    count = write_training_clips(clips, [motion], args.clips_per_photo, config.fps, zoom)
     timings["clips_s"] = round(time.perf_counter() - start, 1)
     lora = LoRAConfig(rank=args.rank, alpha=float(args.rank), targets=parse_targets(args.targets))
     recipe = part_recipe(f"camera-lora-{motion}", "lora", base, clips / motion, work / f"run_{motion}", args.steps,
-                         config, args.lr, lora=lora)
+                         config, args.lr, image_fraction=args.image_fraction, lora=lora)
     start = time.perf_counter()
     train(recipe, resume=True)
     timings["train_s"] = round(time.perf_counter() - start, 1)
@@ -135,6 +142,7 @@ def run(args) -> dict:
     training = {"motion": motion, "base": shown(base), "clips": count, "clips_per_photo": args.clips_per_photo,
                 "steps": args.steps, "last_loss": last_loss(Path(recipe.output_dir)), "rank": lora.rank, "alpha": lora.alpha,
                 "targets": list(lora.targets), "lr": args.lr, "batch": recipe.batch_size,
+                "image_fraction": args.image_fraction, **({"zoom_per_frame": list(zoom)} if "zoom" in motion else {}),
                 "noise": f"ln sigma ~ N({recipe.objective.p_mean}, {recipe.objective.p_std}^2)",
                 "threads": torch.get_num_threads(), "timings_s": timings}
     write_text(out / f"camera_lora_{motion}.md", camera_motion.card(adapter, motion, measured, training))
@@ -152,9 +160,14 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=800, help="optimizer steps (the paper: 5000, at SVD's scale)")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--targets", default="all_linear",
-                   help=f"a preset ({', '.join(PRESETS)}) or comma-separated fnmatch patterns of Linear layer names")
+                   help=f"a preset ({', '.join(PRESETS)}) or comma-separated presets and fnmatch patterns of "
+                        "layer names (Linear layers; 'conv:<pattern>' for convolutions)")
     p.add_argument("--lr", type=float, default=1e-3,
                    help="adapter learning rate (the default model itself trained at 2e-4 to 1e-3)")
+    p.add_argument("--zoom", type=float, nargs=2, default=list(ZOOM), metavar=("LO", "HI"),
+                   help="magnification per frame of the zoom clips, drawn uniformly from [LO, HI]")
+    p.add_argument("--image-fraction", type=float, default=0.0,
+                   help="share of training samples that are stills (independent frames, temporal layers bypassed)")
     p.add_argument("--clips-per-photo", type=int, default=CLIPS_PER_PHOTO)
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="measurement seeds")
     p.add_argument("--scales", type=float, nargs="+", default=list(SCALES), help="measured LoRA scales")
