@@ -12,6 +12,30 @@ mixes frames at one spatial position and cannot shift content by itself in a UNe
 on every Linear layer (spatial and temporal attention, feed-forwards) at lr 1e-3 did: sign agreement
 1.0 at scales 0.5/1/1.5 with the flow growing with the scale (+0.12/+0.24/+0.29 px/frame).
 
+Zoom and static do not reach issue 15's targets with any placement tried (2026-12-01, 800 steps,
+rank 16, 1 thread, 12 held-out (photo, seed) pairs; figures at scales 0.5 / 1 / 1.5, base in brackets):
+
+    run                                   zoom_in divergence sign    mean divergence (base -0.0058)   first frame drop dB
+    all_linear (before), 1600 steps       0.25 / 0.17 / 0.42         -0.005 / -0.005 / -0.007          0.0 / 0.3 / 1.2
+    all_linear_conv                       0.17 / 0.25 / 0.17         -0.004 / -0.004 / -0.005         -0.1 / 0.0 / 0.5
+    all_linear_conv, zoom 1.08-1.15       0.25 / 0.42 / 0.33         -0.005 / -0.004 / -0.006          0.3 / 1.1 / 2.3
+    all_linear_conv, lr 3e-3              0.25 / 0.33 / 0.25         -0.005 / -0.004 / -0.010          0.3 / 1.7 / 11.0
+    zoom_out all_linear_conv              0.75 / 0.67 / 0.75         +0.004 / +0.004 / +0.004 (base +0.006)  0.0 / 0.5 / 1.6
+
+    static: flow vs base / first frame drop dB
+    all_linear (before)                   0.69 / 0.46 / 0.40         1.6 / 4.2 / 5.8
+    temporal_attention                    0.85 / 0.66 / 0.50        -0.1 / 0.8 / 2.6
+    temporal (attention + temporal convs) 0.75 / 0.47 / 0.43         0.3 / 2.0 / 3.5
+    all_linear_conv, image fraction 0.3   0.61 / 0.40 / 0.52         1.4 / 3.8 / 4.7
+
+Conv adapters (the position information of this UNet is in its zero-padded 3x3 convs) did not make a
+zoom learnable: the training clips diverge by +0.09..+0.25 per frame, the LoRAs move the held-out
+videos' divergence by at most +0.002. Sampled videos show why: the base model re-generates every
+frame after the first as a blurred version of the picture rather than moving it (its flow-warped
+PSNR is 22.7 dB against 39 for true clips, MODEL_CARD.md), and the zoom LoRAs add more of that
+dissolving, not a magnification. Static LoRAs calm the later frames by blurring them, which costs
+first-frame PSNR before the flow reaches 0.3x of the base's.
+
 1. clips: a crop window moving over each training photograph of the default model (its held-out
    photos excluded), labels exact (svd_fast.train.camera_motion), at the model's size and frames;
 2. a LoRA trained on them with svd_fast.train (trainable 'lora', the base frozen; the stage-3
