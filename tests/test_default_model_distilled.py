@@ -32,9 +32,10 @@ def _pipes():
 
 def _video(pipe, image, steps, guidance, seed, **extra):
     cfg = _recipe().CONFIG
-    return pipe(image, height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, fps=cfg.fps,
+    call = dict(height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, fps=cfg.fps,
                 motion_bucket_id=cfg.motion_bucket_id, num_inference_steps=steps, max_guidance_scale=guidance,
-                generator=torch.Generator().manual_seed(seed), output_type="np", **extra).frames[0]
+                generator=torch.Generator().manual_seed(seed), output_type="np")
+    return pipe(image, **{**call, **extra}).frames[0]
 
 
 def test_the_student_folder_carries_its_sampler_and_few_step_defaults():
@@ -48,8 +49,7 @@ def test_the_student_folder_carries_its_sampler_and_few_step_defaults():
 
 @pytest.mark.parametrize("steps", [1, 2])
 def test_few_student_steps_land_closer_to_the_teachers_video_than_as_many_teacher_steps(steps):
-    """Deterministic multistep consistency sampling (eta 0) follows the teacher's trajectory; at 4
-    steps the teacher's own Euler steps are closer still on this small model (card: 25.0 vs 22.7 dB)."""
+    """Deterministic multistep consistency sampling (eta 0) follows the teacher's trajectory."""
     teacher, student = _pipes()
     guidance = _recipe().CONFIG.max_guidance_scale
     for photo in ("chelsea", "rocket"):
@@ -63,3 +63,36 @@ def test_few_student_steps_land_closer_to_the_teachers_video_than_as_many_teache
         # first frame: ~2 dB below the teacher's on average (card; target 1 dB, missed), 3.1 dB on the worst photo
         assert first_frame_psnr(student_k, picture) > first_frame_psnr(reference, picture) - 4.0
         assert np.isfinite(student_k).all() and student_k.min() >= 0 and student_k.max() <= 1
+
+
+def test_four_student_steps_match_the_teachers_25_and_beat_its_4_euler_steps():
+    """Issue 13 on held-out photos and procedural first frames (bench/quality.py's set, seed 0): the
+    student's default sampling (4 consistency steps, fresh noise between them, no guidance) keeps
+    the teacher's 25-step first frame within 1 dB and its mean flow within 25%, and beats the
+    teacher's own 4 Euler steps in frame-to-frame consistency (flow-warped PSNR) on every image.
+    Measured here (seed 0): first frame 24.41 vs 24.49 dB, flow 0.68 vs 0.76 px/frame (-11%), warp
+    consistency 29.2 vs 27.7 dB for the teacher's 4 steps; on 8 images x 3 seeds every pair by 0.7 dB
+    or more. (The teacher's 4-step flow, 0.80, is the closer one to its 25-step flow here.)"""
+    import types
+
+    from bench.quality import held_out_images
+    from svd_fast.train.video_metrics import mean_flow, warp_consistency
+
+    teacher, student = _pipes()
+    cfg = _recipe().CONFIG
+    images = held_out_images(types.SimpleNamespace(photos=",".join(_recipe().HELD_OUT_PHOTOS), procedural=4),
+                             cfg.height, cfg.num_frames)
+    rows = []
+    for item in images:
+        extra = dict(fps=item["fps"] or cfg.fps, motion_bucket_id=cfg.motion_bucket_id if item["motion"] is None else item["motion"])
+        call = functools.partial(_video, image=item["image"], seed=0)
+        videos = {"t25": call(teacher, steps=25, guidance=cfg.max_guidance_scale, **extra),
+                  "t4": call(teacher, steps=4, guidance=cfg.max_guidance_scale, **extra),
+                  "s4": call(student, steps=4, guidance=1.0, **extra)}
+        picture = item["image"].permute(1, 2, 0).numpy()
+        rows.append({k: (first_frame_psnr(v, picture), mean_flow(v), warp_consistency(v)) for k, v in videos.items()})
+    mean = {k: np.mean([r[k] for r in rows], axis=0) for k in ("t25", "t4", "s4")}
+    assert mean["s4"][0] > mean["t25"][0] - 1.0, mean
+    assert abs(mean["s4"][1] / mean["t25"][1] - 1) < 0.25, mean
+    for image, r in zip(images, rows):
+        assert r["s4"][2] > r["t4"][2], (image["name"], r)
