@@ -63,7 +63,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "diffusers>=0.30", "accelerate", "triton", "torchao>=0.18"],
-        "bench": ["diffusers>=0.30", "accelerate", "nvidia-ml-py", "psutil"],
+        "bench": ["diffusers>=0.30", "accelerate", "nvidia-ml-py", "psutil", "DeepCache"],  # DeepCache: bench/quality.py part 3
         "train": ["deepspeed", "bitsandbytes", "tensorboard"],
         "curate": ["ray[data]", "opencv-python", "pytesseract", "pyarrow", "matplotlib", "pandas", "psutil"],
         "gpu": ["triton", "flash-attn"],

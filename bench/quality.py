@@ -83,7 +83,8 @@ def _distilled_mode(steps: int) -> Mode:
                 model=DISTILLED_MODEL, unet_level=False)
 
 
-MODES = {"exact": Mode("exact"), **{f"cache{k}": _cache_mode(k) for k in (2, 3, 4, 5)},
+MODES = {"exact": Mode("exact"), "int8": Mode("int8", prepare=lambda pipe: accelerate(pipe, quantize="int8")),
+         **{f"cache{k}": _cache_mode(k) for k in (2, 3, 4, 5)},
          **{f"distilled{k}": _distilled_mode(k) for k in (1, 2, 4, 8)}}
 
 
@@ -297,9 +298,13 @@ def bench_deepcache(args, pipe: SVDPipeline, exact_run: dict, intervals: list[in
     del DeepCache
     from svd_fast.diffusers_bridge import to_diffusers_pipeline
 
+    from PIL import Image
+
     theirs = to_diffusers_pipeline(pipe)
     theirs.set_progress_bar_config(disable=True)
-    call, image = exact_run["call"], exact_run["image"]
+    call = exact_run["call"]
+    # a PIL image, as diffusers' docs pass it: its _encode_image resizes PIL input to the CLIP size, not tensors
+    image = Image.fromarray((exact_run["image"].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
 
     def run_call(callback):
         return theirs(image, generator=torch.Generator().manual_seed(args.seed), callback_on_step_end=callback, **call)
