@@ -91,10 +91,12 @@ def camera_clip(photo: np.ndarray, motion: str, frames: int, size: int, rng: np.
 
 
 def write_clips(folder: Path, photos: dict[str, np.ndarray], motions, clips_per_photo: int, frames: int, size: int,
-                fps: int, seed: int = 0, zoom: tuple[float, float] = (1.03, 1.07)) -> int:
+                fps: int, seed: int = 0, zoom: tuple[float, float] = (1.03, 1.07), motion_px: float | None = None) -> int:
     """Write clips of each motion over each photo as `<motion>/<photo>_<k>.mp4` (+ `.json` with the
     fps and the label), for svd_fast.train's 'folder' data source; existing clips are kept (a
     folder holds one `zoom` range: magnification per frame of zoom clips, see camera_clip).
+    motion_px: written as the clips' `motion_px`, the motion micro-conditioning they train with
+    (svd_fast.train.data) instead of their measured flow; e.g. static clips at the sampling default bucket.
     Returns the number of clips in the folder's motions."""
     from svd_fast.checkpoints.io import write_json
     from svd_fast.curate.video import encode_mp4
@@ -111,7 +113,8 @@ def write_clips(folder: Path, photos: dict[str, np.ndarray], motions, clips_per_
                     continue
                 rng = np.random.default_rng([seed, k, MOTIONS.index(motion), *name.encode()])
                 clip = camera_clip(photo, motion, frames, size, rng, zoom=zoom)
-                write_json(path.with_suffix(".json"), {"fps": fps, "motion": motion, "flow": clip.flow, "zoom": clip.zoom})
+                label = {"fps": fps, "motion": motion, "flow": clip.flow, "zoom": clip.zoom}
+                write_json(path.with_suffix(".json"), label if motion_px is None else {**label, "motion_px": motion_px})
                 tmp = path.with_suffix(".tmp.mp4")
                 tmp.write_bytes(encode_mp4(clip.frames, fps=fps, crf=10))  # near-lossless: the motion is the label
                 tmp.replace(path)

@@ -3,7 +3,8 @@
 Every dataset returns, for (index, seed), a dict with
   frames  (T, 3, H, W) float32 in [-1, 1]; frames[0] is the conditioning frame
   fps     frame rate of the returned frames (source fps / stride)
-  motion  mean optical-flow magnitude in pixels per frame at the returned resolution
+  motion  mean optical-flow magnitude in pixels per frame at the returned resolution (a folder
+          clip's .json may fix it as `motion_px`: the motion micro-conditioning it trains with)
   image   True for an image sample: frames are independent stills of one clip (frames[0] first,
           the others in random order) and the temporal layers are bypassed for them
 All randomness (start frame, stride, image-vs-video) comes from `seed`, so a sample is the same
@@ -156,7 +157,8 @@ class _VideoDataset(torch.utils.data.Dataset):
         x = torch.from_numpy(frames[picked]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         x = _resize_crop(x, cfg.height, cfg.width).contiguous()
         stride = picked[1] - picked[0] if len(picked) > 1 and not image else 1
-        return {"frames": x, "fps": fps / stride, "motion": 0.0 if image else estimate_motion(x), "image": image}
+        motion = 0.0 if image else float(meta["motion_px"]) if meta and "motion_px" in meta else estimate_motion(x)
+        return {"frames": x, "fps": fps / stride, "motion": motion, "image": image}
 
 
 class ProceduralVideos(_VideoDataset):
@@ -181,7 +183,8 @@ class ProceduralVideos(_VideoDataset):
 
 
 class VideoFolder(_VideoDataset):
-    """Every video file under a folder (sorted); an optional `<name>.json` beside it may give fps."""
+    """Every video file under a folder (sorted); an optional `<name>.json` beside it may give fps
+    and `motion_px` (the motion conditioning to train the clip with, instead of its measured flow)."""
 
     def __init__(self, config: DataConfig):
         super().__init__(config)

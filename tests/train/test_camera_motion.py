@@ -79,6 +79,25 @@ def test_static_clips_do_not_move_and_labels_are_written(photo, tmp_path):
         camera_motion.camera_clip(photo, "tilt", FRAMES, SIZE, np.random.default_rng(0))
 
 
+def test_clips_can_fix_the_motion_conditioning_they_train_with(photo, tmp_path):
+    """motion_px in a clip's .json replaces its measured flow as the sample's `motion` (the motion
+    bucket it trains at): static clips trained at the sampling default bucket, not at bucket 0."""
+    from svd_fast.train.data import DataConfig, VideoFolder, motion_bucket
+
+    camera_motion.write_clips(tmp_path / "fixed", {"camera": photo}, ["static"], 1, FRAMES, SIZE, fps=8, motion_px=1.6)
+    camera_motion.write_clips(tmp_path / "measured", {"camera": photo}, ["static"], 1, FRAMES, SIZE, fps=8)
+    assert json.loads((tmp_path / "fixed" / "static" / "camera_00.json").read_text())["motion_px"] == 1.6
+
+    def sample(folder, image_fraction=0.0):
+        config = DataConfig(source="folder", path=str(tmp_path / folder / "static"), num_frames=FRAMES, height=SIZE,
+                            width=SIZE, image_fraction=image_fraction)
+        return VideoFolder(config).load(0, 0)
+
+    assert sample("fixed")["motion"] == 1.6 and motion_bucket(1.6, SIZE) == 128
+    assert sample("measured")["motion"] < 0.05  # the static clip's own flow: bucket 0
+    assert sample("fixed", image_fraction=1.0)["motion"] == 0.0  # stills stay at 0
+
+
 def test_motion_named_by_the_file():
     assert camera_motion.motion_of("assets/camera_lora_pan_left.safetensors") == "pan_left"
     assert camera_motion.motion_of("zoom_out.safetensors") == "zoom_out"
