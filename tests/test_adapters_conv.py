@@ -13,28 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from svd_fast import adapters, layers
-from svd_fast.config import SVDConfig
 from svd_fast.unet import VideoUNet
 from tests.conftest import randomize_
+from tests.test_adapters import OUTPUT_TOL, WEIGHT_TOL, _inputs, _unet  # the same tiny UNet and inputs
 
-UNET = SVDConfig.from_name("tiny").unet
 SPATIAL = "down_blocks.1.resnets.0.spatial_res_block.conv1"     # 3x3, 32 -> 64 (layers.Conv2d)
 SHORTCUT = "down_blocks.1.resnets.0.spatial_res_block.conv_shortcut"  # 1x1, 32 -> 64
 TEMPORAL = "mid_block.resnets.0.temporal_res_block.conv1"       # (3,1,1), 64 -> 64 (nn.Conv3d)
 LINEAR = "down_blocks.0.attentions.0.temporal_transformer_blocks.0.attn1.to_q"
 CONVS = (SPATIAL, SHORTCUT, TEMPORAL)
-WEIGHT_TOL = dict(rtol=0, atol=1e-6)
-OUTPUT_TOL = dict(rtol=1e-5, atol=1e-5)
-
-
-def _unet(seed=0):
-    return randomize_(VideoUNet(UNET).eval(), std=0.1, seed=seed)
-
-
-def _inputs(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(1, 3, 8, 8, 8, generator=g), torch.tensor([0.4]),
-            torch.randn(1, 1, UNET.cross_attention_dim, generator=g), torch.tensor([[6.0, 100.0, 0.02]]))
 
 
 def _factors(model, names=(*CONVS, LINEAR), rank=3, seed=1):
