@@ -11,7 +11,7 @@ For one clip with clean latents x0, noise n and conditioning c:
              guided trajectories and samples without guidance: one UNet batch per step)
     target = f_target(x_hat, sigma_j)        (no gradient)
     loss   = w_i * (sqrt(mean((f_student(x, sigma_i) - target)^2) + c^2) - c)   (pseudo-Huber; w_i = 1
-             as LCM, or 1 / (sigma_i - sigma_{i+1}) as improved consistency training)
+             as LCM, or 1 / (sigma_i - sigma_j) as improved consistency training)
 
 f is the consistency function: the v-prediction UNet with svd_fast.denoiser.consistency_scalings,
 exactly the identity at sigma_min, so the last interval ties the chain to the teacher's ODE and
@@ -60,7 +60,7 @@ class DistillConfig:
     skip: int = 1
     """grid intervals one teacher step spans (LCM's skipping step k; 1: the consistency models paper)"""
     weighting: str = "uniform"
-    """per-interval loss weight: 'uniform' (LCM, AnimateLCM) or 'ict', 1 / (sigma_i - sigma_i+1)
+    """per-interval loss weight: 'uniform' (LCM, AnimateLCM) or 'ict', 1 / (sigma_i - sigma_j) of the teacher's step
     (Song & Dhariwal 2023: up-weights the small intervals near the data)"""
 
     def validate(self) -> None:
