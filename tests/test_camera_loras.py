@@ -39,7 +39,8 @@ def test_every_motion_ships_small_with_a_card():
         adapter = LORAS / f"camera_lora_{motion}.safetensors"
         assert adapter.is_file() and adapter.stat().st_size < 4 * 2**20, adapter
         card = (LORAS / f"camera_lora_{motion}.md").read_text()
-        assert "sign agreement" in card and "/work/" not in card
+        assert "| flow vs base |" in card and "/work/" not in card
+        assert ("| sign agreement |" in card) == (motion in PANS), motion  # static has no direction to agree with
 
 
 @pytest.mark.parametrize("motion", PANS)

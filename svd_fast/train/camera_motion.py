@@ -229,13 +229,17 @@ def placement(path: Path, targets) -> str:
 def card(path: Path, motion: str, measured: dict, training: dict) -> str:
     """MODEL_CARD.md text for a camera-motion LoRA: its training and its measured figures."""
     quantity = {"pan": "mean flow along the pan (px/frame)", "zoom": "mean flow divergence (1/frame)"}.get(
-        motion.split("_")[0], "-")
-    rows = ["| scale | sign agreement | " + quantity + " (base model) | flow vs base | first-frame PSNR (base) dB | targets met |",
-            "|---|---|---|---|---|---|"]
+        motion.split("_")[0])
+    directed = quantity is not None  # static has no direction: no sign and no signed quantity
+    head = ["scale", *(["sign agreement", quantity + " (base model)"] if directed else []), "flow vs base",
+            "first-frame PSNR (base) dB", "targets met"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for scale, f in measured["scales"].items():
         met = ", ".join(k for k, ok in targets_met(f, motion).items() if ok) or "none"
-        rows.append(f"| {scale:g} | {f['sign_agreement']:.2f} | {f['mean_along']:+.3f} ({f['base_mean_along']:+.3f}) | "
-                    f"{f['flow_ratio']:.2f} | {f['first_frame_psnr']:.1f} ({f['base_first_frame_psnr']:.1f}) | {met} |")
+        signed = [f"{f['sign_agreement']:.2f}", f"{f['mean_along']:+.3f} ({f['base_mean_along']:+.3f})"] if directed else []
+        cells = [f"{scale:g}", *signed, f"{f['flow_ratio']:.2f}",
+                 f"{f['first_frame_psnr']:.1f} ({f['base_first_frame_psnr']:.1f})", met]
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join([
         f"# Camera-motion LoRA: {motion}", "",
         f"`{path.name}`: {placement(path, training['targets'])}, trained to move the camera as `{motion}` "

@@ -3,6 +3,7 @@ for pans, the flow divergence for zooms), measure_motion's figures, and a LoRA t
 through svd_fast.train loads onto the pipeline."""
 import dataclasses
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -103,6 +104,21 @@ def test_motion_named_by_the_file():
     assert camera_motion.motion_of("zoom_out.safetensors") == "zoom_out"
     with pytest.raises(ValueError, match="must name one motion"):
         camera_motion.motion_of("camera_lora.safetensors")
+
+
+def test_cards_show_the_sign_columns_only_for_directed_motions():
+    """A pan's table has its sign agreement and signed flow; static has no direction, so its table
+    keeps the flow ratio and first frame only (rows as measure_motion returns them)."""
+    figures = {"sign_agreement": 0.75, "mean_along": 0.123, "base_mean_along": -0.045, "flow_ratio": 0.25,
+               "first_frame_psnr": 23.4, "base_first_frame_psnr": 23.7, "first_frame_drop_db": 0.3}
+    measured = {"pairs": 4, "images": ["a", "b"], "seeds": [0, 1], "scales": {1.0: figures}}
+    shipped = Path(__file__).resolve().parents[2] / "svd_fast" / "assets" / "camera_loras"  # the card counts their layers
+    pan = camera_motion.card(shipped / "camera_lora_pan_left.safetensors", "pan_left", measured, {"targets": ["all_linear"]})
+    static = camera_motion.card(shipped / "camera_lora_static.safetensors", "static", measured, {"targets": ["temporal"]})
+    assert "| scale | sign agreement | mean flow along the pan (px/frame) (base model) | flow vs base |" in pan
+    assert "| 1 | 0.75 | +0.123 (-0.045) | 0.25 | 23.4 (23.7) | first_frame_within_1db |" in pan
+    assert "| scale | flow vs base | first-frame PSNR (base) dB | targets met |" in static
+    assert "| 1 | 0.25 | 23.4 (23.7) | first_frame_within_1db, flow_at_most_30pct_of_base |" in static
 
 
 def test_measure_motion_of_a_lora_that_changes_nothing(tmp_path):
