@@ -196,14 +196,13 @@ def test_winograd_weight_cache_never_serves_a_stale_conv_weight(made_in):
     tensor's version and storage. With a conv adapter the kernel must see the adapted weight after
     every change: scale, disable, fuse, unfuse. Weights made under inference_mode have no version
     counter, so an in-place fuse would leave the cached transform of the unfused weight (caught here)."""
-    kernels = pytest.importorskip("svd_fast.kernels")
+    from svd_fast import kernels
     from svd_fast.kernels.native import ops
 
     previous = kernels.get_backend()
     kernels.set_backend("native")
     try:
-        if kernels._load_native() is None:
-            pytest.skip("native kernels (svd_fast._C) not built")
+        assert kernels._load_native() is not None, "native kernels (svd_fast._C) not built: run scripts/setup.sh"
         context = torch.inference_mode if made_in == "inference_mode" else torch.no_grad
         g = torch.Generator().manual_seed(0)
         with context():
@@ -244,10 +243,7 @@ def test_winograd_weight_cache_never_serves_a_stale_conv_weight(made_in):
 def test_int8_takes_fused_conv_adapters_and_refuses_unfused_ones():
     """quantize_unet packs each conv's `.weight` once: unfused adapters are refused, fused ones are in
     the int8 weights (spatial Int8Conv2d and the temporal ResBlock's Int8TemporalConv)."""
-    pytest.importorskip("torchao")
-    if not torch.backends.mkldnn.is_available():
-        pytest.skip("no oneDNN")
-    from svd_fast.accel import quantize
+    from svd_fast.accel import quantize  # needs torchao (test extras) and oneDNN (every x86 CPU build of torch)
     from tests.test_quantize import WIDE  # wide enough (>= MIN_WIDTH channels) for the convs to be quantized
 
     spatial, temporal = "down_blocks.1.resnets.0.spatial_res_block.conv1", "down_blocks.1.resnets.0.temporal_res_block.conv1"
