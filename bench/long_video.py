@@ -44,7 +44,8 @@ def one_video(model: str, image: torch.Tensor, frames: int, overlap: int, seed: 
     video = sample_long_video(pipe, image, frames, window=cfg.num_frames, overlap=overlap, height=cfg.height,
                               width=cfg.width, num_inference_steps=steps or cfg.num_inference_steps,
                               generator=torch.Generator().manual_seed(seed), fps=cfg.fps,
-                              motion_bucket_id=cfg.motion_bucket_id, max_guidance_scale=cfg.max_guidance_scale)
+                              motion_bucket_id=cfg.motion_bucket_id, max_guidance_scale=cfg.max_guidance_scale,
+                              image_init_sigma=cfg.image_init_sigma, keep_first_frame=cfg.keep_first_frame)
     seconds = time.perf_counter() - start
     plan = chunk_plan(frames, cfg.num_frames, overlap)
     drift = drift_report(video)

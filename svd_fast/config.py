@@ -249,6 +249,10 @@ class ImageEncoderConfig:
         return cls(**{f.name: getattr(vision, f.name) for f in dataclasses.fields(cls)})
 
 
+IMAGE_SAMPLING_OFF = {"image_init_sigma": None, "keep_first_frame": False}
+"""the image-model-only sampling defaults switched off: for variants derived from an image model"""
+
+
 @dataclass(frozen=True)
 class SVDConfig:
     """A whole image-to-video model plus its sampling defaults."""
@@ -265,12 +269,19 @@ class SVDConfig:
     fps: int = 7
     motion_bucket_id: int = 127
     max_guidance_scale: float = 3.0
+    image_init_sigma: float | None = None
+    """start the sampler from the image noised to this sigma (None: from pure noise, as SVD)"""
+    keep_first_frame: bool = False
+    """hold frame 0 to the image during sampling (SVDPipeline.__call__)"""
     conditioning: str = "image"
     """one of CONDITIONINGS; checkpoints that do not say are 'image' models"""
 
     def __post_init__(self):
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
+        if self.conditioning != "image" and (self.image_init_sigma is not None or self.keep_first_frame):
+            raise ValueError(f"image_init_sigma and keep_first_frame are image-model sampling defaults; a "
+                             f"{self.conditioning!r} model cannot have them (pass {IMAGE_SAMPLING_OFF} when deriving it)")
 
     @classmethod
     def from_name(cls, name: str) -> "SVDConfig":

@@ -87,7 +87,11 @@ def sample_long_video(pipe, image, num_frames: int, *, window: int | None = None
     window = window or pipe.config.num_frames
     plan = chunk_plan(num_frames, window, overlap)
     sampler = call_args.get("sampler") or pipe.default_sampler
-    sigmas = pipe._sigmas(num_inference_steps, None, sampler).to(pipe.device)
+    # Image-initialised sampling and the first-frame hold act per chunk here: each chunk starts
+    # from, and holds, its own conditioning frame, so they are taken out of the pipe's arguments.
+    image_init_sigma = call_args.pop("image_init_sigma", None)
+    keep_first_frame = call_args.pop("keep_first_frame", False)
+    sigmas = pipe._sigmas(num_inference_steps, None, sampler, start=image_init_sigma).to(pipe.device)
     embeddings = conditioner.encode_image(pipe.image_encoder, image)  # the appearance anchor
     reference = ((conditioner.preprocess_image(image, height, width)[0] + 1) / 2).clamp(0, 1)
     f = pipe.vae.config.downsample_factor
@@ -96,20 +100,14 @@ def sample_long_video(pipe, image, num_frames: int, *, window: int | None = None
     out, previous, condition = [], None, image
     for chunk in plan:
         noise = randn(shape, generator, pipe.device, torch.float32)
-        x = noise * init_noise_scale(sigmas)
-        hold = None
-        if chunk.held:
-            held = previous[:, -chunk.held:].float()
-            x[:, : chunk.held] = held + sigmas[0] * noise[:, : chunk.held]
-
-            def hold(p, i, sigma, values, held=held, noise=noise, n=chunk.held):
-                latents = values["latents"]
-                latents[:, :n] = (held + sigmas[i + 1] * noise[:, :n]).to(latents.dtype)
-                return {"latents": latents}
-
+        still = pipe.still_latents(condition, height, width) if image_init_sigma or keep_first_frame else None
+        x = noise * init_noise_scale(sigmas) if image_init_sigma is None else still[:, None] + sigmas[0] * noise
+        held = previous[:, -chunk.held:].float() if chunk.held else still[:, None] if keep_first_frame else None
+        if held is not None:
+            x[:, : held.shape[1]] = held + sigmas[0] * noise[:, : held.shape[1]]
         latents = pipe(condition, height=height, width=width, num_frames=window, latents=x / init_noise_scale(sigmas),
                        sigmas=sigmas, generator=generator, output_type="latent", image_embeddings=embeddings,
-                       callback_on_step_end=hold, **call_args).frames
+                       callback_on_step_end=None if held is None else _holder(held, noise, sigmas), **call_args).frames
         frames = pipe.decode(latents, decode_chunk_size or window)[0]  # (T, 3, H, W) in [-1, 1]
         if len(plan) > 1:  # the next chunk starts, and is conditioned, at the first overlap frame
             condition = ((frames[window - overlap] + 1) / 2).clamp(0, 1)
@@ -120,6 +118,19 @@ def sample_long_video(pipe, image, num_frames: int, *, window: int | None = None
         if on_chunk is not None:
             on_chunk(chunk, len(plan))
     return np.concatenate(out)[:num_frames]
+
+
+def _holder(held: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor):
+    """A step callback that replaces the first held.shape[1] frames by `held` re-noised to the
+    step's sigma with their own initial noise."""
+    n = held.shape[1]
+
+    def hold(pipe, i, sigma, values):
+        latents = values["latents"]
+        latents[:, :n] = (held + sigmas[i + 1] * noise[:, :n]).to(latents.dtype)
+        return {"latents": latents}
+
+    return hold
 
 
 # ------------------------------------------------------------------------------------ figures

@@ -6,6 +6,7 @@ initial latents), so the same torch.Generator seed gives the same video as diffu
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -199,6 +200,12 @@ class SVDPipeline:
         pixels = pixels + noise_aug_strength * randn(pixels.shape, generator, self.device, pixels.dtype)
         return embeddings, self.vae.encode(pixels).to(self.dtype)
 
+    def still_latents(self, image, height: int, width: int) -> torch.Tensor:
+        """Scaled VAE mean latent (B, C, h, w), fp32, of the clean image resized to (height, width):
+        the latent of the video that would hold this image still."""
+        pixels = conditioner.preprocess_image(image, height, width).to(self.device, self.dtype)
+        return self.vae.encode(pixels).float() * self.vae.config.scaling_factor
+
     def decode(self, latents, decode_chunk_size: int):
         """Frames (B, T, 3, H, W) in [-1, 1], fp32, from sampler latents (B, T, 4, h, w).
 
@@ -241,6 +248,8 @@ class SVDPipeline:
         eta: float = 1.0,
         image_embeddings: torch.Tensor | None = None,
         last_image=None,
+        image_init_sigma: float | None = None,
+        keep_first_frame: bool = False,
         return_dict: bool = True,
     ):
         """Sample a video from a conditioning image (PIL, array or tensor; a list or batch of them).
@@ -255,6 +264,13 @@ class SVDPipeline:
         `last_image`: the video's last frame, for training-free interpolation with any image-to-video
         model (BidirectionalDenoiser: the video conditioned on `image` and the time-reversed video
         conditioned on `last_image`, fused at every step).
+        Two ways to keep the input image (image models only):
+        `image_init_sigma`: start every frame from the image's latent noised to this sigma instead
+        of pure noise at sigma_max, the schedule running from there down (SDEdit, Meng et al. 2022):
+        lower keeps more of the image, higher allows more motion. `keep_first_frame`: replace
+        frame 0 after every step by the image's latent noised to the step's sigma with that
+        frame's own initial noise (imputation by replacement, Song et al. 2021), so the first
+        frame is the image through the VAE and the other frames are denoised around it.
         """
         if self.config.conditioning != self.conditioning:  # e.g. an SVD-FI model called as image-to-video
             raise ValueError(f"this model's conditioning is {self.config.conditioning!r}: sample it with "
@@ -276,14 +292,28 @@ class SVDPipeline:
         last_cond = conditioning(last_image) if last_image is not None else None
         timings["image_encode"] = time.perf_counter() - start
         batch = cond.image_latents.shape[0]
-        sigma_schedule = self._sigmas(num_inference_steps, sigmas, sampler).to(device)
+        if image_init_sigma is not None and sigmas is not None:
+            raise ValueError("give either sigmas or image_init_sigma (it sets the schedule's start), not both")
+        sigma_schedule = self._sigmas(num_inference_steps, sigmas, sampler, start=image_init_sigma).to(device)
         f = self.vae.config.downsample_factor
         shape = (batch, num_frames, self.vae.config.latent_channels, height // f, width // f)
         if latents is None:
             latents = randn(shape, generator, device, self.dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        x = latents.to(device) * init_noise_scale(sigma_schedule)
+        noise = latents.to(device).float()
+        still = None
+        if image_init_sigma is not None or keep_first_frame:
+            if self.conditioning != "image" or last_image is not None and image_init_sigma is not None:
+                raise ValueError("image_init_sigma and keep_first_frame need an image model's pipeline "
+                                 "(image_init_sigma: without last_image)")
+            still = self.still_latents(image, height, width).repeat_interleave(num_videos_per_prompt, dim=0)
+        if image_init_sigma is not None:
+            x = (still[:, None] + sigma_schedule[0] * noise).to(self.dtype)
+        else:
+            x = latents.to(device) * init_noise_scale(sigma_schedule)
+        if keep_first_frame:
+            x[:, 0] = (still + sigma_schedule[0] * noise[:, 0]).to(x.dtype)
 
         consistency = sampler == "consistency"
         denoiser = Denoiser(self.unet, boundary_sigma=self.consistency.boundary_sigma if consistency else None)
@@ -306,6 +336,8 @@ class SVDPipeline:
             feature_cache.start_run(steps)
 
         def on_step(i, x_next, denoised):
+            if keep_first_frame:
+                x_next[:, 0] = (still + sigma_schedule[i + 1] * noise[:, 0]).to(x_next.dtype)
             step_times.append(time.perf_counter() - step_start[0])
             bar.update()
             if feature_cache is not None:
@@ -352,11 +384,20 @@ class SVDPipeline:
                                                       self.device),
         )
 
-    def _sigmas(self, steps: int, sigmas, sampler: str) -> torch.Tensor:
+    def _sigmas(self, steps: int, sigmas, sampler: str, start: float | None = None) -> torch.Tensor:
+        """The sampler's noise levels: explicit `sigmas`, else the consistency grid or Karras's
+        schedule from sigma_max (from `start` when given: image-initialised sampling)."""
+        sigma_min, sigma_max = self.scheduler_config["sigma_min"], self.scheduler_config["sigma_max"]
+        if start is not None:
+            if sampler == "consistency":
+                raise ValueError("image_init_sigma needs an ODE sampler (euler, heun, dpmpp_2m), not 'consistency'")
+            if not (math.isfinite(start) and sigma_min < start <= sigma_max):
+                raise ValueError(f"image_init_sigma must be in ({sigma_min}, {sigma_max}], got {start}")
+            return get_sigmas_karras(steps, sigma_min, start)
         if sigmas is None and sampler == "consistency":
             return self.consistency.sigmas(steps)
         if sigmas is None:
-            return get_sigmas_karras(steps, self.scheduler_config["sigma_min"], self.scheduler_config["sigma_max"])
+            return get_sigmas_karras(steps, sigma_min, sigma_max)
         sigmas = torch.as_tensor(sigmas, dtype=torch.float32).flatten()
         if len(sigmas) < 2 or sigmas[-1] != 0 or (sigmas[1:] >= sigmas[:-1]).any():
             raise ValueError("sigmas must be strictly decreasing and end with 0")

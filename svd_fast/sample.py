@@ -53,6 +53,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--noise-aug", type=float, default=0.02, help="noise added to the conditioning image")
     p.add_argument("--min-cfg", type=float, default=1.0, help="guidance scale on the first frame")
     p.add_argument("--max-cfg", type=float, help="guidance scale on the last frame (default: the model's, 3.0 for SVD)")
+    p.add_argument("--image-init-sigma", type=float, metavar="SIGMA",
+                   help="start from the image noised to SIGMA instead of pure noise: lower keeps more of the "
+                        "image, higher moves more; 0 = from pure noise (default: the model's; off for SVD)")
+    p.add_argument("--keep-first-frame", action=argparse.BooleanOptionalAction, default=None,
+                   help="hold the first frame to the input image while sampling (default: the model's; off for SVD)")
     p.add_argument("--height", type=int, help="output height, a multiple of 8 (default: the model's)")
     p.add_argument("--width", type=int, help="output width, a multiple of 8 (default: the model's)")
     p.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
@@ -150,7 +155,7 @@ def check_arguments(args) -> None:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be >= 1, got {value}")
-    for name in ("motion_bucket", "noise_aug"):
+    for name in ("motion_bucket", "noise_aug", "image_init_sigma"):
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
@@ -162,6 +167,14 @@ def check_arguments(args) -> None:
         raise ValueError(f"--eta must be between 0 and 1, got {args.eta}")
     for spec in getattr(args, "lora", []):
         parse_lora(spec)
+
+
+def image_init_sigma(args, pipe) -> float | None:
+    """--image-init-sigma (0: off), else the model's default; the model's default is off under the
+    consistency sampler (a student samples from pure noise)."""
+    if args.image_init_sigma is not None:
+        return args.image_init_sigma or None
+    return None if (args.sampler or pipe.default_sampler) == "consistency" else pipe.config.image_init_sigma
 
 
 def check_memory(frames: int, height: int, width: int) -> None:
@@ -217,6 +230,8 @@ def main(argv=None) -> int:
         generator=torch.Generator("cpu").manual_seed(args.seed),
         sampler=args.sampler,
         eta=args.eta,
+        image_init_sigma=image_init_sigma(args, pipe),
+        keep_first_frame=cfg.keep_first_frame if args.keep_first_frame is None else args.keep_first_frame,
     )
     check_memory(min(frames, window), common["height"], common["width"])
     if frames > window:

@@ -102,15 +102,17 @@ def reference_pipe():
     return pipe
 
 
-def reference_frames(frames: int, pipe=None) -> np.ndarray:
+def reference_frames(frames: int, pipe=None, **overrides) -> np.ndarray:
     """uint8 (T, H, W, 3) from a direct SVDPipeline call with the page's settings."""
     from svd_fast.video_io import load_image, to_uint8
 
     pipe = pipe or reference_pipe()
     cfg = pipe.config
-    out = pipe(load_image(EXAMPLE), num_frames=frames, num_inference_steps=STEPS, fps=cfg.fps,
-               motion_bucket_id=cfg.motion_bucket_id, max_guidance_scale=cfg.max_guidance_scale,
-               height=cfg.height, width=cfg.width, generator=torch.Generator().manual_seed(SEED), output_type="np")
+    settings = dict(num_frames=frames, num_inference_steps=STEPS, fps=cfg.fps, motion_bucket_id=cfg.motion_bucket_id,
+                    max_guidance_scale=cfg.max_guidance_scale, image_init_sigma=cfg.image_init_sigma,
+                    keep_first_frame=cfg.keep_first_frame, height=cfg.height, width=cfg.width,
+                    generator=torch.Generator().manual_seed(SEED), output_type="np")
+    out = pipe(load_image(EXAMPLE), **{**settings, **overrides})
     return to_uint8(out.frames[0])
 
 
@@ -293,6 +295,24 @@ def test_one_job_at_a_time_while_serving(server):
     assert queued["state"] == "queued" and queued["ahead"] == 1
     wait_for(lambda: job_status(server, second["id"])["state"] == "done", "both jobs")
     assert job_status(server, first["id"])["state"] == "done"
+
+
+def test_start_noise_and_first_frame_hold_come_from_the_request(server):
+    """The page offers the model's start-from-the-image and hold defaults; a request that turns
+    them off gets the pipeline's pure-noise video."""
+    defaults = json.loads(fetch(server.url + "api/config"))["defaults"]
+    cfg = server.engine.pipe.config
+    assert (defaults["image_init_sigma"], defaults["keep_first_frame"]) == (cfg.image_init_sigma, 1)
+    status, job = post_job(server, EXAMPLE.read_bytes(), steps=STEPS, seed=SEED, image_init_sigma=0, keep_first_frame=0)
+    assert status == 202
+    wait_for(lambda: job_status(server, job["id"])["state"] == "done", "the job")
+    archive = zipfile.ZipFile(io.BytesIO(fetch(server.url + job_status(server, job["id"])["frames"].lstrip("/"))))
+    pngs = np.stack([np.asarray(Image.open(archive.open(name))) for name in sorted(archive.namelist())])
+    plain = reference_frames(len(pngs), image_init_sigma=None, keep_first_frame=False)
+    assert np.abs(pngs.astype(int) - plain).max() <= 1
+    assert np.abs(plain.astype(int) - reference_frames(len(pngs))).max() > 10  # the defaults differ from it
+    status, answer = post_job(server, EXAMPLE.read_bytes(), keep_first_frame=2)
+    assert status == 400 and "keep first frame must be between 0 and 1, got 2" in answer["error"]
 
 
 def test_upload_limit_refused_before_reading(server):

@@ -28,6 +28,8 @@ LIMITS = {
     "motion_bucket": (0, 1023),
     "min_guidance": (0.0, 30.0),
     "max_guidance": (0.0, 30.0),
+    "image_init_sigma": (0.0, 700.0),  # 0: from pure noise
+    "keep_first_frame": (0, 1),
     "noise_aug": (0.0, 10.0),
     "cache_interval": (1, 100),
     "lora_scale": (-4.0, 4.0),
@@ -54,9 +56,14 @@ class Settings:
     max_guidance: float
     min_guidance: float = 1.0
     noise_aug: float = 0.02
+    image_init_sigma: float = 0.0
+    """start from the image noised to this sigma; 0 = from pure noise"""
+    keep_first_frame: int = 0
+    """1: hold frame 0 to the image"""
 
     def checked(self) -> "Settings":
-        for name in ("frames", "steps", "seed", "fps", "motion_bucket", "min_guidance", "max_guidance", "noise_aug"):
+        for name in ("frames", "steps", "seed", "fps", "motion_bucket", "min_guidance", "max_guidance", "noise_aug",
+                     "image_init_sigma", "keep_first_frame"):
             check_range(name, getattr(self, name))
         return self
 
@@ -64,7 +71,8 @@ class Settings:
         return dict(num_frames=self.frames, num_inference_steps=self.steps, fps=self.fps,
                     motion_bucket_id=self.motion_bucket, min_guidance_scale=self.min_guidance,
                     max_guidance_scale=self.max_guidance, noise_aug_strength=self.noise_aug, height=height,
-                    width=width, generator=torch.Generator("cpu").manual_seed(self.seed), output_type="np")
+                    width=width, generator=torch.Generator("cpu").manual_seed(self.seed), output_type="np",
+                    image_init_sigma=self.image_init_sigma or None, keep_first_frame=bool(self.keep_first_frame))
 
 
 @dataclass(frozen=True)
@@ -136,8 +144,10 @@ class Engine:
     def defaults(self) -> Settings:
         """The model's sampling defaults (saved with it, else SVD's), as the sample CLI uses them."""
         cfg = self.pipe.config
+        start = None if self.pipe.default_sampler == "consistency" else cfg.image_init_sigma
         return Settings(frames=cfg.num_frames, steps=cfg.num_inference_steps, seed=23, fps=cfg.fps,
-                        motion_bucket=cfg.motion_bucket_id, max_guidance=cfg.max_guidance_scale)
+                        motion_bucket=cfg.motion_bucket_id, max_guidance=cfg.max_guidance_scale,
+                        image_init_sigma=start or 0.0, keep_first_frame=int(cfg.keep_first_frame))
 
     def sample(self, image, settings: Settings, speed: Speed = Speed(), loras: tuple[Lora, ...] = (),
                last_image=None, on_progress: Progress | None = None) -> Result:
@@ -163,8 +173,10 @@ class Engine:
                 report(f"step {done}/{steps}" if done < steps else "decoding", done / (steps + 1))
                 return tensors
 
-            output = self.pipe(image, last_image=last_image, callback_on_step_end=on_step,
-                               **settings.call_args(cfg.height, cfg.width))
+            call = settings.call_args(cfg.height, cfg.width)
+            if last_image is not None:  # the frames between two images start from pure noise
+                call["image_init_sigma"] = None
+            output = self.pipe(image, last_image=last_image, callback_on_step_end=on_step, **call)
         report("done", 1.0)
         t = output.timings
         return Result(frames=output.frames, timings={

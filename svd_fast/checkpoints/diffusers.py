@@ -32,7 +32,9 @@ feature_extractor/; svd_fast.checkpoints.text_encoder); diffusers has no pipelin
 # which diffusers ignores. It also names the model's conditioning (SVDConfig.conditioning).
 SAMPLING_DEFAULTS_FILE = "svd_fast_sampling.json"
 SAMPLING_DEFAULT_TYPES = {"num_frames": int, "num_inference_steps": int, "height": int, "width": int, "fps": int,
-                          "motion_bucket_id": int, "max_guidance_scale": float}
+                          "motion_bucket_id": int, "max_guidance_scale": float, "image_init_sigma": float,
+                          "keep_first_frame": bool}
+OPTIONAL_SAMPLING_DEFAULTS = {"image_init_sigma"}  # may be null: the feature is off
 DIFFUSERS_VERSION = "0.24.0"  # first release with SVD; written into the configs we save
 MODEL_INDEX = {
     "_class_name": PIPELINE_CLASS,
@@ -154,10 +156,7 @@ def read_config(folder: Path, numerics: str) -> tuple[SVDConfig, dict]:
     if defaults_path.exists():
         stored = {k: v for k, v in read_json(defaults_path).items() if k in SAMPLING_DEFAULT_TYPES}
         for key, value in stored.items():
-            kind = SAMPLING_DEFAULT_TYPES[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or kind(value) != value:
-                raise CheckpointError(f"{defaults_path}: {key} must be a non-negative {kind.__name__}, got {value!r}")
-            defaults[key] = kind(value)
+            defaults[key] = _sampling_default(defaults_path, key, value)
         conditioning = read_json(defaults_path).get("conditioning", "image")
         if conditioning not in CONDITIONINGS:
             raise CheckpointError(f"{defaults_path}: conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
@@ -166,6 +165,20 @@ def read_config(folder: Path, numerics: str) -> tuple[SVDConfig, dict]:
         raise CheckpointError(f"{folder}: a {TEXT_PIPELINE_CLASS} folder whose {SAMPLING_DEFAULTS_FILE} does not say "
                               f"conditioning 'text'")
     return SVDConfig(**parts, **defaults), scheduler
+
+
+def _sampling_default(path: Path, key: str, value):
+    """A stored sampling default, checked against its type (a clear error names the file and key)."""
+    kind = SAMPLING_DEFAULT_TYPES[key]
+    if value is None and key in OPTIONAL_SAMPLING_DEFAULTS:
+        return None
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise CheckpointError(f"{path}: {key} must be true or false, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or kind(value) != value:
+        raise CheckpointError(f"{path}: {key} must be a non-negative {kind.__name__}, got {value!r}")
+    return kind(value)
 
 
 def open_component(folder: Path, name: str) -> TensorSource:

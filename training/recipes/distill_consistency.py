@@ -40,9 +40,13 @@ from svd_fast.train.distill import DistillConfig  # noqa: E402
 from svd_fast.train.objective import ObjectiveConfig  # noqa: E402
 from svd_fast.train.recipe import OptimConfig, Recipe  # noqa: E402
 
-STUDENT_SAMPLING = dict(num_inference_steps=4, max_guidance_scale=1.0)
-"""the student's sampling defaults: 4 consistency steps, no guidance (it learnt the guided ODE)"""
+STUDENT_SAMPLING = dict(num_inference_steps=4, max_guidance_scale=1.0, image_init_sigma=None, keep_first_frame=False)
+"""the student's sampling defaults: 4 consistency steps from pure noise, no guidance (it learnt the
+guided ODE from sigma_max)"""
 TEACHER_STEPS = 25  # the teacher's reference: SVD's default step count
+TEACHER_GUIDANCE = 2.0
+"""the teacher's per-frame guidance 1 -> 2 that the student was distilled from (SVD-style sampling; the
+default model's own sampling default is unguided since it starts from the image, see its card)"""
 EVAL_SEEDS = (0, 1, 2)
 
 
@@ -58,7 +62,7 @@ def distill_recipe(teacher: Path, shards: Path, work: Path, steps: int, solver: 
         # stage 3's conditioning noise; no condition dropout: the student never samples unconditionally
         objective=ObjectiveConfig(p_mean=1.0, p_std=1.6, drop_image_embedding=0.0, drop_image_latent=0.0),
         optim=OptimConfig(lr=1e-4, warmup_steps=50), batch_size=2, max_steps=steps, ema_decay=0.95, seed=0,
-        distill=DistillConfig(solver=solver, skip=skip, max_guidance_scale=config.max_guidance_scale),
+        distill=DistillConfig(solver=solver, skip=skip, max_guidance_scale=TEACHER_GUIDANCE),
         log_every=25, checkpoint_every=200, keep_checkpoints=1, export_final=True,
     )
 
@@ -89,7 +93,7 @@ def evaluate(teacher: Path, student: Path, seeds=EVAL_SEEDS) -> dict:
         for seed in seeds:
             reference = None
             for run, (which, steps) in runs.items():
-                guidance = dm.CONFIG.max_guidance_scale if which == "teacher" else 1.0
+                guidance = TEACHER_GUIDANCE if which == "teacher" else 1.0
                 start = time.perf_counter()
                 video = pipes[which](image, height=dm.HIGH, width=dm.HIGH, num_frames=dm.FRAMES, fps=dm.CONFIG.fps,
                                      motion_bucket_id=dm.CONFIG.motion_bucket_id, num_inference_steps=steps,

@@ -34,6 +34,7 @@ sys.path.insert(1, str(REPO))
 import default_model as dm  # noqa: E402  (its data, sizes and held-out sets)
 
 from svd_fast.checkpoints.io import save_safetensors, write_json, write_text  # noqa: E402
+from svd_fast.config import IMAGE_SAMPLING_OFF  # noqa: E402
 from svd_fast.train.objective import ObjectiveConfig  # noqa: E402
 from svd_fast.train.recipe import OptimConfig, Recipe  # noqa: E402
 
@@ -50,7 +51,7 @@ def interpolation_config(base):
     """The FI model config from the image-to-video base config (same UNet widths, VAE, CLIP tower)."""
     c = base.unet.out_channels
     unet = dataclasses.replace(base.unet, in_channels=2 * c + 1, mask_embedding=True, num_frames=FRAMES)
-    return dataclasses.replace(base, unet=unet, conditioning="interpolation", **SAMPLING)
+    return dataclasses.replace(base, unet=unet, conditioning="interpolation", **SAMPLING, **IMAGE_SAMPLING_OFF)
 
 
 def init_unet(base: Path, path: Path) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from svd_fast.config import IMAGE_SAMPLING_OFF
 from svd_fast.train.data import DataConfig
 from svd_fast.train.objective import ObjectiveConfig
 from svd_fast.train.recipe import OptimConfig, Recipe
@@ -72,7 +73,7 @@ def multiview_config(base_config, views: int = VIEWS):
     unet = dataclasses.replace(unet, projection_class_embeddings_input_dim=4 * unet.addition_time_embed_dim,
                                num_frames=views)
     return dataclasses.replace(base_config, unet=unet, conditioning="multiview", num_frames=views, height=SIZE,
-                               width=SIZE, fps=ORBIT_FPS, motion_bucket_id=ORBIT_MOTION_BUCKET)
+                               width=SIZE, fps=ORBIT_FPS, motion_bucket_id=ORBIT_MOTION_BUCKET, **IMAGE_SAMPLING_OFF)
 
 
 def widened_unet_weights(base: Path, config) -> dict:

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from svd_fast import conditioner  # noqa: E402
 from svd_fast.checkpoints import load_components  # noqa: E402
 from svd_fast.checkpoints.io import open_tensors, save_safetensors, write_json, write_text  # noqa: E402
-from svd_fast.config import SVDConfig  # noqa: E402
+from svd_fast.config import IMAGE_SAMPLING_OFF, SVDConfig  # noqa: E402
 from svd_fast.curate.captions import TrivialCaptioner  # noqa: E402
 from svd_fast.train.data import _resize_crop, decode_video, estimate_motion, motion_bucket  # noqa: E402
 from svd_fast.train.ema import EMA  # noqa: E402
@@ -212,7 +212,7 @@ def build_text_tower(work: Path, schedule: Schedule):
 def t2v_config(i2v: SVDConfig, text_width: int, schedule: Schedule) -> SVDConfig:
     unet = dataclasses.replace(i2v.unet, in_channels=i2v.vae.latent_channels, cross_attention_dim=text_width)
     return dataclasses.replace(i2v, unet=unet, conditioning="text", max_guidance_scale=schedule.guidance,
-                               num_inference_steps=schedule.eval_steps)
+                               num_inference_steps=schedule.eval_steps, **IMAGE_SAMPLING_OFF)
 
 
 def init_unet(config: SVDConfig, i2v_unet):

@@ -1,0 +1,246 @@
+"""Keeping the input image while sampling: image-initialised sampling (`image_init_sigma`) and the
+first-frame hold (`keep_first_frame`), against a plain re-implementation of the EDM Euler loop,
+closed-form limits, the long-video path, saved sampling defaults and the CLI."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from svd_fast import conditioner, sample
+from svd_fast.checkpoints.io import CheckpointError
+from svd_fast.denoiser import Conditioning, Denoiser
+from svd_fast.long_video import sample_long_video
+from svd_fast.pipeline import SVDPipeline
+from svd_fast.sampling import get_sigmas_karras
+
+KW = dict(height=64, width=64, num_frames=3, num_inference_steps=3, max_guidance_scale=1.0)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = SVDPipeline.from_config("tiny", seed=0)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def _image(size=(56, 40)):
+    rng = np.random.default_rng(1)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def _latents(pipe, seed=0, **kw):
+    return pipe(_image(), generator=torch.Generator().manual_seed(seed), output_type="latent", **{**KW, **kw}).frames
+
+
+def _still(pipe):
+    """The image's latent, computed here from the VAE and the scaling factor."""
+    with torch.no_grad():
+        return pipe.vae.encode(conditioner.preprocess_image(_image(), 64, 64)).float() * pipe.vae.config.scaling_factor
+
+
+def _reference_euler(pipe, start_sigma, hold_first, seed=0):
+    """EDM Euler written out: x = z + sigma_0 * eps (or eps * sqrt(sigma_0^2 + 1) from pure noise),
+    x <- x + (sigma' - sigma) (x - D(x, sigma)) / sigma, and with the hold frame 0 <- z + sigma' * eps_0."""
+    g = torch.Generator().manual_seed(seed)
+    pixels = conditioner.preprocess_image(_image(), 64, 64)
+    pixels = pixels + 0.02 * torch.randn(pixels.shape, generator=g)  # diffusers' order: augmentation noise first
+    with torch.no_grad():
+        cond = Conditioning(pipe.vae.encode(pixels)[:, None].repeat(1, 3, 1, 1, 1),
+                            conditioner.encode_image(pipe.image_encoder, _image()),
+                            conditioner.added_time_ids(7, 127, 0.02, 1, torch.float32, torch.device("cpu")))
+        eps = torch.randn((1, 3, 4, 8, 8), generator=g)
+        z = _still(pipe)
+        sigmas = get_sigmas_karras(3, 0.002, start_sigma if start_sigma else 700.0)
+        x = z[:, None] + sigmas[0] * eps if start_sigma else eps * (sigmas[0] ** 2 + 1) ** 0.5
+        if hold_first:
+            x[:, 0] = z + sigmas[0] * eps[:, 0]
+        denoise = Denoiser(pipe.unet)
+        for sigma, nxt in zip(sigmas[:-1], sigmas[1:]):
+            x = x + (nxt - sigma) * (x - denoise(x, sigma.reshape(1), cond)) / sigma
+            if hold_first:
+                x[:, 0] = z + nxt * eps[:, 0]
+    return x
+
+
+@pytest.mark.parametrize("start_sigma,hold_first", [(3.0, False), (3.0, True), (None, True), (0.5, True)])
+def test_pipeline_matches_the_written_out_euler_loop(pipe, start_sigma, hold_first):
+    got = _latents(pipe, image_init_sigma=start_sigma, keep_first_frame=hold_first)
+    want = _reference_euler(pipe, start_sigma, hold_first)
+    torch.testing.assert_close(got.float(), want, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m"])
+def test_the_held_first_frame_ends_as_the_images_latent(pipe, sampler):
+    """At sigma = 0 the held frame is the image's latent exactly, from pure noise or from the image."""
+    z = _still(pipe)
+    for start in (None, 3.0):
+        latents = _latents(pipe, sampler=sampler, keep_first_frame=True, image_init_sigma=start)
+        torch.testing.assert_close(latents[:, 0].float(), z, atol=1e-6, rtol=0)
+        assert (latents[:, 1:].float() - z[:, None]).abs().mean() > 1e-3  # the other frames are sampled
+
+
+def test_starting_near_sigma_min_returns_the_still_image(pipe):
+    """From the image noised to sigma 0.003 every frame stays the image's latent (up to that noise);
+    from sigma 3 the video departs from it, and more the higher the start."""
+    z = _still(pipe)[:, None]
+    near = _latents(pipe, image_init_sigma=0.003)
+    assert (near.float() - z).abs().max() < 0.02
+    departure = [float((_latents(pipe, image_init_sigma=s).float() - z).abs().mean()) for s in (0.3, 3.0, 30.0)]
+    assert departure == sorted(departure) and departure[0] > 1e-3, departure
+
+
+def test_videos_per_prompt_and_batches_hold_their_own_images(pipe):
+    images = [_image(), Image.fromarray(np.full((40, 56, 3), 200, np.uint8))]
+    out = pipe(images, generator=torch.Generator().manual_seed(0), output_type="latent", num_videos_per_prompt=2,
+               keep_first_frame=True, image_init_sigma=2.0, **KW).frames
+    with torch.no_grad():
+        z = torch.cat([pipe.vae.encode(conditioner.preprocess_image(im, 64, 64)) for im in images]).float()
+    z = (z * pipe.vae.config.scaling_factor).repeat_interleave(2, dim=0)
+    torch.testing.assert_close(out[:, 0].float(), z, atol=1e-5, rtol=0)  # batched vs single encodes: ~2e-6
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(image_init_sigma=3.0, sigmas=[3.0, 1.0, 0.0]), "either sigmas or image_init_sigma"),
+    (dict(image_init_sigma=3.0, sampler="consistency"), "needs an ODE sampler"),
+    (dict(image_init_sigma=float("nan")), "image_init_sigma must be in"),
+    (dict(image_init_sigma=0.001), "image_init_sigma must be in"),
+    (dict(image_init_sigma=1000.0), "image_init_sigma must be in"),
+    (dict(image_init_sigma=3.0, last_image=np.zeros((8, 8, 3), np.float32)), "without last_image"),
+])
+def test_bad_combinations_raise_clear_errors(pipe, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _latents(pipe, **kwargs)
+
+
+@pytest.mark.parametrize("option", [dict(keep_first_frame=True), dict(image_init_sigma=2.0)])
+def test_a_multiview_model_refuses_them(option):
+    """A multi-view model's frame 0 is not the input view's copy: both options are refused."""
+    from svd_fast.config import SVDConfig
+    from svd_fast.multiview import SVDMultiViewPipeline
+
+    tiny = SVDConfig.from_name("tiny")
+    config = dataclasses.replace(tiny, conditioning="multiview", unet=dataclasses.replace(
+        tiny.unet, projection_class_embeddings_input_dim=4 * tiny.unet.addition_time_embed_dim))
+    views = SVDMultiViewPipeline.from_config(config)
+    views.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match="need an image model"):
+        views(_image(), generator=torch.Generator().manual_seed(0), output_type="latent", **KW, **option)
+
+
+def test_one_chunk_long_video_is_the_pipelines_video(pipe):
+    """sample_long_video starts and holds its chunks itself: with one chunk it must give what the
+    pipeline gives for the same arguments and noise (it draws a chunk's noise before the pipeline's
+    augmentation noise)."""
+    args = dict(image_init_sigma=2.0, keep_first_frame=True, fps=7, motion_bucket_id=127)
+    generator = torch.Generator().manual_seed(4)
+    noise = torch.randn((1, 3, 4, 8, 8), generator=generator)
+    direct = pipe(_image(), generator=generator, latents=noise, output_type="np", **KW, **args).frames[0]
+    kw = {k: v for k, v in KW.items() if k != "num_frames"}
+    long = sample_long_video(pipe, _image(), 3, window=3, generator=torch.Generator().manual_seed(4), colour_anchor=False,
+                             **kw, **args)
+    np.testing.assert_allclose(long, direct, atol=1e-5)
+
+
+def test_long_video_chunks_start_from_their_conditioning_frame(pipe):
+    """Each chunk starts from its own conditioning frame's latent: from sigma 0.003 its new frames
+    are that latent (up to the noise); the first chunk's frame 0 is held to the input exactly."""
+    from tests.test_long_video import Recorder
+
+    recorder = Recorder(pipe)
+    sample_long_video(recorder, _image(), 7, window=3, overlap=1, generator=torch.Generator().manual_seed(0),
+                      image_init_sigma=0.003, keep_first_frame=True, **{k: v for k, v in KW.items() if k != "num_frames"})
+    assert len(recorder.calls) == 3
+    for index, call in enumerate(recorder.calls):
+        with torch.no_grad():
+            still = pipe.still_latents(call["image"], 64, 64)
+        new = call["latents"][:, 1:] if index else call["latents"]  # later chunks hold their first frame
+        assert (new.float() - still[:, None]).abs().max() < 0.02, index
+    torch.testing.assert_close(recorder.calls[0]["latents"][:, 0].float(), _still(pipe), atol=1e-6, rtol=0)
+
+
+def test_sampling_defaults_are_saved_loaded_and_checked(tmp_path):
+    pipe = SVDPipeline.from_config("tiny", seed=0)
+    pipe.config = dataclasses.replace(pipe.config, image_init_sigma=2.5, keep_first_frame=True)
+    pipe.save_pretrained(tmp_path / "m")
+    loaded = SVDPipeline.from_pretrained(tmp_path / "m")
+    assert (loaded.config.image_init_sigma, loaded.config.keep_first_frame) == (2.5, True)
+    pipe.save_pretrained(tmp_path / "m.safetensors", layout="sgm")  # the config travels in the metadata
+    loaded = SVDPipeline.from_pretrained(tmp_path / "m.safetensors")
+    assert (loaded.config.image_init_sigma, loaded.config.keep_first_frame) == (2.5, True)
+    defaults = tmp_path / "m" / "svd_fast_sampling.json"
+    stored = json.loads(defaults.read_text())
+    for key, bad in (("keep_first_frame", 1), ("keep_first_frame", "yes"), ("image_init_sigma", -1.0),
+                     ("image_init_sigma", True)):
+        defaults.write_text(json.dumps({**stored, key: bad}))
+        with pytest.raises(CheckpointError, match=key):
+            SVDPipeline.from_pretrained(tmp_path / "m")
+    defaults.write_text(json.dumps({**stored, "image_init_sigma": None, "keep_first_frame": False}))
+    loaded = SVDPipeline.from_pretrained(tmp_path / "m")
+    assert (loaded.config.image_init_sigma, loaded.config.keep_first_frame) == (None, False)
+
+
+@pytest.fixture(scope="module")
+def holding_model(tmp_path_factory):
+    pipe = SVDPipeline.from_config("tiny", seed=0)
+    pipe.config = dataclasses.replace(pipe.config, num_frames=3, num_inference_steps=2, image_init_sigma=2.0,
+                                      keep_first_frame=True, max_guidance_scale=1.0)
+    path = tmp_path_factory.mktemp("holding") / "m"
+    pipe.save_pretrained(path)
+    return path
+
+
+def _cli_video(model, image_path, out, *extra):
+    assert sample.main(["--model", str(model), "--image", str(image_path), "--out", str(out), "--dtype", "fp32",
+                        "--seed", "5", *extra]) == 0
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(out.parent.glob(out.stem + "_*.png"))]).astype(float)
+
+
+def test_cli_uses_the_models_defaults_and_flags_turn_them_off(holding_model, tmp_path):
+    image_path = tmp_path / "in.png"
+    _image().save(image_path)
+    loaded = SVDPipeline.from_pretrained(holding_model)
+    loaded.set_progress_bar_config(disable=True)
+
+    def reference(**kw):
+        video = loaded(Image.open(image_path).convert("RGB"), height=64, width=64, num_frames=3, num_inference_steps=2,
+                       max_guidance_scale=1.0, generator=torch.Generator().manual_seed(5), output_type="np", **kw).frames[0]
+        return (video * 255).round()
+
+    held = reference(image_init_sigma=2.0, keep_first_frame=True)
+    assert np.abs(_cli_video(holding_model, image_path, tmp_path / "a.png") - held).max() <= 1
+    plain = reference()
+    assert np.abs(plain - held).max() > 5  # the defaults made a difference
+    off = _cli_video(holding_model, image_path, tmp_path / "b.png", "--image-init-sigma", "0", "--no-keep-first-frame")
+    assert np.abs(off - plain).max() <= 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--image-init-sigma", "-1"], "--image-init-sigma must be a finite number >= 0, got -1"),
+    (["--image-init-sigma", "5000"], "image_init_sigma must be in (0.002, 700.0], got 5000.0"),
+    (["--image-init-sigma", "3", "--sampler", "consistency"], "needs an ODE sampler"),
+])
+def test_cli_bad_values_are_one_line(holding_model, tmp_path, capsys, extra, message):
+    image_path = tmp_path / "in.png"
+    _image().save(image_path)
+    out = tmp_path / "o.gif"
+    assert sample.cli(["--model", str(holding_model), "--image", str(image_path), "--out", str(out), "--dtype", "fp32",
+                       *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1], err
+    assert not out.exists()
+
+
+def test_variants_derived_from_an_image_model_must_switch_them_off():
+    """A text, multi-view or interpolation model derived from an image model's config cannot carry
+    the image-only sampling defaults (its pipeline would never use them)."""
+    from svd_fast.config import IMAGE_SAMPLING_OFF, SVDConfig
+
+    image_model = dataclasses.replace(SVDConfig.from_name("tiny"), image_init_sigma=3.0, keep_first_frame=True)
+    for conditioning in ("text", "multiview", "interpolation"):
+        with pytest.raises(ValueError, match="image-model sampling defaults"):
+            dataclasses.replace(image_model, conditioning=conditioning)
+        derived = dataclasses.replace(image_model, conditioning=conditioning, **IMAGE_SAMPLING_OFF)
+        assert (derived.image_init_sigma, derived.keep_first_frame) == (None, False)
