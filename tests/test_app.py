@@ -210,15 +210,20 @@ def test_bundled_lora_from_the_select(server, browser, tmp_path, monkeypatch):
     path = make_lora_file(pipe.unet, tmp_path / "loras" / "camera_lora.safetensors")
     open_page(browser, server)
     Select(browser.find_element("id", "lora")).select_by_value("loras/camera_lora.safetensors")
+    # an adapter's motion is set at high noise: choosing one switches the start to pure noise
+    assert browser.find_element("id", "image_init_sigma").get_attribute("value") == "0"
     fill(browser, seed=SEED, steps=STEPS, lora_scale=0.8)
     generate(browser, EXAMPLE)
     wait_for_video(browser)
     browser.save_screenshot(str(tmp_path / "lora.png"))
     pipe.load_lora_weights(str(path), adapter_name="camera", scale=0.8)
-    expected = reference_frames(server.engine.defaults().frames, pipe)
+    expected = reference_frames(server.engine.defaults().frames, pipe, image_init_sigma=None)
     assert_frames_download(browser, expected)
     pipe.unload_lora_weights()
-    assert np.abs(reference_frames(server.engine.defaults().frames, pipe).astype(int) - expected).max() > 2
+    plain = reference_frames(server.engine.defaults().frames, pipe, image_init_sigma=None)
+    assert np.abs(plain.astype(int) - expected).max() > 2
+    Select(browser.find_element("id", "lora")).select_by_value("")
+    assert float(browser.find_element("id", "image_init_sigma").get_attribute("value")) == pipe.config.image_init_sigma
 
 
 @pytest.mark.parametrize("case", ["not_an_image", "huge_image", "zero_frames", "guidance_out_of_range",

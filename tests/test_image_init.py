@@ -244,3 +244,29 @@ def test_variants_derived_from_an_image_model_must_switch_them_off():
             dataclasses.replace(image_model, conditioning=conditioning)
         derived = dataclasses.replace(image_model, conditioning=conditioning, **IMAGE_SAMPLING_OFF)
         assert (derived.image_init_sigma, derived.keep_first_frame) == (None, False)
+
+
+def test_cli_with_a_lora_starts_from_pure_noise_unless_told(holding_model, tmp_path, capsys):
+    """Camera LoRAs set their motion at high noise: with --lora the model's default start is skipped
+    (said once), the hold stays; an explicit --image-init-sigma still wins."""
+    from test_comfyui_nodes import make_lora_file
+
+    image_path = tmp_path / "in.png"
+    _image().save(image_path)
+    loaded = SVDPipeline.from_pretrained(holding_model)
+    loaded.set_progress_bar_config(disable=True)
+    lora = make_lora_file(loaded.unet, tmp_path / "camera_lora.safetensors")
+    loaded.load_lora_weights(str(lora), adapter_name="camera")
+
+    def reference(**kw):
+        video = loaded(Image.open(image_path).convert("RGB"), height=64, width=64, num_frames=3, num_inference_steps=2,
+                       max_guidance_scale=1.0, keep_first_frame=True, generator=torch.Generator().manual_seed(5),
+                       output_type="np", **kw).frames[0]
+        return (video * 255).round()
+
+    video = _cli_video(holding_model, image_path, tmp_path / "a.png", "--lora", str(lora))
+    assert "sampling starts from pure noise" in capsys.readouterr().out
+    assert np.abs(video - reference()).max() <= 1
+    assert np.abs(reference() - reference(image_init_sigma=2.0)).max() > 5
+    told = _cli_video(holding_model, image_path, tmp_path / "b.png", "--lora", str(lora), "--image-init-sigma", "2")
+    assert np.abs(told - reference(image_init_sigma=2.0)).max() <= 1
