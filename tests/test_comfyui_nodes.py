@@ -84,12 +84,13 @@ def loaded():
 
 
 def direct(pipe, image, last=None, **settings) -> torch.Tensor:
-    s = {**SMALL, **settings}
+    s = {"image_init_sigma": None, "keep_first_frame": False, **SMALL, **settings}
     out = pipe(image, last_image=last, num_frames=s["frames"], num_inference_steps=s["steps"], fps=s["fps"],
                motion_bucket_id=s["motion_bucket_id"], min_guidance_scale=s["min_cfg"],
                max_guidance_scale=s["max_cfg"], noise_aug_strength=s["augmentation_level"],
-               height=pipe.config.height, width=pipe.config.width,
-               generator=torch.Generator().manual_seed(s["seed"]), output_type="np")
+               height=pipe.config.height, width=pipe.config.width, image_init_sigma=s["image_init_sigma"],
+               keep_first_frame=s["keep_first_frame"], generator=torch.Generator().manual_seed(s["seed"]),
+               output_type="np")
     return torch.from_numpy(out.frames[0])
 
 
@@ -129,6 +130,16 @@ def test_sampler_matches_the_pipeline(loaded, reference):
     assert frames.dtype == torch.float32 and frames.shape == (SMALL["frames"], 64, 64, 3)
     assert 0 <= frames.min() and frames.max() <= 1
     torch.testing.assert_close(frames, direct(reference, image), rtol=0, atol=1e-6)
+
+
+def test_sampler_keeps_the_image_when_asked(loaded, reference):
+    """The sampler node's image_init_sigma / keep_first_frame widgets reach the pipeline."""
+    image = load_image(EXAMPLE)
+    (frames,) = execute("SVDFastSampler", pipeline=loaded, image=comfy_image(image), image_init_sigma=3.0,
+                        keep_first_frame=True, **SMALL)
+    torch.testing.assert_close(frames, direct(reference, image, image_init_sigma=3.0, keep_first_frame=True),
+                               rtol=0, atol=1e-6)
+    assert (frames - direct(reference, image)).abs().max() > 0.05  # not the pure-noise video
 
 
 def test_out_of_range_inputs_are_refused_like_comfyui(loaded):
