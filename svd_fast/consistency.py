@@ -68,10 +68,10 @@ class ConsistencySchedule:
                 "sigma_max": self.sigma_max, "sigma_data": 1.0, "s_noise": self.s_noise, "rho": self.rho,
                 "clip_denoised": self.clip_denoised, "boundary_sigma": self.boundary_sigma}
 
-    def sigmas(self, steps: int):
+    def sigmas(self, steps: int, start: float | None = None):
         from svd_fast.sampling import get_sigmas_consistency
 
-        return get_sigmas_consistency(steps, self.num_train_timesteps, self.sigma_min, self.sigma_max, self.rho)
+        return get_sigmas_consistency(steps, self.num_train_timesteps, self.sigma_min, self.sigma_max, self.rho, start)
 
 
 def is_consistency_scheduler(config: dict | None) -> bool:

@@ -267,7 +267,8 @@ class SVDPipeline:
         Two ways to keep the input image (image models only):
         `image_init_sigma`: start every frame from the image's latent noised to this sigma instead
         of pure noise at sigma_max, the schedule running from there down (SDEdit, Meng et al. 2022):
-        lower keeps more of the image, higher allows more motion. `keep_first_frame`: replace
+        lower keeps more of the image, higher allows more motion (a consistency student starts at
+        its first training-grid point at or below it). `keep_first_frame`: replace
         frame 0 after every step by the image's latent noised to the step's sigma with that
         frame's own initial noise (imputation by replacement, Song et al. 2021), so the first
         frame is the image through the VAE and the other frames are denoised around it.
@@ -386,13 +387,14 @@ class SVDPipeline:
 
     def _sigmas(self, steps: int, sigmas, sampler: str, start: float | None = None) -> torch.Tensor:
         """The sampler's noise levels: explicit `sigmas`, else the consistency grid or Karras's
-        schedule from sigma_max (from `start` when given: image-initialised sampling)."""
+        schedule from sigma_max (from `start` when given: image-initialised sampling; a consistency
+        student from its first grid point at or below `start`)."""
         sigma_min, sigma_max = self.scheduler_config["sigma_min"], self.scheduler_config["sigma_max"]
         if start is not None:
-            if sampler == "consistency":
-                raise ValueError("image_init_sigma needs an ODE sampler (euler, heun, dpmpp_2m), not 'consistency'")
             if not (math.isfinite(start) and sigma_min < start <= sigma_max):
                 raise ValueError(f"image_init_sigma must be in ({sigma_min}, {sigma_max}], got {start}")
+            if sampler == "consistency":  # a student is asked only its grid points: the first one <= start
+                return self.consistency.sigmas(steps, start=start)
             return get_sigmas_karras(steps, sigma_min, start)
         if sigmas is None and sampler == "consistency":
             return self.consistency.sigmas(steps)

@@ -34,18 +34,26 @@ def _karras(ramp: torch.Tensor, sigma_min: float, sigma_max: float, rho: float) 
 
 
 def get_sigmas_consistency(n: int, num_train_timesteps: int = 40, sigma_min: float = 0.002,
-                           sigma_max: float = 700.0, rho: float = 7.0) -> torch.Tensor:
+                           sigma_max: float = 700.0, rho: float = 7.0, start: float | None = None) -> torch.Tensor:
     """Few-step schedule of a consistency model distilled on a Karras grid of num_train_timesteps points.
 
     The n sigmas are grid points evenly spaced by index from sigma_max: indices 0, k, 2k, ...,
     (n-1)k with k = num_train_timesteps // n (AnimateLCM-SVD's scheduler and the consistency
     models paper's multistep sampler pick them this way), then a final 0. The student was trained
-    only on grid points, so off-grid sigmas are never asked of it.
+    only on grid points, so off-grid sigmas are never asked of it. `start` (image-initialised
+    sampling): the same from the first grid point at or below `start` instead of sigma_max.
     """
-    if not 1 <= n <= num_train_timesteps:
-        raise ValueError(f"consistency sampling takes 1 to {num_train_timesteps} steps (its training grid), got {n}")
-    index = torch.arange(n, dtype=torch.float64) * (num_train_timesteps // n)
-    sigmas = _karras(index / (num_train_timesteps - 1), sigma_min, sigma_max, rho)
+    ramp = lambda index: index / (num_train_timesteps - 1)  # noqa: E731
+    first = 0
+    if start is not None:
+        grid = _karras(ramp(torch.arange(num_train_timesteps, dtype=torch.float64)), sigma_min, sigma_max, rho)
+        first = int((grid > start * (1 + 1e-9)).sum())  # the grid descends: points above start are skipped
+    available = num_train_timesteps - first
+    if not 1 <= n <= available:
+        where = "its training grid" if start is None else f"the grid points at or below sigma {start:g}"
+        raise ValueError(f"consistency sampling takes 1 to {available} steps ({where}), got {n}")
+    index = first + torch.arange(n, dtype=torch.float64) * (available // n)
+    sigmas = _karras(ramp(index), sigma_min, sigma_max, rho)
     return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
 
 

@@ -72,6 +72,50 @@ def test_pipeline_matches_the_written_out_euler_loop(pipe, start_sigma, hold_fir
     torch.testing.assert_close(got.float(), want, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("steps,start", [(1, 3.0), (2, 3.0), (4, 0.5), (3, 700.0)])
+def test_consistency_schedule_from_an_image_starts_at_the_first_grid_point_below(steps, start):
+    """A student is asked only points of its 40-point Karras grid: from `start` the schedule is the
+    first grid point at or below it, then points evenly spaced by index over the rest, then 0."""
+    from svd_fast.sampling import get_sigmas_consistency
+
+    grid = [(700.0 ** (1 / 7) + i / 39 * (0.002 ** (1 / 7) - 700.0 ** (1 / 7))) ** 7 for i in range(40)]
+    first = next(i for i, sigma in enumerate(grid) if sigma <= start * (1 + 1e-9))
+    k = (40 - first) // steps
+    expected = [grid[first + j * k] for j in range(steps)] + [0.0]
+    np.testing.assert_allclose(get_sigmas_consistency(steps, start=start).numpy(), np.float32(expected), rtol=1e-6)
+    assert grid[first] <= start < (grid[first - 1] if first else float("inf"))
+
+
+def test_a_consistency_student_samples_from_the_image_like_the_written_out_loop(tmp_path):
+    """eta 0: x = f(x, s) + s' (x - f(x, s)) / s from x = z + s_0 eps on the student's grid, frame 0
+    held; the pipeline must give exactly that."""
+    from svd_fast.sampling import get_sigmas_consistency
+    from tests.test_consistency import ANIMATELCM_SCHEDULER, _animatelcm_folder
+
+    student = SVDPipeline.from_pretrained(_animatelcm_folder(tmp_path / "m", {**ANIMATELCM_SCHEDULER, "boundary_sigma": 0.002}))
+    student.set_progress_bar_config(disable=True)
+    got = _latents(student, sampler="consistency", eta=0.0, image_init_sigma=3.0, keep_first_frame=True,
+                   noise_aug_strength=0.0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        cond = Conditioning(student.vae.encode(conditioner.preprocess_image(_image(), 64, 64))[:, None].repeat(1, 3, 1, 1, 1),
+                            conditioner.encode_image(student.image_encoder, _image()),
+                            conditioner.added_time_ids(7, 127, 0.0, 1, torch.float32, torch.device("cpu")))
+        torch.randn((1, 3, 64, 64), generator=g)  # the (zero-strength) augmentation noise comes first
+        eps = torch.randn((1, 3, 4, 8, 8), generator=g)
+        z = _still(student)
+        sigmas = get_sigmas_consistency(3, start=3.0)
+        x = z[:, None] + sigmas[0] * eps
+        x[:, 0] = z + sigmas[0] * eps[:, 0]
+        f = Denoiser(student.unet, boundary_sigma=0.002)
+        for sigma, nxt in zip(sigmas[:-1], sigmas[1:]):
+            denoised = f(x, sigma.reshape(1), cond)
+            x = denoised + nxt * (x - denoised) / sigma
+            x[:, 0] = z + nxt * eps[:, 0]
+    torch.testing.assert_close(got.float(), x, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(got[:, 0].float(), z, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m"])
 def test_the_held_first_frame_ends_as_the_images_latent(pipe, sampler):
     """At sigma = 0 the held frame is the image's latent exactly, from pure noise or from the image."""
@@ -104,7 +148,7 @@ def test_videos_per_prompt_and_batches_hold_their_own_images(pipe):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(image_init_sigma=3.0, sigmas=[3.0, 1.0, 0.0]), "either sigmas or image_init_sigma"),
-    (dict(image_init_sigma=3.0, sampler="consistency"), "needs an ODE sampler"),
+    (dict(image_init_sigma=3.0, sampler="consistency", num_inference_steps=40), "at or below sigma 3"),
     (dict(image_init_sigma=float("nan")), "image_init_sigma must be in"),
     (dict(image_init_sigma=0.001), "image_init_sigma must be in"),
     (dict(image_init_sigma=1000.0), "image_init_sigma must be in"),
@@ -220,7 +264,8 @@ def test_cli_uses_the_models_defaults_and_flags_turn_them_off(holding_model, tmp
 @pytest.mark.parametrize("extra, message", [
     (["--image-init-sigma", "-1"], "--image-init-sigma must be a finite number >= 0, got -1"),
     (["--image-init-sigma", "5000"], "image_init_sigma must be in (0.002, 700.0], got 5000.0"),
-    (["--image-init-sigma", "3", "--sampler", "consistency"], "needs an ODE sampler"),
+    (["--image-init-sigma", "3", "--sampler", "consistency", "--steps", "30"],
+     "consistency sampling takes 1 to 14 steps (the grid points at or below sigma 3), got 30"),
 ])
 def test_cli_bad_values_are_one_line(holding_model, tmp_path, capsys, extra, message):
     image_path = tmp_path / "in.png"
