@@ -100,7 +100,8 @@ def sample_long_video(pipe, image, num_frames: int, *, window: int | None = None
     out, previous, condition = [], None, image
     for chunk in plan:
         noise = randn(shape, generator, pipe.device, torch.float32)
-        still = pipe.still_latents(condition, height, width) if image_init_sigma or keep_first_frame else None
+        needs_still = image_init_sigma is not None or (keep_first_frame and not chunk.held)
+        still = pipe.still_latents(condition, height, width) if needs_still else None
         x = noise * init_noise_scale(sigmas) if image_init_sigma is None else still[:, None] + sigmas[0] * noise
         held = previous[:, -chunk.held:].float() if chunk.held else still[:, None] if keep_first_frame else None
         if held is not None:

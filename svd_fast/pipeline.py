@@ -200,6 +200,13 @@ class SVDPipeline:
         pixels = pixels + noise_aug_strength * randn(pixels.shape, generator, self.device, pixels.dtype)
         return embeddings, self.vae.encode(pixels).to(self.dtype)
 
+    def default_image_init_sigma(self, sampler: str | None = None) -> float | None:
+        """The model's saved image_init_sigma, or None under the consistency sampler (a student's
+        defaults start from pure noise; an image model's default start is not its)."""
+        if (sampler or self.default_sampler) == "consistency":
+            return None
+        return self.config.image_init_sigma
+
     def still_latents(self, image, height: int, width: int) -> torch.Tensor:
         """Scaled VAE mean latent (B, C, h, w), fp32, of the clean image resized to (height, width):
         the latent of the video that would hold this image still."""

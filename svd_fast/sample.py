@@ -176,12 +176,12 @@ def image_init_sigma(args, pipe) -> float | None:
     pan LoRAs' direction right in 12 of 12 videos from pure noise, at chance from sigma 3)."""
     if args.image_init_sigma is not None:
         return args.image_init_sigma or None
-    default = pipe.config.image_init_sigma
+    default = pipe.default_image_init_sigma(args.sampler)
     if default is not None and args.lora:
         print(f"with LoRA adapters sampling starts from pure noise, not the model's default start at sigma "
               f"{default:g} (the adapters set the motion at high noise; --image-init-sigma overrides)")
         return None
-    return None if (args.sampler or pipe.default_sampler) == "consistency" else default
+    return default
 
 
 def check_memory(frames: int, height: int, width: int) -> None:

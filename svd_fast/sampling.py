@@ -43,17 +43,15 @@ def get_sigmas_consistency(n: int, num_train_timesteps: int = 40, sigma_min: flo
     only on grid points, so off-grid sigmas are never asked of it. `start` (image-initialised
     sampling): the same from the first grid point at or below `start` instead of sigma_max.
     """
-    ramp = lambda index: index / (num_train_timesteps - 1)  # noqa: E731
-    first = 0
-    if start is not None:
-        grid = _karras(ramp(torch.arange(num_train_timesteps, dtype=torch.float64)), sigma_min, sigma_max, rho)
-        first = int((grid > start * (1 + 1e-9)).sum())  # the grid descends: points above start are skipped
+    grid = _karras(torch.arange(num_train_timesteps, dtype=torch.float64) / (num_train_timesteps - 1),
+                   sigma_min, sigma_max, rho)
+    # the grid descends: with a start, the points above it are skipped
+    first = 0 if start is None else int((grid > start * (1 + 1e-9)).sum())
     available = num_train_timesteps - first
     if not 1 <= n <= available:
         where = "its training grid" if start is None else f"the grid points at or below sigma {start:g}"
         raise ValueError(f"consistency sampling takes 1 to {available} steps ({where}), got {n}")
-    index = first + torch.arange(n, dtype=torch.float64) * (available // n)
-    sigmas = _karras(ramp(index), sigma_min, sigma_max, rho)
+    sigmas = grid[first + torch.arange(n) * (available // n)]
     return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
 
 

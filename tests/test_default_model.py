@@ -129,7 +129,7 @@ def test_main_command_video_starts_from_the_image_and_moves(tmp_path):
 
 def _report(video: np.ndarray, image: np.ndarray) -> dict:
     """video_report plus the mean PSNR of the frames after the first vs the input."""
-    return {**video_report(video, image), **_recipe().colour_shifts(video, image)}
+    return {**video_report(video, image), **_recipe().input_fidelity(video, image)}
 
 
 def test_held_out_photos_survive_the_vae_and_the_motion_bucket_scales_motion():

@@ -144,7 +144,7 @@ class Engine:
     def defaults(self) -> Settings:
         """The model's sampling defaults (saved with it, else SVD's), as the sample CLI uses them."""
         cfg = self.pipe.config
-        start = None if self.pipe.default_sampler == "consistency" else cfg.image_init_sigma
+        start = self.pipe.default_image_init_sigma()
         return Settings(frames=cfg.num_frames, steps=cfg.num_inference_steps, seed=23, fps=cfg.fps,
                         motion_bucket=cfg.motion_bucket_id, max_guidance=cfg.max_guidance_scale,
                         image_init_sigma=start or 0.0, keep_first_frame=int(cfg.keep_first_frame))

@@ -27,7 +27,7 @@ def sample_videos(model, images: dict[str, Path], seeds: int, out_dir, steps: in
             frames = pipe(image, height=cfg.height, width=cfg.width, num_frames=cfg.num_frames,
                           num_inference_steps=steps or cfg.num_inference_steps, fps=cfg.fps,
                           motion_bucket_id=cfg.motion_bucket_id, max_guidance_scale=cfg.max_guidance_scale,
-                          image_init_sigma=None if pipe.default_sampler == "consistency" else cfg.image_init_sigma,
+                          image_init_sigma=pipe.default_image_init_sigma(),
                           keep_first_frame=cfg.keep_first_frame,
                           generator=torch.Generator("cpu").manual_seed(seed), output_type="np").frames[0]
             frames = to_uint8(frames)

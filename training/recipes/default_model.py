@@ -430,7 +430,7 @@ def true_pan(photo: str, pixels_per_frame: float) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
 
 
-def colour_shifts(video: np.ndarray, image: np.ndarray) -> dict:
+def input_fidelity(video: np.ndarray, image: np.ndarray) -> dict:
     """Colour shift of the first frame, of the last (drift over the video), and the mean PSNR of
     the frames after the first vs the input (how much of the picture the video keeps as it moves)."""
     from svd_fast.train.video_metrics import colour_shift, first_frame_psnr
@@ -486,9 +486,9 @@ def evaluate(model: Path, sample_path: Path | None, count: int = 12) -> dict:
     for j, (name, image) in enumerate(held_out_photos().items()):
         picture = image.permute(1, 2, 0).numpy()
         video = generate(image, j, CONFIG.fps, CONFIG.motion_bucket_id, SVD_STYLE_SAMPLING)
-        svd_style_rows[name] = {**video_report(video, picture), **colour_shifts(video, picture)}
+        svd_style_rows[name] = {**video_report(video, picture), **input_fidelity(video, picture)}
         video = generate(image, j, CONFIG.fps, CONFIG.motion_bucket_id)
-        row = {**video_report(video, picture), **colour_shifts(video, picture)}
+        row = {**video_report(video, picture), **input_fidelity(video, picture)}
         for bucket in (0, 255):
             row[f"mean_flow_bucket_{bucket}"] = mean_flow(generate(image, j, CONFIG.fps, bucket))
         vae_row = image_reconstruction(pipe.vae, image[None] * 2 - 1, num_frames=VAE_EVAL_FRAMES)[0]
