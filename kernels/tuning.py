@@ -448,7 +448,15 @@ def pick_winner(order: list[str], times: dict) -> str:
 # ---- the dispatcher ----
 
 
-@torch.compiler.assume_constant_result
+def assume_constant_result(fn):
+    """torch.compiler.assume_constant_result without its import of torch._dynamo (1.8 s, in every
+    process that loads a model, compiled or not): torch's decorator only sets this attribute, which
+    dynamo reads when it traces a call (tests/kernels/test_tuning.py checks it against torch's)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@assume_constant_result
 def _trace_has_no_symbols() -> bool:
     """True while torch.compile traces with static sizes only. Dynamo reports symbolic sizes as ints,
     and a signature holding one cannot be passed to _untimed_choice, so this asks the trace's shape
@@ -460,7 +468,7 @@ def _trace_has_no_symbols() -> bool:
     return shape_env is None or not shape_env.var_to_range
 
 
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def _untimed_choice(token: int, device: torch.device, sig: tuple) -> str:
     """The choice without timing (torch.compile tracing): this process's, the cache's or the starting
     order's. Evaluated once at trace time and baked into the graph, with no guard on the caches."""

@@ -26,11 +26,12 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def build_image_encoder(config: ImageEncoderConfig):
-    """transformers' CLIPVisionModelWithProjection for this config (random weights; use the
-    checkpoint loaders for real ones). Build it under `torch.device("meta")` to skip the init."""
-    from transformers import CLIPVisionModelWithProjection
+    """svd_fast's CLIP image tower for this config (svd_fast.clip_vision; transformers' parameter
+    names), with transformers' random initialisation: use the checkpoint loaders for real weights.
+    Build it under `torch.device("meta")` to skip the init."""
+    from svd_fast.clip_vision import CLIPVisionTower
 
-    return CLIPVisionModelWithProjection(config.to_transformers()).eval()
+    return CLIPVisionTower(config).eval()
 
 
 def _rgb_channels(x: torch.Tensor, what: str) -> torch.Tensor:
@@ -190,7 +191,8 @@ def clip_pixel_values(image, image_size: int = 224) -> torch.Tensor:
 def encode_image(image_encoder, image) -> torch.Tensor:
     """CLIP image embedding (B, 1, projection_dim) in the encoder's dtype and device.
 
-    image_encoder: transformers CLIPVisionModelWithProjection. The projected pooled embedding is
+    image_encoder: svd_fast.clip_vision.CLIPVisionTower, or transformers' CLIPVisionModelWithProjection
+    (diffusers pipelines; both return `.image_embeds`). The projected pooled embedding is
     not L2-normalised (as in sgm and diffusers). No CFG duplication here: the unconditional
     embedding of SVD is zeros (the pipeline builds it).
     """

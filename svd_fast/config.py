@@ -213,9 +213,16 @@ class VAEConfig:
         }
 
 
+CLIP_VISION_DEFAULTS = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                           patch_size=32, image_size=224, projection_dim=512, hidden_act="quick_gelu",
+                           layer_norm_eps=1e-5)
+"""transformers' CLIPVisionConfig defaults: what a config.json that omits an entry means"""
+CLIP_ACTIVATIONS = ("gelu", "quick_gelu", "gelu_new", "gelu_pytorch_tanh")
+
+
 @dataclass(frozen=True)
 class ImageEncoderConfig:
-    """CLIP vision tower with projection (OpenCLIP ViT-H/14 for SVD), run by transformers."""
+    """CLIP vision tower with projection (OpenCLIP ViT-H/14 for SVD), run by svd_fast.clip_vision."""
 
     hidden_size: int = 1280
     num_hidden_layers: int = 32
@@ -228,25 +235,50 @@ class ImageEncoderConfig:
     """OpenCLIP ViT-H uses exact GELU; transformers' default quick_gelu would be wrong"""
     layer_norm_eps: float = 1e-5
 
+    def validate(self) -> None:
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size",
+                     "image_size", "projection_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"invalid CLIP vision config: {name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"invalid CLIP vision config: hidden_size {self.hidden_size} is not divisible by "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if self.patch_size > self.image_size:
+            raise ValueError(f"invalid CLIP vision config: patch_size {self.patch_size} > image_size {self.image_size}")
+        if self.hidden_act not in CLIP_ACTIVATIONS:
+            raise ValueError(f"invalid CLIP vision config: hidden_act {self.hidden_act!r} is not supported "
+                             f"(one of {', '.join(CLIP_ACTIVATIONS)})")
+        if isinstance(self.layer_norm_eps, bool) or not isinstance(self.layer_norm_eps, (int, float)) \
+                or not 0 < self.layer_norm_eps < 1:
+            raise ValueError(f"invalid CLIP vision config: layer_norm_eps must be in (0, 1), got {self.layer_norm_eps!r}")
+
     def to_transformers(self):
+        """transformers' CLIPVisionConfig (for building transformers' own module; svd_fast does not need it)."""
         from transformers import CLIPVisionConfig
 
         return CLIPVisionConfig(**dataclasses.asdict(self))
+
+    def to_json_dict(self, dtype: str) -> dict:
+        """An `image_encoder/config.json` that transformers and diffusers load as CLIPVisionModelWithProjection."""
+        return {"architectures": ["CLIPVisionModelWithProjection"], "model_type": "clip_vision_model",
+                **dataclasses.asdict(self), "num_channels": 3, "attention_dropout": 0.0, "initializer_range": 0.02,
+                "initializer_factor": 1.0, "dtype": dtype}
 
     @classmethod
     def from_transformers(cls, cfg: dict) -> "ImageEncoderConfig":
         """Build from an `image_encoder/config.json` dict (a CLIPVisionConfig, or a full CLIPConfig's
         `vision_config`); missing entries take transformers' defaults, as transformers would load them."""
-        from transformers import CLIPVisionConfig
-
+        if not isinstance(cfg, dict):
+            raise ValueError(f"invalid CLIP vision config: expected a JSON object, got {type(cfg).__name__}")
         cfg = cfg.get("vision_config", cfg)
-        try:
-            vision = CLIPVisionConfig(**{k: v for k, v in cfg.items() if not k.startswith("_")})
-        except Exception as exc:  # transformers validates with its own exception types
-            raise ValueError(f"invalid CLIP vision config: {exc}") from exc
-        if vision.num_channels != 3:
-            raise ValueError(f"unsupported CLIP vision config: num_channels={vision.num_channels}, expected 3")
-        return cls(**{f.name: getattr(vision, f.name) for f in dataclasses.fields(cls)})
+        if not isinstance(cfg, dict):
+            raise ValueError("invalid CLIP vision config: vision_config is not a JSON object")
+        if cfg.get("num_channels", 3) != 3:
+            raise ValueError(f"unsupported CLIP vision config: num_channels={cfg['num_channels']}, expected 3")
+        config = cls(**{name: cfg.get(name, default) for name, default in CLIP_VISION_DEFAULTS.items()})
+        config.validate()
+        return config
 
 
 IMAGE_SAMPLING_OFF = {"image_init_sigma": None, "keep_first_frame": False}

@@ -26,8 +26,8 @@ def to_diffusers_pipeline(pipe):
     """A diffusers StableVideoDiffusionPipeline with the same weights as an svd_fast SVDPipeline.
 
     Weights are shared, not copied: the diffusers modules are built on the meta device and take the
-    very tensors of `pipe` (the CLIP encoder, a transformers module, is the same object), except the
-    channels-last conv weights, which diffusers gets as contiguous copies.
+    very tensors of `pipe` (the CLIP tower becomes transformers' CLIPVisionModelWithProjection on the
+    same tensors), except the channels-last conv weights, which diffusers gets as contiguous copies.
     """
     from diffusers import (
         AutoencoderKLTemporalDecoder,
@@ -55,7 +55,7 @@ def to_diffusers_pipeline(pipe):
     )
     scheduler = EulerDiscreteScheduler(**{**SVD_SCHEDULER_CONFIG, **_sigma_range(pipe)})
     out = StableVideoDiffusionPipeline(
-        vae=vae, image_encoder=pipe.image_encoder, unet=unet, scheduler=scheduler, feature_extractor=extractor
+        vae=vae, image_encoder=transformers_image_encoder(pipe.image_encoder), unet=unet, scheduler=scheduler, feature_extractor=extractor
     )
     out.set_progress_bar_config(disable=not pipe.progress)
     return out
@@ -146,6 +146,30 @@ def diffusers_vae(vae, config: dict):
     with torch.device("meta"):
         model = AutoencoderKLTemporalDecoder(**diffusers_kwargs(config))
     model.load_state_dict(_contiguous(vae.state_dict()), strict=True, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def svd_image_encoder(model):
+    """svd_fast's CLIP tower holding the weights of transformers' CLIPVisionModelWithProjection."""
+    from svd_fast.clip_vision import CLIPVisionTower
+    from svd_fast.config import ImageEncoderConfig
+
+    with torch.device("meta"):
+        tower = CLIPVisionTower(ImageEncoderConfig.from_transformers(model.config.to_dict()))
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+    tower.load_state_dict(state, strict=True, assign=True)
+    return tower.eval().requires_grad_(False)
+
+
+def transformers_image_encoder(tower):
+    """transformers' CLIPVisionModelWithProjection rebuilt from an svd_fast CLIP tower's weights."""
+    from transformers import CLIPVisionModelWithProjection
+
+    with torch.device("meta"):
+        model = CLIPVisionModelWithProjection(tower.config.to_transformers())
+    embeddings = model.vision_model.embeddings  # position ids: a non-persistent buffer of transformers'
+    embeddings.position_ids = torch.arange(embeddings.num_positions, device=tower.device).expand(1, -1)
+    model.load_state_dict(tower.state_dict(), strict=True, assign=True)
     return model.eval().requires_grad_(False)
 
 

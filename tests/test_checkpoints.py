@@ -24,6 +24,7 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 from svd_fast.checkpoints import CheckpointError, detect_layout, load_components, save_components
 from svd_fast.checkpoints import open_clip, sgm
 from svd_fast.checkpoints.io import TensorSource, check_plan, read_plan
+from svd_fast.clip_vision import CLIPVisionTower
 from svd_fast.conditioner import build_image_encoder
 from svd_fast.config import ImageEncoderConfig, SVDConfig, VAEConfig
 from svd_fast.unet import VideoUNet
@@ -283,7 +284,7 @@ def test_load_diffusers_folder_is_exact(saved):
     assert config.vae.block_out_channels == (32, 64) and config.image_encoder.hidden_size == 32
     assert parts["scheduler_config"]["prediction_type"] == "v_prediction"
     assert isinstance(parts["unet"], VideoUNet) and isinstance(parts["vae"], TemporalVAE)
-    assert isinstance(parts["image_encoder"], CLIPVisionModelWithProjection)
+    assert isinstance(parts["image_encoder"], CLIPVisionTower)
     x = torch.rand(1, 3, 224, 224)
     with torch.no_grad():  # the rebuilt position ids work: same embedding as diffusers' encoder
         torch.testing.assert_close(parts["image_encoder"](x).image_embeds, pipe.image_encoder(x).image_embeds)

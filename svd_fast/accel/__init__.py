@@ -1,7 +1,7 @@
 """One entry point for speed: `accelerate(pipe, ...)` on an svd_fast SVDPipeline or a diffusers
 StableVideoDiffusionPipeline, and `restore(pipe)` to undo it.
 
-On a diffusers pipeline the UNet, the VAE and the image-conditioning path are replaced by
+On a diffusers pipeline the UNet, the VAE, the CLIP image tower and its preprocessing are replaced by
 svd_fast's (same weights, moved not copied; same outputs and random numbers; the call signature
 is diffusers'). Then, on either kind of pipeline:
   compile=True      torch.compile of the UNet and the VAE decoder (accel/compile.py);
@@ -166,20 +166,22 @@ def _quantize_unet(unet_owner, mode: str, state: dict) -> None:
 
 
 def _swap_diffusers_components(pipe, numerics: str, state: dict) -> None:
-    from svd_fast.diffusers_bridge import DiffusersUNet, DiffusersVAE, encode_image_for_diffusers, svd_unet, svd_vae
+    from svd_fast.diffusers_bridge import (DiffusersUNet, DiffusersVAE, encode_image_for_diffusers, svd_image_encoder,
+                                           svd_unet, svd_vae)
 
     state["unet_config"], state["vae_config"] = dict(pipe.unet.config), dict(pipe.vae.config)
     pipe.unet = DiffusersUNet(svd_unet(pipe.unet, numerics), pipe.unet.config)
     pipe.vae = DiffusersVAE(svd_vae(pipe.vae), pipe.vae.config)
-    # the CLIP tower is the same transformers module on both sides; the preprocessing is ours
-    pipe._encode_image = encode_image_for_diffusers.__get__(pipe)
+    pipe.image_encoder = svd_image_encoder(pipe.image_encoder)
+    pipe._encode_image = encode_image_for_diffusers.__get__(pipe)  # and our preprocessing
 
 
 def _restore_diffusers_components(pipe, state: dict) -> None:
-    from svd_fast.diffusers_bridge import diffusers_unet, diffusers_vae
+    from svd_fast.diffusers_bridge import diffusers_unet, diffusers_vae, transformers_image_encoder
 
     pipe.unet = diffusers_unet(pipe.unet.inner, state["unet_config"])
     pipe.vae = diffusers_vae(pipe.vae.inner, state["vae_config"])
+    pipe.image_encoder = transformers_image_encoder(pipe.image_encoder)
     del pipe._encode_image  # the class's method again
 
 

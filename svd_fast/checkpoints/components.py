@@ -5,7 +5,6 @@ import dataclasses
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from svd_fast.checkpoints import diffusers as diffusers_layout
 from svd_fast.checkpoints import open_clip, sgm
@@ -46,6 +45,11 @@ def detect_layout(path) -> str:
     raise CheckpointError(f"{path}: not an SVD checkpoint: {describe_keys(keys)}")
 
 
+IGNORED = {"unet": (), "vae": (), "image_encoder": ("vision_model.embeddings.position_ids",)}
+"""tensors a diffusers folder may hold that carry no weights (transformers < 4.31 saved CLIP's
+position ids, arange(n), as a persistent buffer)"""
+
+
 def _factories(config: SVDConfig) -> dict:
     from svd_fast.conditioner import build_image_encoder
     from svd_fast.unet import VideoUNet
@@ -56,12 +60,6 @@ def _factories(config: SVDConfig) -> dict:
         "vae": lambda: TemporalVAE(config.vae),
         "image_encoder": lambda: build_image_encoder(config.image_encoder),
     }
-
-
-def _restore_position_ids(image_encoder: nn.Module, device) -> None:
-    """transformers' CLIP keeps position ids in a non-persistent buffer: rebuild it off the meta device."""
-    embeddings = image_encoder.vision_model.embeddings
-    embeddings.position_ids = torch.arange(embeddings.num_positions, device=device or "cpu").expand((1, -1))
 
 
 def _sources(path: Path, layout: str, config: SVDConfig | None, numerics: str, use_ema: bool):
@@ -76,7 +74,7 @@ def _sources(path: Path, layout: str, config: SVDConfig | None, numerics: str, u
         if config.conditioning != "text":  # a text model's conditioner is its text tower (text_encoder.py)
             folders.append(("image_encoder", "image_encoder"))
         specs = {
-            name: (diffusers_layout.open_component(path, folder), identity_plan, ("",), ())
+            name: (diffusers_layout.open_component(path, folder), identity_plan, ("",), IGNORED[name])
             for name, folder in folders
         }
         return config, scheduler, specs
@@ -99,7 +97,7 @@ def load_components(path, dtype: torch.dtype | None = None, device=None, numeric
     """Load an SVD model from a diffusers pipeline folder or an sgm single file (auto-detected).
 
     Returns dict(config=SVDConfig, unet=VideoUNet, vae=TemporalVAE,
-    image_encoder=CLIPVisionModelWithProjection, scheduler_config=dict), modules in eval mode.
+    image_encoder=svd_fast.clip_vision.CLIPVisionTower, scheduler_config=dict), modules in eval mode.
     - dtype: cast floating-point weights (None keeps the stored dtypes); device: where they go.
     - numerics: 'sgm' or 'diffusers' UNet epsilons (svd_fast.config.NUMERICS).
     - use_ema: take the UNet from the EMA weights (sgm `model_ema.*`, diffusers `unet_ema/`).
@@ -127,8 +125,6 @@ def load_components(path, dtype: torch.dtype | None = None, device=None, numeric
     out = {"config": config, "scheduler_config": scheduler_config}
     for name, (module, plan, source) in prepared.items():
         state = read_plan(plan, source, dtype, device)
-        if name == "image_encoder":
-            _restore_position_ids(module, device)
         out[name] = assign_weights(module, state, _WHAT[name])
     if config.conditioning == "text":
         if path.is_dir():

@@ -186,11 +186,7 @@ def open_component(folder: Path, name: str) -> TensorSource:
 
 
 def _clip_config_json(config: ImageEncoderConfig, dtype: str) -> str:
-    cfg = config.to_transformers()
-    cfg.architectures = ["CLIPVisionModelWithProjection"]
-    data = json.loads(cfg.to_json_string(use_diff=False))
-    data["dtype"] = dtype
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+    return json.dumps(config.to_json_dict(dtype), indent=2, sort_keys=True) + "\n"
 
 
 def write_folder(folder: Path, config: SVDConfig, unet: dict, vae: dict, image_encoder: dict | None = None,

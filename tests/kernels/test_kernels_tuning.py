@@ -529,3 +529,19 @@ def test_compile_with_dynamic_shapes_uses_the_starting_order(monkeypatch):
         assert any(e.key == "svd_fast_native::geglu_fwd" for e in prof.key_averages())  # AUTO_CHOICES: native
         torch.testing.assert_close(got, reference.geglu(x) * 2, atol=1e-5, rtol=1e-5)
     assert counter.frame_count == 1
+
+
+def test_constant_result_mark_is_the_one_torch_sets():
+    """kernels.tuning marks its trace-time functions without importing torch._dynamo at import: the
+    mark must be exactly what torch.compiler.assume_constant_result puts on a function."""
+
+    def by_torch():
+        return 1
+
+    def ours():
+        return 1
+
+    torch.compiler.assume_constant_result(by_torch)
+    tuning.assume_constant_result(ours)
+    assert vars(by_torch) and vars(ours) == vars(by_torch)
+    assert vars(tuning._untimed_choice).items() >= vars(by_torch).items()

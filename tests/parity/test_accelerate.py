@@ -1,11 +1,13 @@
-"""svd_fast.accelerate on a diffusers pipeline: UNet, VAE and image preprocessing become svd_fast's,
+"""svd_fast.accelerate on a diffusers pipeline: UNet, VAE, CLIP tower and image preprocessing become svd_fast's,
 the video stays the same (fp32, 1e-4), and restore() gives back diffusers' own models."""
 import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+from transformers import CLIPVisionModelWithProjection
 
 from svd_fast import accelerate, restore
+from svd_fast.clip_vision import CLIPVisionTower
 from svd_fast.diffusers_bridge import DiffusersUNet, DiffusersVAE
 from svd_fast.pipeline import SVDPipeline
 from tests.parity.test_parity_pipeline import _diffusers_pipeline, _image
@@ -23,15 +25,19 @@ def test_accelerate_and_restore_a_diffusers_pipeline_give_the_same_video():
     image = _image(64, 64, 0)
     expected = _frames(pipe, image)
     weight = pipe.unet.conv_in.weight.detach().clone()
+    projection = pipe.image_encoder.visual_projection.weight
 
     assert accelerate(pipe) is pipe
     assert isinstance(pipe.unet, DiffusersUNet) and isinstance(pipe.vae, DiffusersVAE)
-    assert "_encode_image" in vars(pipe)  # svd_fast's preprocessing in front of the same CLIP tower
+    assert isinstance(pipe.image_encoder, CLIPVisionTower) and "_encode_image" in vars(pipe)  # and our preprocessing
+    assert pipe.image_encoder.visual_projection.weight.data_ptr() == projection.data_ptr()  # moved, not copied
     np.testing.assert_allclose(_frames(pipe, image), expected, rtol=0, atol=1e-4)
     assert accelerate(pipe) is pipe and isinstance(pipe.unet.inner, torch.nn.Module)  # idempotent
 
     restore(pipe)
     assert type(pipe.unet) is UNetSpatioTemporalConditionModel and type(pipe.vae) is AutoencoderKLTemporalDecoder
+    assert type(pipe.image_encoder) is CLIPVisionModelWithProjection
+    assert pipe.image_encoder.visual_projection.weight.data_ptr() == projection.data_ptr()
     assert "_encode_image" not in vars(pipe)
     torch.testing.assert_close(pipe.unet.conv_in.weight, weight, rtol=0, atol=0)
     assert pipe.unet.conv_in.weight.is_contiguous()  # diffusers' own layout again
