@@ -58,7 +58,7 @@ def encoder_loss(encoder, probe: nn.Linear, logit_scale: nn.Parameter, clips: to
 
 def train_image_encoder(config: ImageEncoderConfig, clips: Iterator[torch.Tensor], settings: ImageEncoderTraining,
                         seed: int = 0, on_log: Callable[[dict], None] | None = None):
-    """A CLIPVisionModelWithProjection trained on `clips` (an iterator of (B, T, 3, H, W) batches)."""
+    """A CLIP image tower (svd_fast.clip_vision.CLIPVisionTower) trained on `clips` (an iterator of (B, T, 3, H, W) batches)."""
     torch.manual_seed(seed)
     encoder = conditioner.build_image_encoder(config).train()
     probe = nn.Linear(config.projection_dim, 3 * THUMBNAIL * THUMBNAIL)
