@@ -9,7 +9,8 @@ own frame rate (frames 0 and 4 are the ends, 4 apart; frames 1-3 the truth):
 - photo_pans: camera moves over the held-out real photographs (never trained on);
 - real_footage: windows of real videos that no svd_fast model trains on (svd_fast.real_media's
   EVALUATION_ONLY: carphone, a moving car; megamind, a film excerpt), windows across a cut skipped.
-Methods: linear blending of the ends (the baseline to beat), the training-free bidirectional
+Methods: linear blending of the ends (the baseline to beat), classical optical-flow interpolation
+(flow_warp: no model, for scale: what a non-generative interpolator does on the same clips), the training-free bidirectional
 sampler on the image-to-video default model (SVDPipeline's last_image; --model), and SVD-FI
 (SVDInterpolationPipeline; --fi-model, default the shipped default interpolator) without and with
 guidance. Reported: PSNR of the three in-between frames against the truth, mean per kind of clip,
@@ -38,7 +39,10 @@ REAL_FOOTAGE = ("carphone", "megamind")
 """real videos never trained on by any svd_fast model (svd_fast.real_media.EVALUATION_ONLY)"""
 CUT_PSNR_DB = 14.0
 """a window with two consecutive frames further apart than this is across a cut: skipped"""
-METHODS = ("linear_blend", "bidirectional", "svd_fi", "svd_fi_guided", "vae_ceiling")
+METHODS = ("linear_blend", "flow_warp", "bidirectional", "svd_fi", "svd_fi_guided", "vae_ceiling")
+FLOW = dict(winsize=15, levels=4, iterations=5)
+"""Farneback settings of flow_warp (svd_fast.train.video_metrics' with a wider window and more levels:
+the ends are 4 frames apart)"""
 GUIDED_SCALE = 2.0  # svd_fi_guided: the guidance of the default model's own sampling defaults
 
 
@@ -99,6 +103,32 @@ def linear_blend(clip: np.ndarray) -> np.ndarray:
     return (1 - weights) * clip[0] + weights * clip[FACTOR]
 
 
+def flow_warp(clip: np.ndarray) -> np.ndarray:
+    """The in-between frames by optical flow, no model: Farneback flow from each end to the other,
+    the flow from time t to either end approximated from those two as Super SloMo does (Jiang et al.
+    2018, eq. 4), both ends warped to t (bilinear, edges replicated) and blended (1 - t, t)."""
+    import cv2
+
+    from svd_fast.train.video_metrics import FARNEBACK, _grey
+
+    first, last = clip[0].astype(np.float32), clip[FACTOR].astype(np.float32)
+    f01, f10 = (cv2.calcOpticalFlowFarneback(_grey(a), _grey(b), None, **{**FARNEBACK, **FLOW})
+                for a, b in ((first, last), (last, first)))
+    h, w = first.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+
+    def warp(image, flow):
+        return cv2.remap(image, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+    frames = []
+    for k in range(1, FACTOR):
+        t = k / FACTOR
+        to_first = -(1 - t) * t * f01 + t * t * f10
+        to_last = (1 - t) ** 2 * f01 - t * (1 - t) * f10
+        frames.append((1 - t) * warp(first, to_first) + t * warp(last, to_last))
+    return np.stack(frames).clip(0, 1)
+
+
 @torch.no_grad()
 def vae_round_trip(vae, frames: np.ndarray) -> np.ndarray:
     """(T, H, W, 3) frames in [0, 1] encoded (latent mean) and decoded as one clip by `vae`."""
@@ -138,7 +168,8 @@ def measure(fi_model=None, base_model=None, procedural: int = 12, per_photo: int
             truth = clip[1:FACTOR]
             first, last = _tensor(clip[0]), _tensor(clip[FACTOR])
             fps = int(np.clip(round(fps), 3, 30))
-            videos = {"linear_blend": linear_blend(clip), "vae_ceiling": vae_round_trip(fi.vae, truth)}
+            videos = {"linear_blend": linear_blend(clip), "flow_warp": flow_warp(clip),
+                      "vae_ceiling": vae_round_trip(fi.vae, truth)}
             videos["bidirectional"] = between(
                 base, first, last, FACTOR + 1, seed=i, height=size, width=size,
                 num_inference_steps=steps or base.config.num_inference_steps, fps=fps,
@@ -160,6 +191,7 @@ def measure(fi_model=None, base_model=None, procedural: int = 12, per_photo: int
         mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
         results[kind] = {"clips": len(rows), "mean_psnr_db": mean, "rows": rows}
         print(f"{kind} ({len(rows)} clips): in-between PSNR linear blend {mean['linear_blend']:.2f} dB, "
+              f"optical-flow warp {mean['flow_warp']:.2f} dB, "
               f"bidirectional {mean['bidirectional']:.2f} dB, SVD-FI {mean['svd_fi']:.2f} dB "
               f"(guided {mean['svd_fi_guided']:.2f}; ends re-created at {mean['svd_fi_ends']:.2f} dB); VAE ceiling "
               f"{mean['vae_ceiling']:.2f} dB", flush=True)
@@ -176,12 +208,14 @@ def measure(fi_model=None, base_model=None, procedural: int = 12, per_photo: int
 def card_table(metrics: dict) -> list[str]:
     """Markdown lines of the figures (model card, README)."""
     lines = ["| clips | linear blend | training-free bidirectional (default model) | SVD-FI | SVD-FI, guidance "
-             f"{GUIDED_SCALE:g} | SVD-FI vs linear | VAE ceiling |", "|---|---|---|---|---|---|---|"]
+             f"{GUIDED_SCALE:g} | SVD-FI vs linear | VAE ceiling | optical-flow warp (no model) |",
+             "|---|---|---|---|---|---|---|---|"]
     for kind, r in metrics["results"].items():
         m = r["mean_psnr_db"]
+        flow = f"{m['flow_warp']:.2f} dB" if "flow_warp" in m else "-"
         lines.append(f"| {kind.replace('_', ' ')} ({r['clips']}) | {m['linear_blend']:.2f} dB | {m['bidirectional']:.2f} dB "
                      f"| **{m['svd_fi']:.2f} dB** | {m['svd_fi_guided']:.2f} dB | {m['svd_fi'] - m['linear_blend']:+.2f} dB "
-                     f"| {m['vae_ceiling']:.2f} dB |")
+                     f"| {m['vae_ceiling']:.2f} dB | {flow} |")
     machine = metrics["machine"]
     lines += ["", f"PSNR of the 3 in-between frames against the true frames (mean over clips), {metrics['resolution']} px, "
               f"fp32, {metrics['steps']} Euler steps for SVD-FI and {metrics['bidirectional_steps']} for the "
@@ -189,7 +223,8 @@ def card_table(metrics: dict) -> list[str]:
               "Clips: held-out procedural clips, camera moves over the held-out photographs, and windows of real "
               "footage never trained on (carphone, megamind), each 5 consecutive frames: the ends 4 frames apart. "
               "VAE ceiling: the true in-between frames through the model's VAE (encode, decode), the best any "
-              "latent model with this VAE can reach."]
+              "latent model with this VAE can reach. Optical-flow warp: Farneback flow between the ends, both ends "
+              "warped to each in-between time and blended (bench/interpolation.py flow_warp; no model, for scale)."]
     return lines
 
 

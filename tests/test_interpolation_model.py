@@ -269,6 +269,28 @@ def test_shipped_model_against_linear_blending_on_held_out_clips(shipped):
     assert np.mean(gains) > MEASURED_GAIN_DB - 1.0, gains
 
 
+def test_flow_warp_reference_recovers_a_known_translation():
+    """bench/interpolation.py's optical-flow reference on a clip the test builds: a smooth random
+    texture moving 1.5 px/frame right and 0.5 px/frame down (5 frames, 64 px). Its in-between
+    frames must land near the truth, far above blending the ends."""
+    import cv2
+
+    sys.path.insert(0, str(REPO))
+    from bench.interpolation import FACTOR, flow_warp, linear_blend
+
+    from svd_fast.train.video_metrics import psnr
+
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.random((96, 96, 3)).astype(np.float32), (0, 0), 2.0)
+    texture = (texture - texture.min()) / (texture.max() - texture.min())
+    clip = np.stack([cv2.warpAffine(texture, np.float32([[1, 0, -1.5 * t], [0, 1, -0.5 * t]]), (96, 96),
+                                    flags=cv2.INTER_LINEAR)[16:80, 16:80] for t in range(FACTOR + 1)])
+    truth = clip[1:FACTOR]
+    flow = np.mean([psnr(a, b) for a, b in zip(flow_warp(clip), truth)])
+    blend = np.mean([psnr(a, b) for a, b in zip(linear_blend(clip), truth)])
+    assert flow > 30 and flow > blend + 5, (flow, blend)
+
+
 MEASURED_GAIN_DB = -5.6
 """mean dB over linear blending on this subset, measured on the shipped model (2026-12-01)"""
 
