@@ -3,6 +3,7 @@ reference): same names, same embeddings, same initialisation statistics; config 
 and the sampling path no longer imports transformers or torch._dynamo."""
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -151,13 +152,16 @@ def test_old_transformers_position_ids_in_a_folder_are_ignored(tmp_path):
     torch.testing.assert_close(parts["image_encoder"].visual_projection.weight, pipe.image_encoder.visual_projection.weight)
 
 
-def test_sampling_path_imports_neither_transformers_nor_dynamo():
+def test_sampling_path_imports_neither_transformers_nor_dynamo(tmp_path):
     """Loading the default model and sampling a video must not import transformers (~4 s) or
-    torch._dynamo (~1.8 s): they made up most of the CLI's start-up."""
+    torch._dynamo (~1.8 s): they made up most of the CLI's start-up. An empty kernel-choice cache,
+    so the first-run path (timing the kernel candidates) is covered too."""
     code = ("import sys, torch; from svd_fast.pipeline import SVDPipeline;"
             "from svd_fast.sample import DEFAULT_MODEL; p = SVDPipeline.from_pretrained(DEFAULT_MODEL); p.set_progress_bar_config(disable=True);"
             "p(torch.rand(3, 64, 64), height=64, width=64, num_frames=4, num_inference_steps=1, output_type='np');"
             "print(sorted(m for m in ('transformers', 'torch._dynamo', 'diffusers') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "SVD_FAST_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "kernel_choices.json").is_file()  # the cold path ran
