@@ -35,6 +35,8 @@ if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 from bench.harness import recipe_module  # noqa: E402
 
 FACTOR = 4  # the paper's SVD-FI: 3 in-between frames, 4x the frame rate
+KINDS = ("procedural", "photo_pans", "real_footage")
+"""the kinds of held-out clips, in the order of the tables"""
 REAL_FOOTAGE = ("carphone", "megamind")
 """real videos never trained on by any svd_fast model (svd_fast.real_media.EVALUATION_ONLY)"""
 CUT_PSNR_DB = 14.0
@@ -210,7 +212,7 @@ def card_table(metrics: dict) -> list[str]:
     lines = ["| clips | linear blend | training-free bidirectional (default model) | SVD-FI | SVD-FI, guidance "
              f"{GUIDED_SCALE:g} | SVD-FI vs linear | VAE ceiling | optical-flow warp (no model) |",
              "|---|---|---|---|---|---|---|---|"]
-    for kind, r in metrics["results"].items():
+    for kind, r in sorted(metrics["results"].items(), key=lambda item: KINDS.index(item[0])):
         m = r["mean_psnr_db"]
         flow = f"{m['flow_warp']:.2f} dB" if "flow_warp" in m else "-"
         lines.append(f"| {kind.replace('_', ' ')} ({r['clips']}) | {m['linear_blend']:.2f} dB | {m['bidirectional']:.2f} dB "
