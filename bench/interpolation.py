@@ -42,9 +42,6 @@ REAL_FOOTAGE = ("carphone", "megamind")
 CUT_PSNR_DB = 14.0
 """a window with two consecutive frames further apart than this is across a cut: skipped"""
 METHODS = ("linear_blend", "flow_warp", "bidirectional", "svd_fi", "svd_fi_guided", "vae_ceiling")
-FLOW = dict(winsize=15, levels=4, iterations=5)
-"""Farneback settings of flow_warp (svd_fast.train.video_metrics' with a wider window and more levels:
-the ends are 4 frames apart)"""
 GUIDED_SCALE = 2.0  # svd_fi_guided: the guidance of the default model's own sampling defaults
 
 
@@ -106,29 +103,10 @@ def linear_blend(clip: np.ndarray) -> np.ndarray:
 
 
 def flow_warp(clip: np.ndarray) -> np.ndarray:
-    """The in-between frames by optical flow, no model: Farneback flow from each end to the other,
-    the flow from time t to either end approximated from those two as Super SloMo does (Jiang et al.
-    2018, eq. 4), both ends warped to t (bilinear, edges replicated) and blended (1 - t, t)."""
-    import cv2
+    """The in-between frames by optical flow, no model (svd_fast.interpolation.flow_interpolate)."""
+    from svd_fast.interpolation import flow_interpolate
 
-    from svd_fast.train.video_metrics import FARNEBACK, _grey
-
-    first, last = clip[0].astype(np.float32), clip[FACTOR].astype(np.float32)
-    f01, f10 = (cv2.calcOpticalFlowFarneback(_grey(a), _grey(b), None, **{**FARNEBACK, **FLOW})
-                for a, b in ((first, last), (last, first)))
-    h, w = first.shape[:2]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-
-    def warp(image, flow):
-        return cv2.remap(image, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-    frames = []
-    for k in range(1, FACTOR):
-        t = k / FACTOR
-        to_first = -(1 - t) * t * f01 + t * t * f10
-        to_last = (1 - t) ** 2 * f01 - t * (1 - t) * f10
-        frames.append((1 - t) * warp(first, to_first) + t * warp(last, to_last))
-    return np.stack(frames).clip(0, 1)
+    return flow_interpolate(clip[0], clip[FACTOR], FACTOR + 1)[1:FACTOR]
 
 
 @torch.no_grad()

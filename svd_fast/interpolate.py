@@ -3,13 +3,16 @@
     python -m svd_fast.interpolate --first A.png --last B.png --out OUT.mp4 [--frames N]
     python -m svd_fast.interpolate --video IN.mp4 --out OUT.mp4 [--factor 4]
         [--model PATH] [--steps N] [--seed S] [--fps F] [--motion-bucket M] [--max-cfg Y]
-        [--height H] [--width W] [--dtype auto|bf16|fp16|fp32]
+        [--height H] [--width W] [--dtype auto|bf16|fp16|fp32] [--method model|flow]
 
 Without --model the shipped default interpolator (svd_fast/assets/default_interpolator, an SVD-FI
 model: svd_fast.interpolation.SVDInterpolationPipeline) is used. --model takes an SVD-FI checkpoint
 (conditioning 'interpolation') or any image-to-video model, which interpolates without training
 (SVDPipeline's `last_image`: the video conditioned on the first frame and the time-reversed video
 conditioned on the last, fused at every step). The command says which method runs.
+--method flow interpolates by optical flow instead (svd_fast.interpolation.flow_interpolate; no
+model, at the input's own resolution unless --height/--width say otherwise): for small, smooth
+motion it beats the shipped interpolator by 3-10 dB on held-out clips (its model card).
 """
 from __future__ import annotations
 
@@ -42,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--height", type=int, help="output height, a multiple of 8 (default: the model's)")
     p.add_argument("--width", type=int, help="output width, a multiple of 8 (default: the model's)")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
+    p.add_argument("--method", choices=["model", "flow"], default="model",
+                   help="model: the diffusion model (default); flow: optical-flow interpolation, no model")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if (args.video is None) == (args.first is None or args.last is None):
@@ -50,6 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--factor must be >= 2, got {args.factor}")
     if args.frames is not None and args.frames < 2:
         p.error(f"--frames must be >= 2 (both ends), got {args.frames}")
+    model_only = [flag for flag, value in (("--model", args.model), ("--steps", args.steps), ("--motion-bucket",
+                  args.motion_bucket), ("--max-cfg", args.max_cfg)) if value is not None]
+    if args.method == "flow" and model_only:
+        p.error(f"--method flow uses no model: drop {', '.join(model_only)}")
     return args
 
 
@@ -102,7 +111,7 @@ def main(argv=None) -> int:
 
     check_arguments(args)
     check_output_path(args.out)
-    model = resolve_interpolator(args.model)
+    model = resolve_interpolator(args.model) if args.method == "model" else None
     if args.video is not None:
         source, source_fps = read_video(args.video)
         if len(source) < 2:
@@ -110,6 +119,8 @@ def main(argv=None) -> int:
         keyframes = [torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in source]
     else:
         keyframes = [load_image(args.first), load_image(args.last)]
+    if args.method == "flow":
+        return _flow_main(args, keyframes, None if args.video is None else source_fps)
     pipe, method = load_interpolator(model, torch_dtype=DTYPES.get(args.dtype, args.dtype), device=args.device)
     print(f"interpolating with {model} ({method})", flush=True)
     fi = isinstance(pipe, SVDInterpolationPipeline)
@@ -136,6 +147,38 @@ def main(argv=None) -> int:
         pieces.append(clip if i == 0 else clip[1:])  # each interval's first frame is the last one's end
         if len(keyframes) > 2:
             print(f"interval {i + 1}/{len(keyframes) - 1} done", flush=True)
+    video = np.concatenate(pieces)
+    written = save_video(video, args.out, fps=fps)
+    print(f"wrote {len(video)} frames to {written[0]}" + (f" (+{len(written) - 1} more)" if len(written) > 1 else "")
+          + f" in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+FLOW_FRAMES, FLOW_FPS = 5, 8  # --method flow, --first/--last: the default interpolator's clip and frame rate
+
+
+def _flow_main(args, keyframes: list, source_fps: float | None) -> int:
+    """--method flow: each interval by svd_fast.interpolation.flow_interpolate, written like main()."""
+    import torch.nn.functional as F
+
+    from svd_fast.conditioner import image_to_tensor
+    from svd_fast.interpolation import flow_interpolate
+    from svd_fast.video_io import save_video
+
+    frames = (args.frames or FLOW_FRAMES) if source_fps is None else args.factor + 1
+    fps = args.fps or (FLOW_FPS if source_fps is None else round(source_fps * args.factor))
+    keyframes = [image_to_tensor(k)[0] for k in keyframes]  # (3, H, W) in [0, 1]
+    height, width = args.height or keyframes[0].shape[-2], args.width or keyframes[0].shape[-1]
+
+    def picture(x: torch.Tensor) -> np.ndarray:
+        if tuple(x.shape[-2:]) != (height, width):
+            x = F.interpolate(x[None], size=(height, width), mode="bicubic", antialias=True, align_corners=False)[0]
+        return x.clamp(0, 1).permute(1, 2, 0).numpy()
+
+    print(f"interpolating by optical flow (no model) at {width}x{height}", flush=True)
+    start = time.perf_counter()
+    pictures = [picture(k) for k in keyframes]
+    pieces = [flow_interpolate(a, b, frames)[0 if i == 0 else 1:] for i, (a, b) in enumerate(zip(pictures, pictures[1:]))]
     video = np.concatenate(pieces)
     written = save_video(video, args.out, fps=fps)
     print(f"wrote {len(video)} frames to {written[0]}" + (f" (+{len(written) - 1} more)" if len(written) > 1 else "")
