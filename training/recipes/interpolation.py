@@ -152,7 +152,8 @@ def write_card(out: Path, recipe: Recipe, metrics: dict, train_s: float, base: P
         "python -m svd_fast.interpolate --video in.mp4 --factor 4 --out 4x.mp4",
         "```",
         "",
-        "Python: `SVDInterpolationPipeline.from_pretrained(path)(first, last, generator=...)`.",
+        "Python: `SVDInterpolationPipeline.from_pretrained(path)(first, last, generator=...)`. `--method flow` "
+        "interpolates by optical flow instead, without this model (the last column of the table below).",
         "",
         "## Model",
         "",
