@@ -43,11 +43,11 @@ STRIDES = (1, 2)  # source frames between clip frames: ends 4 or 8 source frames
 SAMPLING = dict(num_frames=FRAMES, num_inference_steps=16, max_guidance_scale=1.0)
 """the interpolator's sampling defaults: 5 frames, 16 Euler steps, no guidance (both ends pin the
 clip; guidance doubles the cost; measured in the card against guidance 2)"""
-STEPS = 3000
+STEPS = 5000
 AS_RUN = ("As run: steps 1-1000 on 2026-12-01 (steps 1-200 at lr 2e-4 in a first invocation, stopped after the "
           "step-200 check showed blurred in-between frames and resumed from its step-200 checkpoint with the optimizer "
-          "state; steps 201-1000 at lr 5e-4), shipped then; steps 1001-3000 on 2026-12-02, resumed from the step-1000 "
-          "checkpoint with this recipe (lr 5e-4 throughout, as committed).")
+          "state; steps 201-1000 at lr 5e-4), shipped then; steps 1001-3000 and 3001-5000 on 2026-12-02 in two more "
+          "invocations, each resumed from the last checkpoint with this recipe (lr 5e-4 throughout, as committed).")
 """how the shipped weights were actually trained, where it differs from one run of the recipe"""
 SAMPLE_CLIPS = (("procedural", 0), ("photo_pans", 0), ("real_footage", 0))
 """the held-out clips of sample.png (bench/interpolation.py's sets, clip index): a procedural clip, a
