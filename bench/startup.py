@@ -36,12 +36,8 @@ def _run(args: list[str]) -> tuple[float, str]:
     return seconds, out.stdout + out.stderr
 
 
-def _stats(values: list[float]) -> dict:
-    return {"median_s": statistics.median(values), "min_s": min(values), "all_s": values}
-
-
 def measure(repeat: int = 5, model: str | None = None) -> dict:
-    from bench.harness import machine_info
+    from bench.harness import machine_info, summary
 
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "svd_fast.sample", "--image", "assets/example.png", "--out", f"{tmp}/v.gif"]
@@ -58,9 +54,9 @@ def measure(repeat: int = 5, model: str | None = None) -> dict:
     with_clip = [_run([sys.executable, "-c", "import torch; from transformers import CLIPVisionModelWithProjection"])[0]
                  for _ in range(repeat)]
     return {"machine": machine_info(), "command": " ".join(["python", *command[1:]]), "repeats": repeat,
-            "sample_command": _stats(walls), "stages": {k: _stats(v) for k, v in stages.items()},
-            "python_import_torch": _stats(torch_only),
-            "python_import_torch_and_transformers_clip": _stats(with_clip),
+            "sample_command": summary(walls), "stages": {k: summary(v) for k, v in stages.items()},
+            "python_import_torch": summary(torch_only),
+            "python_import_torch_and_transformers_clip": summary(with_clip),
             "transformers_clip_import_s": statistics.median(with_clip) - statistics.median(torch_only)}
 
 
