@@ -1,12 +1,16 @@
-"""int8 UNet step against our exact fp32 and bf16, same random full-size SVD weights, one process.
+"""Quantized UNet step (int8, fp8) against our exact fp32 and bf16, same random full-size SVD weights,
+one process.
 
     python bench/quantize.py --config svd --frames 14 --height 128 --width 128 --compile \
         --json bench/results/quantize-unet-svd-14f-128px-cpu-DATE.json
+    python bench/quantize.py --device cuda --variants fp32,bf16,fp16,int8,fp8 --compile \
+        --json bench/results/quantize-unet-svd-14f-128px-cuda-DATE.json
 
 One UNet evaluation (batch 2: both CFG halves, as in sampling; inputs as bench/run.py --mode unet)
-per variant: fp32 (exact), bf16 (exact, bf16 weights and activations), int8 (svd_fast.accel.quantize
-on the fp32 weights: int8 convs and linears, fp32 elsewhere). --compile compiles every variant the
-same way (svd_fast.accel.compile: inductor with freezing on CPU); fp32 stays eager unless
+per variant: fp32 (exact), bf16 / fp16 (exact in that dtype), int8 (svd_fast.accel.quantize: on CPU int8
+convs and linears of the fp32 weights, fp32 elsewhere; on CUDA int8 linears of the bf16 weights, bf16
+elsewhere), fp8 (CUDA, compute capability 8.9+: fp8 linears of the bf16 weights). --compile compiles
+every variant the same way (svd_fast.accel.compile: inductor with freezing on CPU); fp32 stays eager unless
 --compile-fp32 (freezing keeps a prepacked copy of every weight: 12 GB for the fp32 SVD UNet).
 The variants run one after the other, each built from the same seed, so that no more than one
 full-size model is alive (the fp32 SVD UNet alone is 6 GB).
@@ -30,7 +34,9 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repository root, a
 from bench.harness import PeakMemory, machine_info, summary, time_repeats, write_json  # noqa: E402
 from bench.run import build_config, unet_inputs  # noqa: E402
 
-VARIANTS = ("fp32", "bf16", "int8")
+VARIANTS = ("fp32", "bf16", "fp16", "int8", "fp8")
+QUANTIZED = ("int8", "fp8")
+FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_args(argv=None):
@@ -40,8 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--no-cfg", action="store_true", help="UNet batch 1 (no classifier-free guidance)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
-    p.add_argument("--compile", action="store_true", help="torch.compile the bf16 and int8 variants")
+    p.add_argument("--variants", default="fp32,bf16,int8", help="comma-separated subset of " + ",".join(VARIANTS))
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--compile", action="store_true", help="torch.compile every variant but fp32")
     p.add_argument("--compile-fp32", action="store_true", help="also compile fp32 (needs twice its memory)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
@@ -53,8 +60,19 @@ def parse_args(argv=None):
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown or "fp32" not in args.variants:
         p.error(f"--variants takes {', '.join(VARIANTS)} and needs fp32 (the reference); got {unknown or args.variants}")
-    args.device = "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: this machine has no CUDA GPU")
+    if args.device == "cpu" and "fp8" in args.variants:
+        p.error("the fp8 variant needs --device cuda (a GPU of compute capability 8.9 or newer)")
     return args
+
+
+def base_dtype(name: str, device: str) -> torch.dtype:
+    """The float dtype a variant's weights are in: the quantized ones start from fp32 on CPU (oneDNN's
+    int8 path rescales to it) and from bf16 on CUDA (torchao's row-wise fp8 takes bf16 only)."""
+    if name in QUANTIZED:
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return FLOAT_DTYPES[name]
 
 
 def build_unet(args, dtype):
@@ -62,23 +80,26 @@ def build_unet(args, dtype):
     from svd_fast.pipeline import SVDPipeline
 
     config = build_config(args.config, args.frames)
-    pipe = SVDPipeline.from_config(config, torch_dtype=dtype, seed=args.seed)
-    return pipe.unet, config
+    pipe = SVDPipeline.from_config(config, seed=args.seed)  # initialised in fp32 on the CPU: the same weights everywhere
+    return pipe.unet.to(args.device, dtype), config
 
 
 def run_variant(name, args, reference):
     """Build, (quantize,) (compile,) time one variant; returns (result dict, its output)."""
-    dtype = torch.bfloat16 if name == "bf16" else torch.float32
+    dtype = base_dtype(name, args.device)
     unet, config = build_unet(args, dtype)
-    result = {"dtype": {"fp32": "fp32", "bf16": "bf16", "int8": "int8 convs/linears, fp32 elsewhere"}[name]}
-    if name == "int8":
+    float_name = {v: k for k, v in FLOAT_DTYPES.items()}[dtype]
+    layers = "convs/linears" if args.device == "cpu" else "linears"
+    result = {"dtype": f"{name} {layers}, {float_name} elsewhere" if name in QUANTIZED else name}
+    if name in QUANTIZED:
         from svd_fast.accel.quantize import int8_support, quantize_unet
 
         start = time.perf_counter()
-        undo = quantize_unet(unet)
+        undo = quantize_unet(unet, name)
         result["quantize_s"] = time.perf_counter() - start
-        result["int8_layers"] = undo.num_layers
-        result["int8_support"] = int8_support()
+        result["quantized_layers"] = undo.num_layers
+        if args.device == "cpu":
+            result["int8_support"] = int8_support()
         del undo  # the float weights it keeps for restore are not needed here: free them
         gc.collect()
     compiled = args.compile and (name != "fp32" or args.compile_fp32)
@@ -88,7 +109,7 @@ def run_variant(name, args, reference):
         unet = compile_unet(unet)
     result["compiled"] = compiled
     result["weight_bytes"] = _weight_bytes(unet.inner if compiled else unet)
-    inputs = unet_inputs(config, args, "cpu", dtype)
+    inputs = unet_inputs(config, args, args.device, dtype)
     with torch.inference_mode():
         start = time.perf_counter()
         out = unet(*inputs).float()
@@ -111,7 +132,7 @@ def _weight_bytes(module) -> int:
     total = 0
     for t in list(module.parameters()) + list(module.buffers()):
         data = getattr(t, "qdata", None)
-        if data is not None:  # a torchao int8 weight: its int8 data and scales
+        if data is not None:  # a torchao int8/fp8 weight: its 8-bit data and scales
             total += data.numel() * data.element_size() + t.scale.numel() * t.scale.element_size()
         elif not t.is_mkldnn:
             total += t.numel() * t.element_size()
@@ -137,18 +158,19 @@ def main(argv=None):
               + (f", rel. error vs fp32 {r['rel_error_vs_fp32']:.4f}" if "rel_error_vs_fp32" in r else ""), flush=True)
     machine = machine_info()
     machine["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    int8_step = results.get("int8", {}).get("unet_step", {}).get("median_s")
     report = {
         "args": vars(args),
         "shape": f"{args.frames} frames {args.height}x{args.width} batch {1 if args.no_cfg else 2}",
         "machine": machine,
         "results": results,
-        "speedup_int8": {name: results[name]["unet_step"]["median_s"] / int8_step
-                         for name in results if name != "int8"} if int8_step else {},
+        **{f"speedup_{q}": {name: results[name]["unet_step"]["median_s"] / results[q]["unet_step"]["median_s"]
+                            for name in results if name not in QUANTIZED} for q in QUANTIZED if q in results},
     }
-    print(f"== {report['shape']} | {machine['host_cpu']} x{machine['torch_threads']} threads | {machine['uptime']}")
-    for name, ratio in report["speedup_int8"].items():
-        print(f"  int8 is {ratio:.2f}x {name}")
+    gpu = (machine.get("gpu") or {}).get("name")
+    print(f"== {report['shape']} | {gpu or machine['host_cpu']} x{machine['torch_threads']} threads | {machine['uptime']}")
+    for q in QUANTIZED:
+        for name, ratio in report.get(f"speedup_{q}", {}).items():
+            print(f"  {q} is {ratio:.2f}x {name}")
     if args.json:
         print(f"wrote {write_json(args.json, report)}")
     return report

@@ -4,7 +4,7 @@
         [--window W] [--overlap O] [--no-colour-anchor]
         [--seed S] [--fps F] [--motion-bucket M] [--dtype auto|bf16|fp16|fp32] [--decode-chunk N]
         [--sampler euler|heun|dpmpp_2m|consistency] [--eta E] [--compile] [--cuda-graphs | --no-cuda-graphs]
-        [--quantize int8] [--cache-interval N] [--lora PATH[:SCALE] ...]
+        [--quantize int8|fp8] [--cache-interval N] [--lora PATH[:SCALE] ...]
 
     python -m svd_fast.sample --prompt "TEXT" --out OUT.mp4 [--negative-prompt TEXT] [--guidance-scale G]
         [--model PATH] [--frames N] [--steps N] [--seed S] [--fps F] [--motion-bucket M] ...
@@ -73,8 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch.compile the UNet and VAE decoder (slow first call, cached on disk for later runs)")
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="replay the UNet step from CUDA graphs (default: on with CUDA)")
-    p.add_argument("--quantize", choices=["int8"],
-                   help="int8 UNet convs and linears (x86 CPUs; approximate, fast with --compile)")
+    p.add_argument("--quantize", choices=["int8", "fp8"],
+                   help="int8: UNet convs and linears on x86 CPUs, linears on CUDA; fp8: linears on CUDA GPUs of "
+                        "compute capability 8.9+ (approximate; fast with --compile)")
     p.add_argument("--cache-interval", type=int,
                    help="feature caching: run the UNet's deep blocks every N steps (and the first and last), "
                         "reuse them between (approximate; 1 = exact; not with --compile)")

@@ -153,3 +153,100 @@ def test_int8_support_reads_the_cpu_flags():
     assert q.int8_support({"avx512f", "avx512_vnni"}) == {"instructions": ["avx512_vnni"], "reduce_range": False}
     assert q.int8_support({"amx_int8", "avx_vnni"})["instructions"] == ["amx_int8", "avx_vnni"]
     assert q.int8_support({"avx2"}) == {"instructions": [], "reduce_range": True}
+
+
+# ------------------------------------------------------------------------------ the CUDA plan
+def test_cuda_configs_follow_the_gpu_and_the_dtype():
+    from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig, Int8DynamicActivationInt8WeightConfig,
+                                      PerRow, PerTensor)
+
+    assert isinstance(q.cuda_linear_config("int8", torch.float16, (8, 0)), Int8DynamicActivationInt8WeightConfig)
+    rowwise = q.cuda_linear_config("fp8", torch.bfloat16, (9, 0))  # Hopper, bf16: scales per row
+    assert isinstance(rowwise, Float8DynamicActivationFloat8WeightConfig)
+    assert all(isinstance(g, PerRow) for g in rowwise.granularity)
+    tensorwise = q.cuda_linear_config("fp8", torch.float16, (8, 9))  # Ada, fp16: torchao's row-wise kernel takes bf16 only
+    assert all(isinstance(g, PerTensor) for g in tensorwise.granularity)
+    with pytest.raises(ValueError, match=r"compute capability 8\.9 or newer .* this one is 8\.6"):
+        q.cuda_linear_config("fp8", torch.bfloat16, (8, 6))
+
+
+def test_fp8_on_a_cpu_unet_is_a_clear_error():
+    with pytest.raises(ValueError, match="fp8 quantization needs a CUDA GPU of compute capability 8.9"):
+        q.quantize_unet(_unet(), "fp8")
+
+
+def test_fp8_layers_need_widths_that_are_multiples_of_16():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 72), torch.nn.Linear(72, 64), torch.nn.Linear(64, 96),
+                                torch.nn.Linear(96, 32))
+    assert q.quantizable_linears(model, multiple_of=16) == [model[2]]  # 72 is not a multiple of 16; 32 < MIN_WIDTH
+    assert q.quantizable_linears(model) == [model[0], model[1], model[2]]
+
+
+def test_the_cuda_plan_quantizes_only_the_linears_and_stays_close():
+    """The CUDA branch of quantize_unet is quantize_linears(unet, cuda_linear_config(...)); torchao's
+    int8 config runs on CPU too, so the plan is checked here against the float UNet."""
+    unet, inputs = _unet(), _inputs()
+    with torch.no_grad():
+        exact = unet(*inputs)
+        undo = q.quantize_linears(unet, q.cuda_linear_config("int8", torch.float32, (9, 0)))
+        out = unet(*inputs)
+    quantized = [m for m in unet.modules() if q.is_quantized(m)]
+    assert quantized and all(isinstance(m, torch.nn.Linear) for m in quantized)
+    assert len(quantized) == len(undo.linears) and not undo.modules
+    assert not any(isinstance(m, (q.Int8Conv2d, q.Int8TemporalConv)) for m in unet.modules())
+    # Measured 2026-12-02: 1.6% (the linears alone; convs and linears together 3.1%, above)
+    assert 0 < _rel(out, exact) < 0.04
+    q.dequantize_unet(undo)
+    with torch.no_grad():
+        torch.testing.assert_close(unet(*inputs), exact, rtol=0, atol=0)
+
+
+def test_quantizing_a_graphed_unet_drops_its_graphs_and_restore_undoes_it():
+    """Graphs captured before quantization replay the float kernels: accelerate must capture again.
+    Checked with the device-independent graph runner (EagerCapture) on CPU."""
+    from svd_fast.accel import _STATE
+    from svd_fast.accel.graphs import EagerCapture, GraphedModule, graph_unet
+
+    pipe = SVDPipeline.from_config(dataclasses.replace(SVDConfig.from_name("tiny"), unet=WIDE), seed=0)
+    unet = pipe.unet
+    accelerate(pipe)
+    state = getattr(pipe, _STATE)
+    pipe.unet = graph_unet(unet, enabled=True, capture=EagerCapture())  # what accelerate(cuda_graphs=True) does on CUDA
+    state.update(graphed=True, pre_graph_unet=unet)
+    inputs = _inputs()
+    with torch.no_grad():
+        exact = pipe.unet(*inputs)
+        assert pipe.unet.stats["captures"] == 1
+        accelerate(pipe, quantize="int8")
+        assert isinstance(pipe.unet, GraphedModule) and pipe.unet.module is unet
+        assert pipe.unet.stats["captures"] == 0  # reset: the next call captures the quantized UNet
+        out = pipe.unet(*inputs)
+        assert pipe.unet.stats["captures"] == 1
+    assert 0 < _rel(out, exact) < 0.05
+    restore(pipe)
+    assert pipe.unet is unet and not any(q.is_quantized(m) for m in unet.modules())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-only: int8 linears through torch._int_mm on a GPU")
+def test_int8_on_cuda_is_close_to_bf16():
+    unet = _unet().cuda().to(torch.bfloat16)
+    inputs = [t.cuda().to(torch.bfloat16) if t.is_floating_point() else t.cuda() for t in _inputs()]
+    with torch.no_grad():
+        exact = unet(*inputs).float()
+        undo = q.quantize_unet(unet, "int8")
+        out = unet(*inputs).float()
+    assert undo.linears and not undo.modules and 0 < _rel(out, exact) < 0.06
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < q.FP8_CAPABILITY,
+                    reason="CUDA-only: fp8 needs a GPU of compute capability 8.9 or newer")
+def test_fp8_on_cuda_is_close_to_bf16():
+    unet = _unet().cuda().to(torch.bfloat16)
+    inputs = [t.cuda().to(torch.bfloat16) if t.is_floating_point() else t.cuda() for t in _inputs()]
+    with torch.no_grad():
+        exact = unet(*inputs).float()
+        undo = q.quantize_unet(unet, "fp8")
+        out = unet(*inputs).float()
+    # e4m3 keeps 3 mantissa bits (relative step 1/16 against int8's ~1/127 of the range per row):
+    # several percent over the UNet's ~40 linears; a broken layer gives tens of percent.
+    assert undo.linears and 0 < _rel(out, exact) < 0.1

@@ -6,7 +6,8 @@ svd_fast's (same weights, moved not copied; same outputs and random numbers; the
 is diffusers'). Then, on either kind of pipeline:
   compile=True      torch.compile of the UNet and the VAE decoder (accel/compile.py);
   quantize='int8'   int8 weights and dynamic int8 activations for the UNet's convs and linears
-                    (x86 CPUs; accel/quantize.py). Approximate: see bench/quantize.py.
+                    (x86 CPUs; on CUDA its linears; accel/quantize.py); 'fp8': fp8 linears on CUDA
+                    GPUs of compute capability 8.9+. Approximate: see bench/quantize.py.
   cuda_graphs=None  replay the UNet step from CUDA graphs (auto: on CUDA only; accel/graphs.py);
   cache_interval=N  reuse the UNet's deep features on all but every N-th step and the first and
                     last (DeepCache; accel/feature_cache.py). Approximate: see bench/quality.py.
@@ -26,7 +27,7 @@ def accelerate(pipe, compile: bool = False, cuda_graphs: bool | None = None, num
 
     numerics (diffusers pipelines only): 'diffusers' keeps diffusers' GroupNorm epsilons so the
     video matches the unaccelerated pipeline; 'sgm' uses those of the released training code.
-    quantize: None (exact) or 'int8' (accel/quantize.py; pair it with compile=True for speed).
+    quantize: None (exact), 'int8' or 'fp8' (accel/quantize.py; pair it with compile=True for speed).
     cache_interval / cache_branch: feature caching (accel/feature_cache.py; 1 = exact); it runs
     the eager UNet, so it does not combine with compile or CUDA graphs yet.
     """
@@ -156,13 +157,21 @@ def _stop_caching_features(pipe, unet, state: dict) -> None:
 
 
 def _quantize_unet(unet_owner, mode: str, state: dict) -> None:
-    """Quantize the eager UNet; a UNet compiled earlier is compiled again around it."""
+    """Quantize the eager UNet; what was built from its float layers is built again: a UNet compiled
+    earlier is compiled around it, CUDA graphs captured earlier (which replay the float kernels) are
+    dropped and captured on the next call."""
     from svd_fast.accel.quantize import quantize_unet
 
-    eager = _compile.uncompile(unet_owner.inner)
+    holder, attr = unet_owner, "inner"
+    if state["graphed"]:
+        unet_owner.inner.reset()
+        holder, attr = unet_owner.inner, "module"
+    eager = _compile.uncompile(getattr(holder, attr))
     state["quantized"] = quantize_unet(eager, mode)
     if state["compiled"]:
-        unet_owner.inner = _compile.compile_unet(eager)
+        setattr(holder, attr, _compile.compile_unet(eager))
+        if state["graphed"]:
+            state["pre_graph_unet"] = holder.module
 
 
 def _swap_diffusers_components(pipe, numerics: str, state: dict) -> None:

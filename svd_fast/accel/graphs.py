@@ -333,7 +333,7 @@ class GraphedModule(torch.nn.Module):
 
     # ---------------------------------------------------------------------- weights and memory
     def _record_weights(self) -> None:
-        self._weights = list(chain(self.module.parameters(), self.module.buffers()))
+        self._weights = [t for w in chain(self.module.parameters(), self.module.buffers()) for t in _storages(w)]
         self._weight_ptrs = [w.data_ptr() for w in self._weights]
 
     def _drop_graphs_if_weights_moved(self) -> None:
@@ -403,6 +403,18 @@ def _strip_wrapper_prefix_on_load(module, state_dict, prefix, local_metadata, *_
         state_dict[prefix + "module." + key[len(prefix):]] = state_dict.pop(key)
     if local_metadata.get("assign_to_params_buffers"):
         module._drop_graphs()
+
+
+def _storages(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors holding `tensor`'s data: itself, or the inner tensors of a wrapper subclass
+    (torchao's int8/fp8 weights report data_ptr() 0); none for an opaque oneDNN tensor (CPU int8
+    conv weights, which have no data pointer)."""
+    if tensor.is_mkldnn:
+        return []
+    if not hasattr(tensor, "__tensor_flatten__"):
+        return [tensor]
+    names, _ = tensor.__tensor_flatten__()
+    return [t for name in names for t in _storages(getattr(tensor, name))]
 
 
 def _tensors(args, kwargs) -> list[torch.Tensor]:

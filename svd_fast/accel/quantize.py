@@ -27,6 +27,14 @@ fuses the per-token quantization and the rescaling around the int8 GEMMs; eager 
 passes for each. The CPU's int8 instructions are detected (`int8_support`); without VNNI or
 AMX-INT8 activations use 7 bits (reduce_range) to stay exact in the u8 x s8 instructions,
 and int8 is not expected to be faster there.
+
+On CUDA only the linears are quantized (the convs stay in the model's dtype: torchao's quantized
+tensors implement linear only, and PyTorch has no int8 or fp8 convolution kernel on CUDA):
+- 'int8': the same torchao config (int8 x int8 -> int32 through torch._int_mm);
+- 'fp8': torchao's Float8DynamicActivationFloat8WeightConfig, e4m3 weights and activations scaled per
+  row (bf16 models; per tensor for fp16/fp32, which torchao's row-wise kernel does not take), on GPUs
+  of compute capability 8.9 or newer (Ada, Hopper), whose tensor cores compute in fp8. Layers whose
+  widths are not multiples of 16 (torch._scaled_mm's requirement) stay float.
 """
 from __future__ import annotations
 
@@ -37,7 +45,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-MODES = ("int8",)
+MODES = ("int8", "fp8")
+FP8_CAPABILITY = (8, 9)
+"""the first CUDA compute capability with fp8 tensor cores (Ada); Hopper is 9.0"""
 MIN_WIDTH = 64
 """layers with fewer input or output channels stay float: too little work for int8 to pay"""
 
@@ -78,51 +88,96 @@ class QuantizedUNet:
 
 
 def quantize_unet(unet: nn.Module, mode: str = "int8") -> QuantizedUNet:
-    """Quantize `unet` (an svd_fast VideoUNet on CPU) in place; see the module docstring."""
+    """Quantize `unet` (an svd_fast VideoUNet on an x86 CPU or a CUDA GPU) in place; see the module
+    docstring."""
     check_mode(mode)
     device = next(unet.parameters()).device
-    if device.type != "cpu":
-        raise ValueError(f"int8 quantization runs on x86 CPUs (oneDNN int8 kernels); the UNet is on {device}")
     dtype = next(unet.parameters()).dtype
-    if dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"int8 quantization takes an fp32 or bf16 UNet, not {dtype} (pass --dtype fp32 or bf16)")
     from svd_fast.adapters import adapted_layers, is_fused
 
-    if adapted_layers(unet) and not is_fused(unet):  # int8 holds one fixed weight per layer
-        raise ValueError("int8 quantization: the UNet carries LoRA adapters that are not fused; call "
+    if adapted_layers(unet) and not is_fused(unet):  # a quantized layer holds one fixed weight
+        raise ValueError(f"{mode} quantization: the UNet carries LoRA adapters that are not fused; call "
                          "pipe.fuse_lora() first")
     if importlib.util.find_spec("torchao") is None:
-        raise ValueError("int8 quantization needs the torchao package: pip install 'svd_fast[int8]' (or torchao)")
+        raise ValueError(f"{mode} quantization needs the torchao package: pip install 'svd_fast[int8]' (or torchao)")
+    if device.type == "cuda":
+        config = cuda_linear_config(mode, dtype, torch.cuda.get_device_capability(device))
+        return quantize_linears(unet, config, multiple_of=16 if mode == "fp8" else 1)
+    if mode == "fp8":
+        raise ValueError(f"fp8 quantization needs a CUDA GPU of compute capability {_capability(FP8_CAPABILITY)} or "
+                         f"newer (Ada, Hopper); the UNet is on {device}: use quantize='int8' on CPUs")
+    if device.type != "cpu":
+        raise ValueError(f"int8 quantization runs on x86 CPUs and CUDA GPUs; the UNet is on {device}")
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"int8 quantization takes an fp32 or bf16 UNet, not {dtype} (pass --dtype fp32 or bf16)")
     if not torch.backends.mkldnn.is_available():
         raise ValueError("int8 quantization needs PyTorch built with oneDNN (mkldnn), which this build lacks")
     support = int8_support()
     if support["reduce_range"]:
         warnings.warn("this CPU has neither VNNI nor AMX-INT8: int8 runs with 7-bit activations and is not "
                       "expected to be faster than bf16/fp32 here", stacklevel=2)
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
     from svd_fast.unet import TemporalResnetBlock
 
     undo = QuantizedUNet()
     qmax = 127 if support["reduce_range"] else 255
-    linears = []
+    for module, child_name, child in _chosen_children(unet):
+        if isinstance(child, TemporalResnetBlock) and _wide(child.conv1):
+            replacement = Int8TemporalResnetBlock(child, qmax)
+        elif isinstance(child, nn.Conv2d) and _wide(child):
+            replacement = Int8Conv2d(child, qmax)
+        else:
+            continue
+        setattr(module, child_name, replacement)
+        undo.modules.append((module, child_name, child))
+    config = Int8DynamicActivationInt8WeightConfig(reduce_range=support["reduce_range"])
+    _quantize_linears(quantizable_linears(unet), config, undo)
+    return undo
+
+
+def cuda_linear_config(mode: str, dtype: torch.dtype, capability: tuple[int, int]):
+    """torchao's config for the linears of a `dtype` UNet on a CUDA GPU of compute `capability`."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Int8DynamicActivationInt8WeightConfig
+
+    check_mode(mode)
+    if mode == "int8":
+        return Int8DynamicActivationInt8WeightConfig()
+    if tuple(capability) < FP8_CAPABILITY:
+        raise ValueError(f"fp8 quantization needs a GPU of compute capability {_capability(FP8_CAPABILITY)} or newer "
+                         f"(Ada, Hopper); this one is {_capability(capability)}: use quantize='int8'")
+    from torchao.quantization import PerRow, PerTensor
+
+    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow() if dtype == torch.bfloat16 else PerTensor())
+
+
+def quantize_linears(unet: nn.Module, config, multiple_of: int = 1) -> QuantizedUNet:
+    """Quantize only the linears (quantizable_linears) with a torchao `config`, in place: the CUDA
+    plan (it runs on any device torchao's config supports)."""
+    undo = QuantizedUNet()
+    _quantize_linears(quantizable_linears(unet, multiple_of), config, undo)
+    return undo
+
+
+def quantizable_linears(unet: nn.Module, multiple_of: int = 1) -> list[nn.Linear]:
+    """The nn.Linear layers quantize_unet quantizes: wide, outside FLOAT_LAYERS, and (fp8) with
+    both widths multiples of `multiple_of`."""
+    return [child for _, _, child in _chosen_children(unet) if isinstance(child, nn.Linear) and _wide(child)
+            and child.in_features % multiple_of == 0 and child.out_features % multiple_of == 0]
+
+
+def _chosen_children(unet: nn.Module):
+    """(parent, attribute name, module) of every direct child outside FLOAT_LAYERS, parents first."""
     for name, module in list(unet.named_modules()):
         if _stays_float(name):
             continue
         for child_name, child in list(module.named_children()):
-            full = f"{name}.{child_name}" if name else child_name
-            if _stays_float(full):
-                continue
-            if isinstance(child, TemporalResnetBlock) and _wide(child.conv1):
-                replacement = Int8TemporalResnetBlock(child, qmax)
-            elif isinstance(child, nn.Conv2d) and _wide(child):
-                replacement = Int8Conv2d(child, qmax)
-            else:
-                if isinstance(child, nn.Linear) and _wide(child):
-                    linears.append(child)
-                continue
-            setattr(module, child_name, replacement)
-            undo.modules.append((module, child_name, child))
-    _quantize_linears(linears, support["reduce_range"], undo)
-    return undo
+            if not _stays_float(f"{name}.{child_name}" if name else child_name):
+                yield module, child_name, child
+
+
+def _capability(capability) -> str:
+    return ".".join(str(part) for part in capability)
 
 
 def dequantize_unet(undo: QuantizedUNet) -> None:
@@ -137,12 +192,12 @@ def dequantize_unet(undo: QuantizedUNet) -> None:
 
 
 def is_quantized(module: nn.Module) -> bool:
-    """True for a layer that computes in int8 (an Int8 module here, or a torchao int8 linear)."""
+    """True for a layer that computes in int8 or fp8 (an Int8 module here, or a torchao linear)."""
     if isinstance(module, (Int8Conv2d, Int8TemporalConv)):
         return True
     weight = getattr(module, "weight", None)
     return isinstance(module, nn.Linear) and weight is not None and getattr(weight, "qdata", None) is not None \
-        and weight.qdata.dtype == torch.int8
+        and weight.qdata.dtype in (torch.int8, torch.float8_e4m3fn)
 
 
 def _stays_float(name: str) -> bool:
@@ -155,10 +210,9 @@ def _wide(layer: nn.Module) -> bool:
     return min(layer.in_channels, layer.out_channels) >= MIN_WIDTH
 
 
-def _quantize_linears(linears: list, reduce_range: bool, undo: QuantizedUNet) -> None:
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+def _quantize_linears(linears: list, config, undo: QuantizedUNet) -> None:
+    from torchao.quantization import quantize_
 
-    config = Int8DynamicActivationInt8WeightConfig(reduce_range=reduce_range)
     for linear in linears:
         undo.linears[linear] = linear.weight
         quantize_(linear, config)  # applies to the root module itself: one chosen layer at a time
@@ -261,5 +315,5 @@ class Int8TemporalResnetBlock(nn.Module):
         return self.conv2(self.norm2(h, silu=True, num_frames=num_frames), num_frames)
 
 
-__all__ = ["MODES", "FLOAT_LAYERS", "MIN_WIDTH", "check_mode", "int8_support", "quantize_unet", "dequantize_unet",
-           "is_quantized", "QuantizedUNet", "Int8Conv2d", "Int8TemporalConv", "Int8TemporalResnetBlock"]
+__all__ = ["MODES", "FP8_CAPABILITY", "FLOAT_LAYERS", "MIN_WIDTH", "check_mode", "int8_support", "quantize_unet",
+           "dequantize_unet", "cuda_linear_config", "quantize_linears", "quantizable_linears", "is_quantized", "QuantizedUNet", "Int8Conv2d", "Int8TemporalConv", "Int8TemporalResnetBlock"]
