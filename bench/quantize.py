@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repository root, as in bench/run.py
-from bench.harness import PeakMemory, machine_info, summary, time_repeats, write_json  # noqa: E402
+from bench.harness import PeakMemory, machine_info, summary, sync, time_repeats, write_json  # noqa: E402
 from bench.run import build_config, unet_inputs  # noqa: E402
 
 VARIANTS = ("fp32", "bf16", "fp16", "int8", "fp8")
@@ -113,6 +113,7 @@ def run_variant(name, args, reference):
     with torch.inference_mode():
         start = time.perf_counter()
         out = unet(*inputs).float()
+        sync()
         result["first_call_s"] = time.perf_counter() - start
         with PeakMemory() as mem:
             times = time_repeats(lambda: unet(*inputs), args.repeat, warmup=args.warmup)
