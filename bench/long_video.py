@@ -33,7 +33,8 @@ def held_out_images() -> dict[str, torch.Tensor]:
     return recipe_module().held_out_photos()  # fetched from their packages
 
 
-def one_video(model: str, image: torch.Tensor, frames: int, overlap: int, seed: int, steps: int | None):
+def one_video(model: str, image: torch.Tensor, frames: int, overlap: int, seed: int, steps: int | None,
+              detail_anchor: bool = True):
     from svd_fast.long_video import chunk_plan, drift_report, sample_long_video, seam_report
     from svd_fast.pipeline import SVDPipeline
 
@@ -45,21 +46,29 @@ def one_video(model: str, image: torch.Tensor, frames: int, overlap: int, seed: 
                               width=cfg.width, num_inference_steps=steps or cfg.num_inference_steps,
                               generator=torch.Generator().manual_seed(seed), fps=cfg.fps,
                               motion_bucket_id=cfg.motion_bucket_id, max_guidance_scale=cfg.max_guidance_scale,
-                              image_init_sigma=cfg.image_init_sigma, keep_first_frame=cfg.keep_first_frame)
+                              image_init_sigma=cfg.image_init_sigma, keep_first_frame=cfg.keep_first_frame,
+                              detail_anchor=detail_anchor)
     seconds = time.perf_counter() - start
     plan = chunk_plan(frames, cfg.num_frames, overlap)
-    drift = drift_report(video)
+    from svd_fast import conditioner
+
+    reference = ((conditioner.preprocess_image(image, cfg.height, cfg.width)[0] + 1) / 2).clamp(0, 1)
+    drift = drift_report(video, reference.permute(1, 2, 0).numpy())
+    from svd_fast.train.video_metrics import mean_flow
+
     return video, {"frames": frames, "chunks": len(plan), "seconds": seconds, **seam_report(video, plan),
+                   "mean_flow": mean_flow(video),
                    "mean_colour_drift_255": drift["mean_colour_drift_255"],
                    "last_colour_drift_255": drift["last_colour_drift_255"],
-                   "last_sharpness_ratio": drift["last_sharpness_ratio"]}
+                   "last_sharpness_ratio": drift["last_sharpness_ratio"],
+                   "last_sharpness_vs_input": drift["last_sharpness_vs_input"]}
 
 
-def peak_rss_child(model: str, frames: int, overlap: int) -> float:
+def peak_rss_child(model: str, frames: int, overlap: int, detail_anchor: bool = True) -> float:
     """Peak resident memory (GiB) of a fresh process sampling one video of `frames` frames."""
     code = (f"import sys, resource, torch; sys.argv=['x']; sys.path.insert(0, {str(REPO / 'bench')!r}); "
             f"import long_video as lv; torch.set_num_threads(torch.get_num_threads()); "
-            f"image = next(iter(lv.held_out_images().values())); lv.one_video({model!r}, image, {frames}, {overlap}, 0, None); "
+            f"image = next(iter(lv.held_out_images().values())); lv.one_video({model!r}, image, {frames}, {overlap}, 0, None, {detail_anchor}); "
             f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return int(out.strip().splitlines()[-1]) / 2**20  # ru_maxrss is in KiB on Linux
@@ -73,6 +82,8 @@ def main(argv=None) -> int:
     p.add_argument("--lengths", default="2,4,8", help="video lengths, in multiples of the model's window")
     p.add_argument("--overlaps", default="1,2,3")
     p.add_argument("--steps", type=int)
+    p.add_argument("--detail-anchor", action=argparse.BooleanOptionalAction, default=True,
+                   help="svd_fast.long_video's detail anchor (the default) or not")
     p.add_argument("--gif", help="write the 4x-window video of the first photo (default overlap) here")
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
@@ -89,7 +100,7 @@ def main(argv=None) -> int:
         for multiple in lengths:
             per_image = []
             for seed, (name, image) in enumerate(images.items()):
-                video, row = one_video(args.model, image, multiple * window, overlap, seed, args.steps)
+                video, row = one_video(args.model, image, multiple * window, overlap, seed, args.steps, args.detail_anchor)
                 per_image.append({"image": name, **row})
                 if args.gif and multiple == 4 and overlap == overlaps[len(overlaps) // 2] and seed == 0:
                     save_video(video, args.gif, fps=8)
@@ -98,10 +109,13 @@ def main(argv=None) -> int:
             rows.append({"overlap": overlap, "multiple": multiple, "mean": mean, "per_image": per_image})
             print(f"overlap {overlap} x{multiple}: seam {mean['seam_psnr']:.1f} dB vs inside {mean['inside_psnr']:.1f} dB, "
                   f"colour drift mean {mean['mean_colour_drift_255']:.1f} last {mean['last_colour_drift_255']:.1f}/255, "
-                  f"sharpness last/first {mean['last_sharpness_ratio']:.2f}, {mean['seconds']:.1f} s", flush=True)
-    memory = {m: peak_rss_child(args.model, m * window, overlaps[len(overlaps) // 2]) for m in lengths}
+                  f"sharpness last/first {mean['last_sharpness_ratio']:.2f} (last/input "
+                  f"{mean['last_sharpness_vs_input']:.2f}), flow {mean['mean_flow']:.2f} px/frame, "
+                  f"{mean['seconds']:.1f} s", flush=True)
+    memory = {m: peak_rss_child(args.model, m * window, overlaps[len(overlaps) // 2], args.detail_anchor) for m in lengths}
     print("peak RSS (GiB) by length multiple:", {m: round(v, 3) for m, v in memory.items()})
     write_json(args.json, {"machine": machine_info(), "model": args.model, "window": window, "dtype": "fp32",
+                           "detail_anchor": args.detail_anchor,
                            "threads": torch.get_num_threads(), "images": list(images),
                            "rows": rows, "peak_rss_gib_by_multiple": memory,
                            "max_rss_this_process_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})

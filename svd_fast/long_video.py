@@ -15,7 +15,14 @@ frames and starts `overlap` frames before the previous chunk ends:
 - with colour_anchor (the default), its conditioning frame first gets the input image's colour
   statistics (mean and standard deviation of each Lab channel, Reinhard et al.'s colour
   transfer, as long-video tools such as Deforum match colours to frame 0): the small colour error
-  each chunk makes when it copies its conditioning frame would otherwise add up chunk by chunk.
+  each chunk makes when it copies its conditioning frame would otherwise add up chunk by chunk;
+- with detail_anchor (the default), every frame keeps its own low frequencies (colour, shapes,
+  motion) and takes its fine detail from the input image, warped onto the frame by optical flow
+  (`transfer_detail`): each chunk copies a frame a little softer than the one it was conditioned
+  on, so without it detail decays chunk by chunk (measured, 4 held-out photos, 4x the window: the
+  last frame's sharpness 0.11x of the first's, the subjects dissolved by the third chunk; with it
+  0.93x, the same motion). The conditioning frame of the next chunk is taken after it. A video of
+  one chunk is left as the pipeline makes it.
 FIFO-Diffusion's diagonal denoising (a queue of frames at rising noise levels) needs a model
 trained or tuned for unequal noise across frames; SVD shares one sigma per clip, so the chunked
 scheme fits the released models as they are.
@@ -73,14 +80,43 @@ def match_colours(frame: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1).clamp(0, 1).to(frame.dtype)
 
 
+DETAIL_SIGMA = 0.375
+"""transfer_detail's split between a frame's own and the input's detail: the Gaussian's standard
+deviation in latent pixels (1.5 px at the default model's 4x VAE; chosen among 1, 1.5 and 2.5 px on
+its held-out photos: the seam dip 1.10 / 1.15 / 1.32 dB against 1.04 without, the last frame's
+sharpness 0.73 / 0.93 / 1.00x, the mean flow 0.58 / 0.55 / 0.48 px/frame against 0.55)"""
+
+
+def transfer_detail(frame: torch.Tensor, reference: torch.Tensor, sigma: float) -> torch.Tensor:
+    """frame (3, H, W) in [0, 1] with its detail finer than a Gaussian of `sigma` px replaced by
+    reference's (3, H, W), warped onto the frame: low-pass(frame) + high-pass(warped reference).
+
+    The warp follows Farneback's flow from the frame to the reference (grey levels), so detail lands
+    where the content it belongs to has moved; the frame's colour, shapes and motion are kept."""
+    import cv2
+
+    from svd_fast.interpolation import FLOW
+
+    if frame.shape != reference.shape:
+        raise ValueError(f"transfer_detail: frame {tuple(frame.shape)} and reference {tuple(reference.shape)} differ")
+    ours, theirs = (t.permute(1, 2, 0).float().cpu().numpy() for t in (frame, reference))
+    grey = [cv2.cvtColor((np.clip(a, 0, 1) * 255).round().astype(np.uint8), cv2.COLOR_RGB2GRAY) for a in (ours, theirs)]
+    flow = cv2.calcOpticalFlowFarneback(grey[0], grey[1], None, **FLOW)
+    ys, xs = np.mgrid[0:ours.shape[0], 0:ours.shape[1]].astype(np.float32)
+    warped = cv2.remap(theirs, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    out = cv2.GaussianBlur(ours, (0, 0), sigma) + warped - cv2.GaussianBlur(warped, (0, 0), sigma)
+    return torch.from_numpy(np.clip(out, 0, 1)).permute(2, 0, 1).to(frame.dtype)
+
+
 def sample_long_video(pipe, image, num_frames: int, *, window: int | None = None, overlap: int = 1,
                       height: int, width: int, num_inference_steps: int, generator: torch.Generator,
-                      colour_anchor: bool = True, decode_chunk_size: int | None = None, on_chunk=None,
-                      **call_args) -> np.ndarray:
+                      colour_anchor: bool = True, detail_anchor: bool = True, decode_chunk_size: int | None = None,
+                      on_chunk=None, **call_args) -> np.ndarray:
     """num_frames frames (T, H, W, 3) float in [0, 1] from an image, `window` frames at a time.
 
     call_args go to every pipe call (fps, motion_bucket_id, guidance, noise_aug_strength, sampler,
-    ...). on_chunk(chunk, total_chunks), when given, is called after each chunk.
+    ...). colour_anchor / detail_anchor: see the module docstring. on_chunk(chunk, total_chunks),
+    when given, is called after each chunk.
     """
     from svd_fast import conditioner
 
@@ -109,13 +145,16 @@ def sample_long_video(pipe, image, num_frames: int, *, window: int | None = None
         latents = pipe(condition, height=height, width=width, num_frames=window, latents=x / init_noise_scale(sigmas),
                        sigmas=sigmas, generator=generator, output_type="latent", image_embeddings=embeddings,
                        callback_on_step_end=None if held is None else _holder(held, noise, sigmas), **call_args).frames
-        frames = pipe.decode(latents, decode_chunk_size or window)[0]  # (T, 3, H, W) in [-1, 1]
+        frames = ((pipe.decode(latents, decode_chunk_size or window)[0] + 1) / 2).clamp(0, 1)  # (T, 3, H, W)
+        if len(plan) > 1 and detail_anchor:
+            sigma = DETAIL_SIGMA * pipe.vae.config.downsample_factor
+            frames = torch.stack([transfer_detail(frame, reference.to(frame), sigma) for frame in frames.float().cpu()])
         if len(plan) > 1:  # the next chunk starts, and is conditioned, at the first overlap frame
-            condition = ((frames[window - overlap] + 1) / 2).clamp(0, 1)
+            condition = frames[window - overlap]
             if colour_anchor:
                 condition = match_colours(condition, reference)
         previous = latents
-        out.append(((frames[chunk.held:] + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy())
+        out.append(frames[chunk.held:].permute(0, 2, 3, 1).float().cpu().numpy())
         if on_chunk is not None:
             on_chunk(chunk, len(plan))
     return np.concatenate(out)[:num_frames]
@@ -150,9 +189,11 @@ def seam_report(video: np.ndarray, plan: list[Chunk]) -> dict:
             "inside_psnr": db([e for i, e in enumerate(squared) if i not in seams]), "seams": len(seams)}
 
 
-def drift_report(video: np.ndarray) -> dict:
+def drift_report(video: np.ndarray, reference: np.ndarray | None = None) -> dict:
     """How far frame k drifts from frame 0: colour (largest channel-mean error, /255) and
-    sharpness (variance of the Laplacian of frame k / of frame 0), per frame and summarised."""
+    sharpness (variance of the Laplacian of frame k / of frame 0), per frame and summarised; with
+    `reference` (H, W, 3), the input image, also the last frame's sharpness against the input's (how
+    much of the input's detail is left, whatever frame 0 kept)."""
     import cv2
 
     def sharpness(frame):
@@ -163,6 +204,9 @@ def drift_report(video: np.ndarray) -> dict:
     colour = np.abs(means - means[0]).max(1) * 255
     base = max(sharpness(video[0]), 1e-12)
     sharp = np.array([sharpness(frame) / base for frame in video])
-    return {"colour_drift_255": colour.tolist(), "sharpness_ratio": sharp.tolist(),
-            "mean_colour_drift_255": float(colour.mean()), "last_colour_drift_255": float(colour[-1]),
-            "last_sharpness_ratio": float(sharp[-1])}
+    report = {"colour_drift_255": colour.tolist(), "sharpness_ratio": sharp.tolist(),
+              "mean_colour_drift_255": float(colour.mean()), "last_colour_drift_255": float(colour[-1]),
+              "last_sharpness_ratio": float(sharp[-1])}
+    if reference is not None:
+        report["last_sharpness_vs_input"] = sharpness(video[-1]) / max(sharpness(reference), 1e-12)
+    return report

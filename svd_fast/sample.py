@@ -1,7 +1,7 @@
 """Command line: sample a video from an image, or from a text prompt.
 
     python -m svd_fast.sample --image IN.png --out OUT.mp4 [--model PATH] [--frames N] [--steps N]
-        [--window W] [--overlap O] [--no-colour-anchor]
+        [--window W] [--overlap O] [--no-colour-anchor] [--no-detail-anchor]
         [--seed S] [--fps F] [--motion-bucket M] [--dtype auto|bf16|fp16|fp32] [--decode-chunk N]
         [--sampler euler|heun|dpmpp_2m|consistency] [--eta E] [--compile] [--cuda-graphs | --no-cuda-graphs]
         [--quantize int8|fp8] [--cache-interval N] [--lora PATH[:SCALE] ...]
@@ -45,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="long videos: frames each chunk shares with the one before (held during sampling)")
     p.add_argument("--colour-anchor", action=argparse.BooleanOptionalAction, default=True,
                    help="long videos: give each chunk's conditioning frame the input image's colour statistics")
+    p.add_argument("--detail-anchor", action=argparse.BooleanOptionalAction, default=True,
+                   help="long videos: give every frame the input image's fine detail, warped onto it by optical flow "
+                        "(without it detail fades chunk by chunk)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's preset, 25 for SVD)")
     p.add_argument("--seed", type=int, default=23)
     p.add_argument("--fps", type=int, help="frame rate of the output and the fps conditioning (default: the model's, 7 for SVD)")
@@ -303,6 +306,7 @@ def _long_video(pipe, image, frames: int, window: int, args, common: dict, load_
     print(f"long video: {frames} frames in {chunks} chunks of {window} (overlap {args.overlap})")
     start = time.perf_counter()
     video = sample_long_video(pipe, image, frames, window=window, overlap=args.overlap, colour_anchor=args.colour_anchor,
+                              detail_anchor=args.detail_anchor,
                               on_chunk=lambda c, n: print(f"chunk {c.index + 1}/{n} done", flush=True), **common)
     sample_time = time.perf_counter() - start
     written = save_video(video, args.out, fps=fps)
