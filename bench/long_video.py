@@ -34,7 +34,7 @@ def held_out_images() -> dict[str, torch.Tensor]:
 
 
 def one_video(model: str, image: torch.Tensor, frames: int, overlap: int, seed: int, steps: int | None,
-              detail_anchor: bool = True):
+              detail_anchor: bool = True, colour_anchor: bool = True):
     from svd_fast.long_video import chunk_plan, drift_report, sample_long_video, seam_report
     from svd_fast.pipeline import SVDPipeline
 
@@ -47,7 +47,7 @@ def one_video(model: str, image: torch.Tensor, frames: int, overlap: int, seed: 
                               generator=torch.Generator().manual_seed(seed), fps=cfg.fps,
                               motion_bucket_id=cfg.motion_bucket_id, max_guidance_scale=cfg.max_guidance_scale,
                               image_init_sigma=cfg.image_init_sigma, keep_first_frame=cfg.keep_first_frame,
-                              detail_anchor=detail_anchor)
+                              detail_anchor=detail_anchor, colour_anchor=colour_anchor)
     seconds = time.perf_counter() - start
     plan = chunk_plan(frames, cfg.num_frames, overlap)
     from svd_fast import conditioner
@@ -64,11 +64,11 @@ def one_video(model: str, image: torch.Tensor, frames: int, overlap: int, seed: 
                    "last_sharpness_vs_input": drift["last_sharpness_vs_input"]}
 
 
-def peak_rss_child(model: str, frames: int, overlap: int, detail_anchor: bool = True) -> float:
+def peak_rss_child(model: str, frames: int, overlap: int, detail_anchor: bool = True, colour_anchor: bool = True) -> float:
     """Peak resident memory (GiB) of a fresh process sampling one video of `frames` frames."""
     code = (f"import sys, resource, torch; sys.argv=['x']; sys.path.insert(0, {str(REPO / 'bench')!r}); "
             f"import long_video as lv; torch.set_num_threads(torch.get_num_threads()); "
-            f"image = next(iter(lv.held_out_images().values())); lv.one_video({model!r}, image, {frames}, {overlap}, 0, None, {detail_anchor}); "
+            f"image = next(iter(lv.held_out_images().values())); lv.one_video({model!r}, image, {frames}, {overlap}, 0, None, {detail_anchor}, {colour_anchor}); "
             f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return int(out.strip().splitlines()[-1]) / 2**20  # ru_maxrss is in KiB on Linux
@@ -84,6 +84,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int)
     p.add_argument("--detail-anchor", action=argparse.BooleanOptionalAction, default=True,
                    help="svd_fast.long_video's detail anchor (the default) or not")
+    p.add_argument("--colour-anchor", action=argparse.BooleanOptionalAction, default=True,
+                   help="svd_fast.long_video's colour anchor (the default) or not")
     p.add_argument("--gif", help="write the 4x-window video of the first photo (default overlap) here")
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
@@ -100,7 +102,8 @@ def main(argv=None) -> int:
         for multiple in lengths:
             per_image = []
             for seed, (name, image) in enumerate(images.items()):
-                video, row = one_video(args.model, image, multiple * window, overlap, seed, args.steps, args.detail_anchor)
+                video, row = one_video(args.model, image, multiple * window, overlap, seed, args.steps,
+                                       args.detail_anchor, args.colour_anchor)
                 per_image.append({"image": name, **row})
                 if args.gif and multiple == 4 and overlap == overlaps[len(overlaps) // 2] and seed == 0:
                     save_video(video, args.gif, fps=8)
@@ -112,10 +115,11 @@ def main(argv=None) -> int:
                   f"sharpness last/first {mean['last_sharpness_ratio']:.2f} (last/input "
                   f"{mean['last_sharpness_vs_input']:.2f}), flow {mean['mean_flow']:.2f} px/frame, "
                   f"{mean['seconds']:.1f} s", flush=True)
-    memory = {m: peak_rss_child(args.model, m * window, overlaps[len(overlaps) // 2], args.detail_anchor) for m in lengths}
+    memory = {m: peak_rss_child(args.model, m * window, overlaps[len(overlaps) // 2], args.detail_anchor,
+                                args.colour_anchor) for m in lengths}
     print("peak RSS (GiB) by length multiple:", {m: round(v, 3) for m, v in memory.items()})
     write_json(args.json, {"machine": machine_info(), "model": args.model, "window": window, "dtype": "fp32",
-                           "detail_anchor": args.detail_anchor,
+                           "detail_anchor": args.detail_anchor, "colour_anchor": args.colour_anchor,
                            "threads": torch.get_num_threads(), "images": list(images),
                            "rows": rows, "peak_rss_gib_by_multiple": memory,
                            "max_rss_this_process_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})

@@ -12,17 +12,20 @@ frames and starts `overlap` frames before the previous chunk ends:
   frames equal the previous ones, so the overlap is blended by construction, not cross-faded;
 - its cross-attention keeps the input image's CLIP embedding (StreamingSVD's appearance anchor):
   the image the user gave, not the last frame, says what the video looks like;
-- with colour_anchor (the default), its conditioning frame first gets the input image's colour
-  statistics (mean and standard deviation of each Lab channel, Reinhard et al.'s colour
-  transfer, as long-video tools such as Deforum match colours to frame 0): the small colour error
-  each chunk makes when it copies its conditioning frame would otherwise add up chunk by chunk;
+- with colour_anchor (the default), every frame, its conditioning frame among them, gets the
+  input image's colour statistics (mean and standard deviation of each Lab channel, Reinhard et
+  al.'s colour transfer, as Deforum's colour coherence matches every frame to frame 0): the small
+  colour error each chunk makes when it copies its conditioning frame would otherwise add up chunk
+  by chunk, and a chunk that copies a colour-matched frame next to unmatched ones leaves a seam
+  (matching the conditioning frame only: seam dip 1.0-1.2 dB at 4x the window; every frame: 0.1 dB);
 - with detail_anchor (the default), every frame keeps its own low frequencies (colour, shapes,
   motion) and takes its fine detail from the input image, warped onto the frame by optical flow
   (`transfer_detail`): each chunk copies a frame a little softer than the one it was conditioned
-  on, so without it detail decays chunk by chunk (measured, 4 held-out photos, 4x the window: the
-  last frame's sharpness 0.11x of the first's, the subjects dissolved by the third chunk; with it
-  0.93x, the same motion). The conditioning frame of the next chunk is taken after it. A video of
-  one chunk is left as the pipeline makes it.
+  on, so without it detail decays chunk by chunk (measured on the default model, 4 held-out photos,
+  4x the window: the last frame keeps 0.09x of the input's sharpness, the subjects dissolved by the
+  third chunk; with it 0.55x, the same motion: bench/long_video.py). Detail first, then colour; the
+  conditioning frame of the next chunk is taken after both. A video of one chunk is left as the
+  pipeline makes it.
 FIFO-Diffusion's diagonal denoising (a queue of frames at rising noise levels) needs a model
 trained or tuned for unequal noise across frames; SVD shares one sigma per clip, so the chunked
 scheme fits the released models as they are.
@@ -82,9 +85,11 @@ def match_colours(frame: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 DETAIL_SIGMA = 0.375
 """transfer_detail's split between a frame's own and the input's detail: the Gaussian's standard
-deviation in latent pixels (1.5 px at the default model's 4x VAE; chosen among 1, 1.5 and 2.5 px on
-its held-out photos: the seam dip 1.10 / 1.15 / 1.32 dB against 1.04 without, the last frame's
-sharpness 0.73 / 0.93 / 1.00x, the mean flow 0.58 / 0.55 / 0.48 px/frame against 0.55)"""
+deviation in latent pixels (1.5 px at the default model's 4x VAE). Chosen among 1, 1.5 and 2.5 px on
+its held-out photos at 4x the window (before every frame was colour-matched, sharpness against an
+unanchored frame 0): seam dip 1.10 / 1.15 / 1.32 dB against 1.04 without, last frame's sharpness
+0.73 / 0.93 / 1.00x, mean flow 0.58 / 0.55 / 0.48 px/frame against 0.55: 2.5 px starts to hold the
+motion back."""
 
 
 def transfer_detail(frame: torch.Tensor, reference: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -106,6 +111,18 @@ def transfer_detail(frame: torch.Tensor, reference: torch.Tensor, sigma: float) 
     warped = cv2.remap(theirs, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     out = cv2.GaussianBlur(ours, (0, 0), sigma) + warped - cv2.GaussianBlur(warped, (0, 0), sigma)
     return torch.from_numpy(np.clip(out, 0, 1)).permute(2, 0, 1).to(frame.dtype)
+
+
+def anchor_frames(frames: torch.Tensor, reference: torch.Tensor, detail_sigma: float | None,
+                  colour: bool) -> torch.Tensor:
+    """frames (T, 3, H, W) in [0, 1], each given the reference's detail finer than `detail_sigma` px
+    (transfer_detail; None: not) and then, with `colour`, its Lab colour statistics (match_colours)."""
+    out = []
+    for frame in frames:
+        if detail_sigma is not None:
+            frame = transfer_detail(frame, reference, detail_sigma)
+        out.append(match_colours(frame, reference) if colour else frame)
+    return torch.stack(out)
 
 
 def sample_long_video(pipe, image, num_frames: int, *, window: int | None = None, overlap: int = 1,
@@ -146,13 +163,10 @@ def sample_long_video(pipe, image, num_frames: int, *, window: int | None = None
                        sigmas=sigmas, generator=generator, output_type="latent", image_embeddings=embeddings,
                        callback_on_step_end=None if held is None else _holder(held, noise, sigmas), **call_args).frames
         frames = ((pipe.decode(latents, decode_chunk_size or window)[0] + 1) / 2).clamp(0, 1)  # (T, 3, H, W)
-        if len(plan) > 1 and detail_anchor:
-            sigma = DETAIL_SIGMA * pipe.vae.config.downsample_factor
-            frames = torch.stack([transfer_detail(frame, reference.to(frame), sigma) for frame in frames.float().cpu()])
         if len(plan) > 1:  # the next chunk starts, and is conditioned, at the first overlap frame
+            sigma = DETAIL_SIGMA * pipe.vae.config.downsample_factor if detail_anchor else None
+            frames = anchor_frames(frames.float().cpu(), reference.float().cpu(), sigma, colour_anchor)
             condition = frames[window - overlap]
-            if colour_anchor:
-                condition = match_colours(condition, reference)
         previous = latents
         out.append(frames[chunk.held:].permute(0, 2, 3, 1).float().cpu().numpy())
         if on_chunk is not None:

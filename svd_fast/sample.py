@@ -44,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overlap", type=int, default=1,
                    help="long videos: frames each chunk shares with the one before (held during sampling)")
     p.add_argument("--colour-anchor", action=argparse.BooleanOptionalAction, default=True,
-                   help="long videos: give each chunk's conditioning frame the input image's colour statistics")
+                   help="long videos: give every frame (each chunk's conditioning frame among them) the input image's "
+                        "colour statistics")
     p.add_argument("--detail-anchor", action=argparse.BooleanOptionalAction, default=True,
                    help="long videos: give every frame the input image's fine detail, warped onto it by optical flow "
                         "(without it detail fades chunk by chunk)")

@@ -49,9 +49,9 @@ def test_each_chunk_continues_from_the_previous_chunks_frames(echo_pipe):
     reference = ((conditioner.preprocess_image(image, 64, 64)[0] + 1) / 2).clamp(0, 1)
     sigma = DETAIL_SIGMA * echo_pipe.vae.config.downsample_factor
 
-    def decoded(latents):  # the chunk's frames in [0, 1], each with the input's detail (detail_anchor)
+    def decoded(latents):  # the chunk's frames in [0, 1], each with the input's detail, then its colours
         frames = ((echo_pipe.decode(latents[None], window)[0] + 1) / 2).clamp(0, 1)
-        return torch.stack([transfer_detail(frame, reference, sigma) for frame in frames])
+        return torch.stack([match_colours(transfer_detail(frame, reference, sigma), reference) for frame in frames])
 
     expected_frames, previous = [], None
     for chunk, call in zip(plan, recorder.calls):
@@ -61,8 +61,7 @@ def test_each_chunk_continues_from_the_previous_chunks_frames(echo_pipe):
             # Held frames are the previous chunk's last `overlap` latents, exactly.
             torch.testing.assert_close(latents[:overlap], previous[-overlap:], rtol=0, atol=1e-5)
             # The chunk is conditioned on the previous chunk's frame where it starts.
-            start_frame = decoded(previous)[window - overlap]
-            torch.testing.assert_close(call["image"], match_colours(start_frame, reference))
+            torch.testing.assert_close(call["image"], decoded(previous)[window - overlap])
         # This denoiser returns its conditioning: every new frame is the conditioning frame's latent.
         cond = echo_pipe.vae.encode(conditioner.preprocess_image(call["image"], 64, 64)) * sf
         torch.testing.assert_close(latents[chunk.held:], cond.expand(window - chunk.held, -1, -1, -1),
@@ -162,3 +161,20 @@ def test_detail_anchor_leaves_a_one_chunk_video_alone_and_can_be_turned_off(echo
     two = [sample_long_video(echo_pipe, image, 12, window=8, generator=torch.Generator().manual_seed(1),
                              detail_anchor=anchor, **kw) for anchor in (True, False)]
     assert np.abs(two[0] - two[1]).max() > 0.01
+
+
+def test_colour_anchor_gives_every_frame_of_a_long_video_the_inputs_colours(echo_pipe):
+    import cv2
+
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    reference = ((conditioner.preprocess_image(image, 64, 64)[0] + 1) / 2).clamp(0, 1)
+    target = cv2.cvtColor(reference.permute(1, 2, 0).numpy(), cv2.COLOR_RGB2LAB).reshape(-1, 3).mean(0)
+    kw = dict(height=64, width=64, num_inference_steps=3, noise_aug_strength=0.0, max_guidance_scale=1.0)
+
+    def lab_means(colour_anchor):
+        video = sample_long_video(echo_pipe, image, 12, window=8, generator=torch.Generator().manual_seed(1),
+                                  colour_anchor=colour_anchor, **kw)
+        return np.stack([cv2.cvtColor(f.astype(np.float32), cv2.COLOR_RGB2LAB).reshape(-1, 3).mean(0) for f in video])
+
+    np.testing.assert_allclose(lab_means(True), np.broadcast_to(target, (12, 3)), atol=0.6)  # within clipping
+    assert np.abs(lab_means(False) - target).max() > 2  # this echo model's frames are off by several Lab units
