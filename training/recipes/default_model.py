@@ -679,8 +679,9 @@ def write_model_card(out: Path, work: Path, summary: dict, config: SVDConfig) ->
         f"{m['warp_consistency']:.1f} dB on the procedural clips ({gt['warp_consistency']:.1f} dB for their true clips): "
         "the frames are redrawn a little differently each time instead of moving rigidly. The motion it learnt is mostly camera motion (pans and zooms of the photographs, the footage's camera "
         "moves); it does not invent object motion such as a person turning.",
-        "- It cannot handle text, large resolutions or long videos, and it does not follow the input's exact motion "
-        "(the first frame does not determine it).", "",
+        f"- It cannot handle text or large resolutions, and it does not follow the input's exact motion (the first frame "
+        f"does not determine it). It makes {FRAMES} frames at a time: longer videos come from svd_fast.long_video's chunks, "
+        "each frame anchored to the input's detail and colours (README, Benchmarks: seams and drift).", "",
         "## Reproduce", "",
         "```", "python training/recipes/default_model.py --workdir runs/default_model --out svd_fast/assets/default_model", "```", "",
         f"Run time of the run that produced these weights: {summary['total_s'] / 60:.0f} min wall clock and "
