@@ -227,26 +227,21 @@ def test_quantizing_a_graphed_unet_drops_its_graphs_and_restore_undoes_it():
     assert pipe.unet is unet and not any(q.is_quantized(m) for m in unet.modules())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-only: int8 linears through torch._int_mm on a GPU")
-def test_int8_on_cuda_is_close_to_bf16():
+NO_CUDA = not torch.cuda.is_available()
+NO_FP8 = NO_CUDA or torch.cuda.get_device_capability() < q.FP8_CAPABILITY
+
+
+# int8: torch._int_mm's relative step ~1/127 of each row's range; fp8 (e4m3) keeps 3 mantissa bits, a
+# relative step of 1/16: several percent over the UNet's ~40 linears. A broken layer gives tens of percent.
+@pytest.mark.parametrize("mode,bound", [
+    pytest.param("int8", 0.06, marks=pytest.mark.skipif(NO_CUDA, reason="CUDA-only: int8 linears through torch._int_mm")),
+    pytest.param("fp8", 0.1, marks=pytest.mark.skipif(NO_FP8, reason="CUDA-only: fp8 needs compute capability 8.9+")),
+])
+def test_quantized_linears_on_cuda_are_close_to_bf16(mode, bound):
     unet = _unet().cuda().to(torch.bfloat16)
     inputs = [t.cuda().to(torch.bfloat16) if t.is_floating_point() else t.cuda() for t in _inputs()]
     with torch.no_grad():
         exact = unet(*inputs).float()
-        undo = q.quantize_unet(unet, "int8")
+        undo = q.quantize_unet(unet, mode)
         out = unet(*inputs).float()
-    assert undo.linears and not undo.modules and 0 < _rel(out, exact) < 0.06
-
-
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < q.FP8_CAPABILITY,
-                    reason="CUDA-only: fp8 needs a GPU of compute capability 8.9 or newer")
-def test_fp8_on_cuda_is_close_to_bf16():
-    unet = _unet().cuda().to(torch.bfloat16)
-    inputs = [t.cuda().to(torch.bfloat16) if t.is_floating_point() else t.cuda() for t in _inputs()]
-    with torch.no_grad():
-        exact = unet(*inputs).float()
-        undo = q.quantize_unet(unet, "fp8")
-        out = unet(*inputs).float()
-    # e4m3 keeps 3 mantissa bits (relative step 1/16 against int8's ~1/127 of the range per row):
-    # several percent over the UNet's ~40 linears; a broken layer gives tens of percent.
-    assert undo.linears and 0 < _rel(out, exact) < 0.1
+    assert undo.linears and not undo.modules and 0 < _rel(out, exact) < bound
