@@ -199,6 +199,19 @@ def test_generate_in_chromium(server, browser, tmp_path):
         assert scores[i] > 35 and scores[i] == max(scores), (i, scores)
 
 
+def test_long_video_in_chromium(server, browser, tmp_path):
+    """More frames than the window: the page shows the video and the chunked sampling's timings."""
+    frames = server.engine.defaults().frames + 5
+    open_page(browser, server)
+    fill(browser, seed=SEED, steps=2, frames=frames)
+    generate(browser, EXAMPLE)
+    wait_for_video(browser)
+    browser.save_screenshot(str(tmp_path / "long.png"))
+    timings = browser.find_element("id", "timings").text
+    assert "sample (2 chunks" in timings and "total" in timings and "NaN" not in timings, timings
+    assert browser.execute_script("return document.getElementById('video').duration") > 0
+
+
 def test_bundled_lora_from_the_select(server, browser, tmp_path, monkeypatch):
     from selenium.webdriver.support.ui import Select
 
@@ -318,6 +331,30 @@ def test_start_noise_and_first_frame_hold_come_from_the_request(server):
     assert np.abs(plain.astype(int) - reference_frames(len(pngs))).max() > 10  # the defaults differ from it
     status, answer = post_job(server, EXAMPLE.read_bytes(), keep_first_frame=2)
     assert status == 400 and "keep first frame must be between 0 and 1, got 2" in answer["error"]
+
+
+def test_more_frames_than_the_window_make_the_clis_long_video(server):
+    """A request for more frames than the model makes at once gets svd_fast.long_video's anchored
+    chunks, as `python -m svd_fast.sample --frames N` does, not one oversized window."""
+    from svd_fast.long_video import sample_long_video
+    from svd_fast.video_io import load_image, to_uint8
+
+    cfg = server.engine.pipe.config
+    frames = cfg.num_frames + 5  # two chunks with overlap 1
+    status, job = post_job(server, EXAMPLE.read_bytes(), frames=frames, steps=2, seed=SEED)
+    assert status == 202
+    wait_for(lambda: job_status(server, job["id"])["state"] == "done", "the long job")
+    done = job_status(server, job["id"])
+    assert done["timings"]["chunks"] == 2 and done["timings"]["per_step"] == []
+    archive = zipfile.ZipFile(io.BytesIO(fetch(server.url + done["frames"].lstrip("/"))))
+    pngs = np.stack([np.asarray(Image.open(archive.open(name))) for name in sorted(archive.namelist())])
+    direct = sample_long_video(reference_pipe(), load_image(EXAMPLE), frames, window=cfg.num_frames, height=cfg.height,
+                               width=cfg.width, num_inference_steps=2, generator=torch.Generator().manual_seed(SEED),
+                               fps=cfg.fps, motion_bucket_id=cfg.motion_bucket_id, min_guidance_scale=1.0,
+                               max_guidance_scale=cfg.max_guidance_scale, noise_aug_strength=0.02,
+                               image_init_sigma=cfg.image_init_sigma, keep_first_frame=cfg.keep_first_frame)
+    assert pngs.shape == (frames, cfg.height, cfg.width, 3)
+    assert np.abs(pngs.astype(int) - to_uint8(direct)).max() <= 1
 
 
 def test_upload_limit_refused_before_reading(server):

@@ -118,7 +118,9 @@ def bundled_loras() -> dict[str, Path]:
 @dataclass
 class Result:
     frames: np.ndarray  # (B, T, H, W, 3) float32 in [0, 1], the pipeline's output_type="np"
-    timings: dict = field(default_factory=dict)  # seconds: configure, image_encode, denoise, per_step, vae_decode
+    timings: dict = field(default_factory=dict)
+    """seconds: configure, image_encode, denoise, per_step, vae_decode; a long video (more frames than the
+    model's window) has its whole sampling under denoise and the number of chunks under chunks"""
 
 
 Progress = Callable[[str, float], None]  # (stage, fraction done in [0, 1])
@@ -174,6 +176,11 @@ class Engine:
                 return tensors
 
             call = settings.call_args(cfg.height, cfg.width)
+            if last_image is None and settings.frames > cfg.num_frames:
+                frames, seconds, chunks = self._long_video(image, call, report)
+                report("done", 1.0)
+                return Result(frames=frames, timings={"configure": configure_time, "image_encode": 0.0, "denoise": seconds,
+                                                      "per_step": [], "vae_decode": 0.0, "chunks": chunks})
             if last_image is not None:  # the frames between two images start from pure noise
                 call["image_init_sigma"] = None
             output = self.pipe(image, last_image=last_image, callback_on_step_end=on_step, **call)
@@ -182,6 +189,27 @@ class Engine:
         return Result(frames=output.frames, timings={
             "configure": configure_time, "image_encode": t["image_encode"], "denoise": sum(t["unet_steps"]),
             "per_step": list(t["unet_steps"]), "vae_decode": t["vae_decode"]})
+
+    def _long_video(self, image, call: dict, report: Progress) -> tuple[np.ndarray, float, int]:
+        """More frames than the model's window: svd_fast.long_video's chunks, as the sample CLI makes
+        them (overlap 1, colour and detail anchors), one image after the other; (frames, seconds, chunks)."""
+        from svd_fast.long_video import chunk_plan, sample_long_video
+
+        cfg = self.pipe.config
+        call = {k: v for k, v in call.items() if k != "output_type"}
+        num_frames, steps = call.pop("num_frames"), call.pop("num_inference_steps")
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        chunks = len(chunk_plan(num_frames, cfg.num_frames, 1))
+        total, done = chunks * len(images), [0]
+
+        def on_chunk(chunk, count):
+            done[0] += 1
+            report(f"chunk {done[0]}/{total}", done[0] / total)
+
+        start = time.perf_counter()
+        videos = [sample_long_video(self.pipe, picture, num_frames, window=cfg.num_frames, num_inference_steps=steps,
+                                    on_chunk=on_chunk, **call) for picture in images]
+        return np.stack(videos).astype(np.float32), time.perf_counter() - start, total
 
     def _configure(self, speed: Speed, loras: tuple[Lora, ...]) -> None:
         """Bring the pipeline to `speed` and `loras`. Adapters go on the float weights, so the speed
