@@ -85,7 +85,8 @@ def match_colours(frame: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 DETAIL_SIGMA = 0.375
 """transfer_detail's split between a frame's own and the input's detail: the Gaussian's standard
-deviation in latent pixels (1.5 px at the default model's 4x VAE). Chosen among 1, 1.5 and 2.5 px on
+deviation in latent pixels (1.5 px at the default model's 4x VAE; 3 px for SVD's 8x VAE, not measured
+on released weights). Chosen among 1, 1.5 and 2.5 px on
 its held-out photos at 4x the window (before every frame was colour-matched, sharpness against an
 unanchored frame 0): seam dip 1.10 / 1.15 / 1.32 dB against 1.04 without, last frame's sharpness
 0.73 / 0.93 / 1.00x, mean flow 0.58 / 0.55 / 0.48 px/frame against 0.55: 2.5 px starts to hold the
