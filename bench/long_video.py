@@ -5,10 +5,11 @@
 For each held-out real photograph of the default model's recipe and each overlap, a video of
 `multiple` x the model's window is sampled (the default model unless --model); reported per
 length: frame-to-frame PSNR at the chunk seams against inside the chunks (a visible seam is a
-dip), colour drift of each frame against frame 0 (largest channel-mean error, /255) and the
-sharpness ratio (variance of the Laplacian, frame k / frame 0), the sampling time, and the peak
-resident memory of a fresh process that samples only that length (flat in N means the chunks
-carry nothing but the overlap forward).
+dip), colour drift of each frame against frame 0 (largest channel-mean error, /255), the
+sharpness ratio (variance of the Laplacian, last frame / frame 0 and last frame / the input image),
+the mean optical flow, the sampling time, and the peak resident memory of a fresh process that
+samples only that length (flat in N means the chunks carry nothing but the overlap forward).
+--no-detail-anchor / --no-colour-anchor measure svd_fast.long_video without its anchors.
 """
 from __future__ import annotations
 
