@@ -151,10 +151,19 @@ const canvas = document.createElement("canvas");
 canvas.width = video.videoWidth; canvas.height = video.videoHeight;
 const context = canvas.getContext("2d", {willReadFrequently: true});
 const frames = [];
+// Seeked can fire before the new frame is presented (seen once on a loaded CI host: the last frame
+// drawn was an earlier one): wait for the frame callback too, or a second where it never comes.
+const seekTo = (time) => new Promise((resolve) => {
+  let seeked = false, shown = !video.requestVideoFrameCallback;
+  const finish = () => { if (seeked && shown) resolve(); };
+  if (!shown) video.requestVideoFrameCallback(() => { shown = true; finish(); });
+  setTimeout(() => { shown = true; finish(); }, 1000);
+  video.addEventListener("seeked", () => { seeked = true; finish(); }, {once: true});
+  video.currentTime = time;
+});
 (async () => {
   for (let i = 0; i < count; i++) {
-    await new Promise((resolve) => { video.addEventListener("seeked", resolve, {once: true});
-                                     video.currentTime = (i + 0.5) / fps; });
+    await seekTo((i + 0.5) / fps);
     context.drawImage(video, 0, 0);
     frames.push(Array.from(context.getImageData(0, 0, canvas.width, canvas.height).data));
   }
