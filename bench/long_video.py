@@ -36,8 +36,10 @@ def held_out_images() -> dict[str, torch.Tensor]:
 
 def one_video(model: str, image: torch.Tensor, frames: int, overlap: int, seed: int, steps: int | None,
               detail_anchor: bool = True, colour_anchor: bool = True):
+    from svd_fast import conditioner
     from svd_fast.long_video import chunk_plan, drift_report, sample_long_video, seam_report
     from svd_fast.pipeline import SVDPipeline
+    from svd_fast.train.video_metrics import mean_flow
 
     pipe = SVDPipeline.from_pretrained(model, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -51,12 +53,8 @@ def one_video(model: str, image: torch.Tensor, frames: int, overlap: int, seed: 
                               detail_anchor=detail_anchor, colour_anchor=colour_anchor)
     seconds = time.perf_counter() - start
     plan = chunk_plan(frames, cfg.num_frames, overlap)
-    from svd_fast import conditioner
-
     reference = ((conditioner.preprocess_image(image, cfg.height, cfg.width)[0] + 1) / 2).clamp(0, 1)
     drift = drift_report(video, reference.permute(1, 2, 0).numpy())
-    from svd_fast.train.video_metrics import mean_flow
-
     return video, {"frames": frames, "chunks": len(plan), "seconds": seconds, **seam_report(video, plan),
                    "mean_flow": mean_flow(video),
                    "mean_colour_drift_255": drift["mean_colour_drift_255"],

@@ -166,7 +166,7 @@ def sample_long_video(pipe, image, num_frames: int, *, window: int | None = None
         frames = ((pipe.decode(latents, decode_chunk_size or window)[0] + 1) / 2).clamp(0, 1)  # (T, 3, H, W)
         if len(plan) > 1:  # the next chunk starts, and is conditioned, at the first overlap frame
             sigma = DETAIL_SIGMA * pipe.vae.config.downsample_factor if detail_anchor else None
-            frames = anchor_frames(frames.float().cpu(), reference.float().cpu(), sigma, colour_anchor)
+            frames = anchor_frames(frames.float().cpu(), reference, sigma, colour_anchor)  # reference: float32 on the CPU
             condition = frames[window - overlap]
         previous = latents
         out.append(frames[chunk.held:].permute(0, 2, 3, 1).float().cpu().numpy())
