@@ -42,6 +42,32 @@ first-frame PSNR. `--motion-bucket 127` trains the clips at the sampling default
 temporal attention and temporal convs ('temporal') the flow drops to 0.23x with the first frame
 within 1 dB at scales 0.5 and 1, and the frames keep their detail (the shipped static LoRA).
 
+Why zoom does not learn (2026-12-02, 1 thread; 12 held-out pairs, pure noise, 16 steps, guidance
+1 -> 3 as the cards unless said): the measure is sound (true zoom
+clips of the held-out photos through the VAE: divergence +0.037..+0.089 for zoom_in, -0.019..-0.084
+for zoom_out, right sign in 16/16 clips, static 0.0000), and the earlier figures were taken from pure
+noise (base -0.0058, reproduced). The base model's own divergence is biased negative (-0.0058 from
+pure noise, -0.0015 from the default sigma-3 start, -0.0036 / -0.0021 from sigma 10 / 5 with frame 0
+held): its later frames dissolve, which Farneback reads as a slight contraction (zoom_out's 0.67-0.75
+is that bias). Not even the whole UNet learns a zoom: full fine-tunes ('full' trainable) on the zoom
+clips, 400 steps at lr 3e-4 (speeds 1.03-1.07), 400 at 1e-3 with noise N(2.0, 1.0), and 1800 at 3e-4
+with one fixed speed (1.05, a deterministic target) at bucket 127, move the held-out divergence by
++0.002..+0.004 (1800 steps: sign 0.25, -0.0014; from sigma 5 with frame 0 held after 600 steps:
+sign 0.58, +0.0001 against the base's -0.0021), also on the training photos themselves (sign 0.58,
++0.0018 against -0.0013). A denoiser probe (x0-prediction of noised true zoom clips of the held-out
+photos, latent std 1.23, mean squared error) shows what the 1800 steps did learn: at sigma 20 the
+first frame's error fell from 0.42 to 0.23 (the conditioning latent copied in place), the later
+frames' only from 1.17 to 1.13, and their decoded divergence stayed at +0.003 (base +0.004); a
+deterministic zoom would let them approach the first frame's error. A LoRA at these settings
+(all_linear_conv, zoom 1.05, --motion-bucket 127, 800 steps, lr 1e-3): sign 0.33 / 0.33 at scales 1 /
+1.5, divergence -0.003 / -0.004, first frame -0.2 / -0.9 dB; from sigma 5 with frame 0 held 0.67 / 0.42
+(base 0.42), divergence 0.000 / -0.001 (base -0.002). So the UNet learns the in-place copy of the
+conditioning latent, and the pan LoRAs a uniform shift (translation-equivariant, what 3x3 convs and attention without
+position embeddings do), but not the position-dependent warp of a zoom (displacement proportional to
+the distance from the centre), for which this UNet has no position input beyond zero padding. A fix
+needs the model itself (e.g. a coordinate/positional input or embedding in the UNet, trained into the
+base), not an adapter recipe.
+
 1. clips: a crop window moving over each training photograph of the default model (its held-out
    photos excluded), labels exact (svd_fast.train.camera_motion), at the model's size and frames;
 2. a LoRA trained on them with svd_fast.train (trainable 'lora', the base frozen; the stage-3
@@ -102,15 +128,21 @@ def base_config(base: Path):
     return load_components(base)["config"]
 
 
+NOISE = (1.0, 1.6)
+"""(mean, std) of ln sigma in training: the default model's stage-3 noise"""
+
+
 def part_recipe(name: str, trainable: str, base: Path, clips: Path, run: Path, steps: int, config, lr: float,
-                image_fraction: float = 0.0, lora: LoRAConfig | None = None, export_final: bool = False) -> Recipe:
+                image_fraction: float = 0.0, lora: LoRAConfig | None = None, export_final: bool = False,
+                noise: tuple[float, float] = NOISE) -> Recipe:
     """Training on camera clips from the base model (its VAE and image encoder frozen), only the
-    `trainable` part of its UNet; the base's stage-3 noise; one checkpoint kept."""
+    `trainable` part of its UNet ('lora', or 'full' etc. of svd_fast.train.trainable: a full fine-tune
+    tells whether the UNet can learn a motion at all); ln sigma ~ N(noise); one checkpoint kept."""
     return Recipe(
         name=name, output_dir=str(run), model=config, components=str(base), init_from=str(base),
         data=DataConfig(source="folder", path=str(clips), num_frames=FRAMES, height=HIGH, width=HIGH,
                         image_fraction=image_fraction),
-        objective=ObjectiveConfig(p_mean=1.0, p_std=1.6), optim=OptimConfig(lr=lr, warmup_steps=min(50, steps // 4)),
+        objective=ObjectiveConfig(p_mean=noise[0], p_std=noise[1]), optim=OptimConfig(lr=lr, warmup_steps=min(50, steps // 4)),
         trainable=trainable, lora=lora or LoRAConfig(), batch_size=2, max_steps=steps,
         checkpoint_every=max(1, min(250, steps)), keep_checkpoints=1, log_every=10, export_final=export_final,
     )
@@ -141,6 +173,15 @@ def parse_targets(text: str) -> tuple[str, ...]:
     return (text,) if text in PRESETS else tuple(p for p in text.split(",") if p)
 
 
+def sampling_args(args) -> dict:
+    """The pipeline arguments the LoRA is measured with: pure noise (image_init_sigma None) and the
+    pipeline's guidance 1 -> 3 unless told otherwise (the cards of the shipped LoRAs)."""
+    extra = {"image_init_sigma": args.image_init_sigma} if args.image_init_sigma is not None else {}
+    if args.keep_first_frame:
+        extra["keep_first_frame"] = True
+    return dict(SAMPLING, num_inference_steps=args.sample_steps, max_guidance_scale=args.max_guidance, **extra)
+
+
 def run(args) -> dict:
     from svd_fast.checkpoints.io import write_json, write_text
     from svd_fast.pipeline import SVDPipeline
@@ -163,7 +204,7 @@ def run(args) -> dict:
     timings["clips_s"] = round(time.perf_counter() - start, 1)
     lora = LoRAConfig(rank=args.rank, alpha=float(args.rank), targets=parse_targets(args.targets))
     recipe = part_recipe(f"camera-lora-{motion}", "lora", base, clips / motion, work / f"run_{motion}", args.steps,
-                         config, args.lr, image_fraction=args.image_fraction, lora=lora)
+                         config, args.lr, image_fraction=args.image_fraction, lora=lora, noise=tuple(args.noise))
     start = time.perf_counter()
     train(recipe, resume=True)
     timings["train_s"] = round(time.perf_counter() - start, 1)
@@ -173,15 +214,16 @@ def run(args) -> dict:
     export_fp16(checkpoint / (checkpoint / "latest").read_text().strip() / "lora.safetensors", adapter)
     start = time.perf_counter()
     pipe = SVDPipeline.from_pretrained(base, torch_dtype=torch.float32)
-    measured = camera_motion.measure_motion(pipe, adapter, held_out_photos(), args.seeds, args.scales, motion,
-                                            **dict(SAMPLING, num_inference_steps=args.sample_steps))
+    sampling = sampling_args(args)
+    measured = camera_motion.measure_motion(pipe, adapter, held_out_photos(), args.seeds, args.scales, motion, **sampling)
     timings["measure_s"] = round(time.perf_counter() - start, 1)
     training = {"motion": motion, "base": shown(base), "clips": count, "clips_per_photo": args.clips_per_photo,
                 "steps": args.steps, "last_loss": last_loss(Path(recipe.output_dir)), "rank": lora.rank, "alpha": lora.alpha,
                 "targets": list(lora.targets), "lr": args.lr, "batch": recipe.batch_size,
                 "image_fraction": args.image_fraction, "motion_bucket": args.motion_bucket or "measured", **({"zoom_per_frame": list(zoom)} if "zoom" in motion else {}),
                 "noise": f"ln sigma ~ N({recipe.objective.p_mean}, {recipe.objective.p_std}^2)",
-                "threads": torch.get_num_threads(), "timings_s": timings}
+                "threads": torch.get_num_threads(), "timings_s": timings,
+                "measured_sampling": {k: v for k, v in sampling.items() if k not in ("height", "width")}}
     write_text(out / f"camera_lora_{motion}.md", camera_motion.card(adapter, motion, measured, training))
     result = {"training": training, "measured": measured}
     write_json(work / f"summary_{motion}.json", result)
@@ -212,6 +254,12 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="measurement seeds")
     p.add_argument("--scales", type=float, nargs="+", default=list(SCALES), help="measured LoRA scales")
     p.add_argument("--sample-steps", type=int, default=SAMPLING["num_inference_steps"])
+    p.add_argument("--image-init-sigma", type=float, default=None,
+                   help="measure sampling from the image noised to this sigma (default: pure noise, as the cards)")
+    p.add_argument("--keep-first-frame", action="store_true", help="measure with frame 0 held to the input")
+    p.add_argument("--max-guidance", type=float, default=3.0, help="measurement guidance at the last frame (1 -> this)")
+    p.add_argument("--noise", type=float, nargs=2, default=list(NOISE), metavar=("P_MEAN", "P_STD"),
+                   help="training noise: ln sigma ~ N(P_MEAN, P_STD^2) (default: the default model's stage 3)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = p.parse_args(argv)
     args.workdir = args.workdir or str(REPO / "runs" / "camera_lora")
