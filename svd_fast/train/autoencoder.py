@@ -38,6 +38,16 @@ class AutoencoderTraining:
     log_every: int = 100
     anchor_weight: float = 0.0
     """weight of the MSE between the encoder's latent means and a PatchPCA code (0: no anchor)"""
+    anchor_fade: float = 1.0
+    """fraction of the steps after which the anchor weight has fallen linearly to 0 (1: constant)"""
+    equivariance_weight: float = 0.0
+    """weight of `equivariance_loss` (0: off): moving the picture by a fraction of a latent pixel
+    or zooming it must move the latent the same way, for both encoder and decoder"""
+
+    def anchor_at(self, step: int) -> float:
+        if self.anchor_fade >= 1.0:
+            return self.anchor_weight
+        return self.anchor_weight * max(0.0, 1.0 - step / max(1.0, self.anchor_fade * self.steps))
 
     def lr_at(self, step: int) -> float:
         warmup = min(1.0, (step + 1) / self.warmup_steps)
@@ -105,10 +115,57 @@ def gradient_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 0.5 * (dx.abs().mean() + dy.abs().mean())
 
 
+def random_similarity(count: int, generator: torch.Generator | None, shift: float, log_zoom: float) -> torch.Tensor:
+    """(count, 2, 3) affine_grid matrices: a zoom about the centre by exp(U(-log_zoom, log_zoom)) and
+    a shift of U(-shift, shift) in normalised coordinates (2 = the whole side), per sample."""
+    u = torch.rand(count, 3, generator=generator) * 2 - 1
+    scale = torch.exp(u[:, 0] * log_zoom)
+    theta = torch.zeros(count, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = scale
+    theta[:, :, 2] = u[:, 1:] * shift
+    return theta
+
+
+def warp(images: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """images (N, C, H, W) resampled through affine_grid(theta) (bilinear, normalised coordinates,
+    so the same theta is the same motion at any resolution) and the (N, 1, H, W) mask of the
+    output pixels whose source lies inside the image."""
+    grid = torch.nn.functional.affine_grid(theta.to(images), list(images.shape), align_corners=False)
+    moved = torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    inside = (grid.abs() <= 1).all(dim=-1, keepdim=True).permute(0, 3, 1, 2).to(images.dtype)
+    return moved, inside
+
+
+def equivariance_loss(vae, frames: torch.Tensor, mean: torch.Tensor, z: torch.Tensor, num_frames: int,
+                      generator: torch.Generator | None = None, shift_latent_px: float = 1.0,
+                      log_zoom: float = 0.15) -> tuple[torch.Tensor, dict]:
+    """The latent space must move as the picture does (EQ-VAE, Kouzelis et al. 2025, plus its
+    encoder-side twin). With a random similarity transform tau per clip (a shift of up to
+    `shift_latent_px` latent pixels and a zoom of up to exp(+-log_zoom)): decoder,
+    |D(tau z) - tau x| (L1 + MSE in pixels); encoder, |E(tau x) - tau E(x)|^2 (latent means).
+    Video models learn motion as a warp of these latents: a code that a one-pixel move scrambles
+    (as non-overlapping patch codes are scrambled) makes every sub-latent-pixel motion a redraw.
+    frames (B*T, 3, H, W); mean, z: the encoder's means and the latent draw decoded for them."""
+    n = frames.shape[0] // num_frames
+    shift = 2.0 * shift_latent_px / mean.shape[-1]
+    theta = random_similarity(n, generator, shift, log_zoom).repeat_interleave(num_frames, dim=0)
+    target, inside = warp(frames, theta)
+    decoded = vae.decode(warp(z, theta)[0], num_frames=num_frames)
+    err = (decoded - target) * inside
+    pixels = inside.sum() * frames.shape[1]
+    decoder = (err.abs().sum() + err.pow(2).sum()) / pixels
+    moved_mean, latent_inside = warp(mean, theta)
+    encoded, _ = vae.encode_moments(target)
+    encoder = ((encoded - moved_mean).pow(2) * latent_inside).sum() / (latent_inside.sum() * mean.shape[1])
+    return decoder + encoder, {"equivariance_decoder": float(decoder.detach()),
+                               "equivariance_encoder": float(encoder.detach())}
+
+
 def vae_loss(vae, clips: torch.Tensor, kl_weight: float, generator: torch.Generator | None = None,
              gradient_weight: float = 0.0, anchor: PatchPCA | None = None,
-             anchor_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """clips (B, T, 3, H, W) in [-1, 1] -> (loss, {'l1', 'mse', 'gradient', 'kl', 'anchor'})."""
+             anchor_weight: float = 0.0, equivariance_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """clips (B, T, 3, H, W) in [-1, 1] -> (loss, {'l1', 'mse', 'gradient', 'kl', 'anchor',
+    'equivariance_decoder', 'equivariance_encoder'})."""
     b, t = clips.shape[:2]
     frames = clips.flatten(0, 1)
     mean, logvar = vae.encode_moments(frames)
@@ -124,6 +181,10 @@ def vae_loss(vae, clips: torch.Tensor, kl_weight: float, generator: torch.Genera
         off = (mean.float() - anchor.encode(frames)).pow(2).mean()
         loss = loss + anchor_weight * off
         parts["anchor"] = float(off.detach())
+    if equivariance_weight > 0:
+        eq, eq_parts = equivariance_loss(vae, frames, mean, z, t, generator)
+        loss = loss + equivariance_weight * eq
+        parts.update(eq_parts)
     return loss, parts
 
 
@@ -142,7 +203,7 @@ def train_vae(config: VAEConfig, clips: Iterator[torch.Tensor], settings: Autoen
         for group in optimizer.param_groups:
             group["lr"] = settings.lr_at(step)
         loss, parts = vae_loss(vae, next(clips), settings.kl_weight, gen, settings.gradient_weight, anchor,
-                               settings.anchor_weight)
+                               settings.anchor_at(step), settings.equivariance_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -186,3 +247,19 @@ def image_reconstruction(vae, images: torch.Tensor, num_frames: int = 1) -> list
     mse = (x - y).pow(2).mean(dim=(1, 2, 3, 4))
     shift = (x.mean(dim=(1, 3, 4)) - y.mean(dim=(1, 3, 4))).abs().amax(dim=1) * 255
     return [{"psnr_db": float(10 * torch.log10(1 / m)), "colour_shift_255": float(c)} for m, c in zip(mse, shift)]
+
+
+@torch.no_grad()
+def latent_shift_error(vae, images: torch.Tensor, shift_px: float) -> float:
+    """How far the latent is from moving with the picture: images (N, 3, H, W) in [-1, 1] moved
+    right by shift_px pixels; the mean squared difference between their latent means and the
+    original's latent means moved by shift_px / downsample factor, over the latent pixels whose
+    source lies inside the image, relative to the latent variance. 0: the latent moves exactly with
+    the picture; about 2: the moved picture's latent is unrelated to the original's."""
+    theta = torch.tensor([[1.0, 0.0, -2.0 * shift_px / images.shape[-1]], [0.0, 1.0, 0.0]]).expand(len(images), 2, 3)
+    mean = vae.encode(images).float()
+    moved, inside = warp(mean, theta)
+    # one latent pixel in from the border: the encoder's zero padding sees the edge there
+    inside = inside * torch.nn.functional.pad(torch.ones_like(inside[..., 1:-1, 1:-1]), (1, 1, 1, 1))
+    err = ((vae.encode(warp(images.float(), theta)[0]).float() - moved).pow(2) * inside).sum()
+    return float(err / (inside.sum() * mean.shape[1]) / mean.var())

@@ -46,6 +46,10 @@ def test_recipe_runs_every_part_and_resumes_as_a_no_op(tmp_path):
     assert any(name.startswith("bikes_part") for name in sources) and any("_pan" in name for name in sources)
     assert not any(name.startswith(recipe.HELD_OUT_PHOTOS) for name in sources)
 
+    # the VAE's report says how far its latent is from moving with the picture (4 px: one latent pixel)
+    shift = json.loads((work / "components_report.json").read_text())["vae"]["latent_shift_error"]
+    assert set(shift) == {"1px", "2px", "4px"} and all(v >= 0 for v in shift.values())
+
     stage_logs = {name: (work / name / "log.jsonl").read_text() for name in ("stage1", "stage2", "stage3")}
     first_times = json.loads((work / "timings.json").read_text())
     _run(work, out)

@@ -331,7 +331,7 @@ def train_components(work: Path, shards: Path, schedule: Schedule, media: dict[s
     """VAE + image encoder trained, saved with a (random, unused) UNet as a diffusers folder."""
     from svd_fast.checkpoints import save_components
     from svd_fast.train.autoencoder import (AutoencoderTraining, calibrate_scaling_factor, image_reconstruction,
-                                            reconstruction_psnr, train_vae)
+                                            latent_shift_error, reconstruction_psnr, train_vae)
     from svd_fast.train.image_encoder import ImageEncoderTraining, train_image_encoder
     from svd_fast.unet import VideoUNet
 
@@ -348,9 +348,11 @@ def train_components(work: Path, shards: Path, schedule: Schedule, media: dict[s
     scale = calibrate_scaling_factor(vae, held_out)
     vae.config = dataclasses.replace(vae.config, scaling_factor=scale)
     photos = held_out_photos()
-    rows = image_reconstruction(vae, torch.stack(list(photos.values())) * 2 - 1, num_frames=VAE_EVAL_FRAMES)
+    images = torch.stack(list(photos.values())) * 2 - 1
+    rows = image_reconstruction(vae, images, num_frames=VAE_EVAL_FRAMES)
     report = {"vae": {"steps": schedule.vae_steps, "scaling_factor": scale, "held_out_psnr_db": reconstruction_psnr(vae, held_out),
-                      "photos": dict(zip(photos, rows))}}
+                      "photos": dict(zip(photos, rows)),
+                      "latent_shift_error": {f"{px}px": latent_shift_error(vae, images, px) for px in (1, 2, 4)}}}
     encoder = train_image_encoder(CONFIG.image_encoder, clip_batches(curated(shards, LOW, frames=4), 32, seed=2),
                                   ImageEncoderTraining(steps=schedule.encoder_steps))
     config = dataclasses.replace(CONFIG, vae=vae.config)
