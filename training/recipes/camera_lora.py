@@ -64,10 +64,12 @@ deterministic zoom would let them approach the first frame's error. A LoRA at th
 (base 0.42), divergence 0.000 / -0.001 (base -0.002). So the UNet learns the in-place copy of the
 conditioning latent, and the pan LoRAs a uniform shift (translation-equivariant, what 3x3 convs and attention without
 position embeddings do), but not the position-dependent warp of a zoom (displacement proportional to
-the distance from the centre), for which this UNet has no position input beyond zero padding. That is
-the likely cause, not a proven one: a learned position embedding added after conv_in (zero-initialised,
-trained in the same 600-step full fine-tune) gave the same figures (sign 0.33, divergence -0.0028
-against -0.0027). A fix needs the model itself, not an adapter recipe.
+the distance from the centre), for which this UNet has no position input beyond zero padding. Adding
+one did not help, so that is not shown to be the cause: a learned position embedding added after
+conv_in (zero-initialised, trained in the same 600-step full fine-tune) gave the same figures (sign
+0.33, divergence -0.0028 against -0.0027), and 2 coordinate input channels trained from scratch did
+not lower a zoom regression's error either (README, Camera-motion LoRAs). A fix needs the model or its
+training, not an adapter recipe.
 
 1. clips: a crop window moving over each training photograph of the default model (its held-out
    photos excluded), labels exact (svd_fast.train.camera_motion), at the model's size and frames;
