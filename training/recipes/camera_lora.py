@@ -68,7 +68,7 @@ the distance from the centre), for which this UNet has no position input beyond 
 one did not help, so that is not shown to be the cause: a learned position embedding added after
 conv_in (zero-initialised, trained in the same 600-step full fine-tune) gave the same figures (sign
 0.33, divergence -0.0028 against -0.0027), and 2 coordinate input channels trained from scratch did
-not lower a zoom regression's error either (README, Camera-motion LoRAs). A fix needs the model or its
+not lower a zoom regression's error either (README, LoRA adapters and motion modules). A fix needs the model or its
 training, not an adapter recipe.
 
 1. clips: a crop window moving over each training photograph of the default model (its held-out
