@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 
 import numpy as np
@@ -46,6 +47,11 @@ def main() -> None:
     parser.add_argument("--save", help="write the trained VAE here (safetensors)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
+    # checked before training: a run of an hour must not fail at its last line
+    if not 0 < args.anchor_fade <= 1:
+        parser.error(f"--anchor-fade must be in (0, 1], got {args.anchor_fade}")
+    if args.save and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
+        parser.error(f"--save: folder {os.path.dirname(os.path.abspath(args.save))} does not exist")
     torch.set_num_threads(args.threads)
     config = dataclasses.replace(dm.CONFIG.vae, norm_num_groups=args.groups)
     sources = [s for s in dm.training_media().values() if s.kind == "photo"]
@@ -83,8 +89,6 @@ def main() -> None:
                   f"worst colour shift {max(r['colour_shift_255'] for r in rows):.1f}/255, "
                   f"latent shift error at 1 / 2 / 4 px {shifts}", flush=True)
     if args.save:
-        import os
-
         from safetensors.torch import save_file
 
         partial = f"{args.save}.partial"  # atomic: a stopped run leaves no half-written file
