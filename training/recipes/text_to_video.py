@@ -3,6 +3,7 @@ text-conditioned SVD (the paper's base model, section 4.2) as a config of the sa
 
     OMP_NUM_THREADS=1 python training/recipes/text_to_video.py [--workdir runs/text_to_video] \
         [--out svd_fast/assets/default_t2v] [--shards /work/runs/default_model_v3b/curated/shards] [--lab]
+    OMP_NUM_THREADS=1 python training/recipes/text_to_video.py --probe svd_fast/assets/default_t2v
 
 Steps (each skipped when its output exists; the UNet stages resume from their last checkpoint):
   1. data: procedural clips (svd_fast.train.procedural; the camera motion of each clip set to one of
@@ -344,6 +345,47 @@ def evaluate(model: Path, prompts: list[dict], steps: int, guidance: float, seed
     }
 
 
+def word_probe(model: Path, clips: int = 24, sigmas=(1.0, 3.0, 10.0), seed: int = 0) -> dict:
+    """Does the denoiser use the prompt's camera words, and (the control) its colour words? For
+    held-out procedural clips with a camera move: the x0 error of the noised true clip with its own
+    caption, and with the camera phrase replaced by each other move, or the dominant colour by each
+    other colour of the prompts (same noise). A model that uses the words does worse with wrong ones
+    (fraction_other_worse near 1); one that ignores them sits at chance (0.5)."""
+    from svd_fast.denoiser import Denoiser
+    from svd_fast.text_to_video import SVDTextToVideoPipeline, TextConditioning
+
+    pipe = SVDTextToVideoPipeline.from_pretrained(model, torch_dtype=torch.float32)
+    denoiser, gen = Denoiser(pipe.unet), torch.Generator().manual_seed(seed)
+    prompts = [p for p in held_out_prompts(4 * clips) if p["camera"] != "static camera"][:clips]
+    colours = sorted({p["colour"] for p in prompts})
+    rows = {"camera": [], "colour": []}
+    for p in prompts:
+        frames, fps = procedural_clip(p["seed"])
+        pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+        latents = (encode_frames(pipe.vae, pixels) * pipe.vae.config.scaling_factor)[None]
+        own = f"mostly {p['colour']}"
+        swaps = {"camera": [p["caption"].replace(p["camera"], c) for c in CAMERAS if c != p["camera"]],
+                 "colour": [p["caption"].replace(own, f"mostly {c}", 1) for c in colours if c != p["colour"]]}
+        for attribute, others in swaps.items():
+            texts = [p["caption"]] + others
+            n = len(texts)
+            ids = conditioner.added_time_ids(pipe.config.fps, pipe.config.motion_bucket_id, 0.0, n, torch.float32, "cpu")
+            cond = TextConditioning(latents.new_zeros(n, latents.shape[1], 0, *latents.shape[-2:]),
+                                    pipe.encode_prompt(texts), ids)
+            row = {}
+            for sigma in sigmas:
+                x = (latents + sigma * torch.randn(latents.shape, generator=gen)).expand(n, -1, -1, -1, -1)
+                with torch.no_grad():
+                    error = (denoiser(x, torch.full((n,), sigma), cond) - latents).pow(2).mean(dim=(1, 2, 3, 4))
+                row[sigma] = (float(error[0]), float(error[1:].mean()), float((error[1:] > error[0]).float().mean()))
+            rows[attribute].append(row)
+    return {"clips": len(prompts), "colours": colours, **{attribute: {str(s): {
+        "own_error": float(np.mean([r[s][0] for r in found])),
+        "swapped_error": float(np.mean([r[s][1] for r in found])),
+        "fraction_swapped_worse": float(np.mean([r[s][2] for r in found]))} for s in sigmas}
+        for attribute, found in rows.items()}}
+
+
 def vae_ceiling(vae, prompts: list[dict]) -> dict:
     """The held-out clips themselves through the VAE (encode, decode): how often the extractor finds
     the caption's attributes when the video is as good as this VAE allows (the measurement's ceiling)."""
@@ -602,8 +644,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="copy the exported model here (with its card)")
     parser.add_argument("--shards", type=Path, default=SHARDS)
     parser.add_argument("--lab", action="store_true", help="a short run to check that it learns")
+    parser.add_argument("--probe", type=Path, metavar="MODEL",
+                        help="only measure whether MODEL's denoiser uses the camera and colour words (word_probe)")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.probe:
+        print(json.dumps(word_probe(args.probe), indent=1))
+        return 0
     summary = run(args.workdir, args.out, args.shards, LAB if args.lab else Schedule())
     print(json.dumps({k: summary["metrics"][k] for k in ("model", "shuffled_prompts", "unconditioned")}, indent=1))
     return 0
