@@ -649,7 +649,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.probe:
-        print(json.dumps(word_probe(args.probe), indent=1))
+        from svd_fast.checkpoints import CheckpointError
+
+        try:
+            print(json.dumps(word_probe(args.probe), indent=1))
+        except (CheckpointError, ValueError) as exc:
+            parser.exit(2, f"error: {exc}\n")
         return 0
     summary = run(args.workdir, args.out, args.shards, LAB if args.lab else Schedule())
     print(json.dumps({k: summary["metrics"][k] for k in ("model", "shuffled_prompts", "unconditioned")}, indent=1))
