@@ -350,7 +350,7 @@ def word_probe(model: Path, clips: int = 24, sigmas=(1.0, 3.0, 10.0), seed: int 
     held-out procedural clips with a camera move: the x0 error of the noised true clip with its own
     caption, and with the camera phrase replaced by each other move, or the dominant colour by each
     other colour of the prompts (same noise). A model that uses the words does worse with wrong ones
-    (fraction_other_worse near 1); one that ignores them sits at chance (0.5)."""
+    (fraction_swapped_worse near 1); one that ignores them sits at chance (0.5)."""
     from svd_fast.denoiser import Denoiser
     from svd_fast.text_to_video import SVDTextToVideoPipeline, TextConditioning
 
