@@ -71,11 +71,13 @@ def test_int8_conv2d_within_the_quantization_bound_of_fp32(shape, stride, paddin
     assert _rel(out, exact) < 0.02
 
 
-@pytest.mark.parametrize("frames,clips", [(3, 2), (5, 1)])
-def test_int8_temporal_conv_matches_the_float_temporal_conv(frames, clips):
+# 12x12 and 16x16 frames: shapes whose padding oneDNN's AMX-INT8 kernels got wrong (27% and 21% error
+# on an Intel Xeon with AMX before the time padding moved out of the conv; Int8TemporalConv)
+@pytest.mark.parametrize("frames,clips,size", [(3, 2, (5, 7)), (5, 1, (5, 7)), (3, 2, (12, 12)), (14, 1, (16, 16))])
+def test_int8_temporal_conv_matches_the_float_temporal_conv(frames, clips, size):
     torch.manual_seed(1)
     conv = torch.nn.Conv3d(64, 72, (3, 1, 1), padding=(1, 0, 0))
-    x = torch.randn(clips * frames, 64, 5, 7).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(clips * frames, 64, *size).contiguous(memory_format=torch.channels_last)
     exact = temporal_conv(x, conv.weight, conv.bias, frames)
     out = q.Int8TemporalConv(conv)(x, frames)
     assert out.shape == exact.shape and torch.isfinite(out).all()
