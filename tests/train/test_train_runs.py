@@ -70,13 +70,36 @@ def test_zero3_on_two_processes_matches_one_process(tmp_path):
     a = ckpt_lib.read_tensors(tmp_path / "one" / "checkpoints" / "step-00000004" / "ema.safetensors")
     b = ckpt_lib.read_tensors(tmp_path / "two" / "checkpoints" / "step-00000004" / "ema.safetensors")
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
-    init = load_parts(make_recipe(str(tmp_path / "init"), batch_size=2), torch.device("cpu"))["unet"].state_dict()
-    # Adam divides by the root of tiny second moments, so single weights whose gradients are ~0
-    # differ by up to lr between the two summation orders; as a whole the runs agree within a few
-    # percent (measured 2.6%) of how far 4 steps moved the EMA weights.
-    moved = float(sum((a[k] - init[k]).pow(2).sum() for k in a).sqrt())
-    apart = float(sum((a[k] - b[k]).pow(2).sum() for k in a).sqrt())
-    assert moved > 1e-2 and apart < 0.1 * moved, (moved, apart)
+    # Compared as functions: Adam divides by the root of tiny second moments, so weights whose
+    # gradients are ~0 differ by up to lr per step between the two summation orders, which weighs
+    # in the weights' distance (apart / moved 2.6% on an AMD EPYC, 10.9% on an Intel Xeon with AMX)
+    # but not in what the model computes. The two runs' denoised outputs on fixed inputs agree within
+    # 0.5% of how far 4 steps moved them from the initial model's (measured on the Xeon; asserted: 5%).
+    recipe = make_recipe(str(tmp_path / "init"), batch_size=2)
+    parts = load_parts(recipe, torch.device("cpu"))
+    outputs = [_denoised(recipe, parts, state) for state in (parts["unet"].state_dict(), a, b)]
+    moved = float((outputs[1] - outputs[0]).norm())
+    apart = float((outputs[2] - outputs[1]).norm())
+    assert moved > 1e-3 * float(outputs[0].norm()) and apart < 0.05 * moved, (moved, apart)
+
+
+def _denoised(recipe, parts, state) -> torch.Tensor:
+    """The denoiser's output for fixed clips and noise with the UNet's weights set to `state`."""
+    from svd_fast.denoiser import Conditioning, Denoiser
+
+    unet = parts["unet"]
+    saved = {k: v.clone() for k, v in unet.state_dict().items()}
+    unet.load_state_dict(state)
+    dataset = build_dataset(recipe.data)
+    inputs = prepare_inputs(collate([dataset[(i, 1000 + i)] for i in range(4)]), parts["vae"],
+                            parts["image_encoder"], recipe.objective, "cpu")
+    x = inputs["latents"] + inputs["sigma"].reshape(-1, 1, 1, 1, 1) * inputs["noise"]
+    cond = Conditioning(inputs["image_latents"], inputs["context"], inputs["added_time_ids"],
+                        inputs["image_only_indicator"])
+    with torch.no_grad():
+        out = Denoiser(unet)(x, inputs["sigma"], cond).float()
+    unet.load_state_dict(saved)
+    return out
 
 
 def _port() -> int:
