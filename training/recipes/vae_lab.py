@@ -89,11 +89,9 @@ def main() -> None:
                   f"worst colour shift {max(r['colour_shift_255'] for r in rows):.1f}/255, "
                   f"latent shift error at 1 / 2 / 4 px {shifts}", flush=True)
     if args.save:
-        from safetensors.torch import save_file
+        from svd_fast.checkpoints.io import save_safetensors
 
-        partial = f"{args.save}.partial"  # atomic: a stopped run leaves no half-written file
-        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, partial)
-        os.replace(partial, args.save)
+        save_safetensors(vae.state_dict(), args.save)  # atomic: a stopped run leaves no half-written file
 
 
 if __name__ == "__main__":
