@@ -297,7 +297,9 @@ class Int8TemporalConv(_Int8ConvBase):
         frames = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
         frames = frames.reshape(n // num_frames, num_frames, h * w, c)
         p = self.time_padding
-        clips = frames.new_zeros(n // num_frames, num_frames + 2 * p, h * w, c)
+        clips = frames.new_empty(n // num_frames, num_frames + 2 * p, h * w, c)
+        clips[:, :p] = 0  # only the padding frames are zeroed: the rest is written once, below
+        clips[:, p + num_frames:] = 0
         clips[:, p:p + num_frames] = frames
         out = self.conv(clips.permute(0, 3, 1, 2))  # (B, C_out, T, H*W)
         out = out.permute(0, 2, 3, 1).reshape(n, h, w, -1).permute(0, 3, 1, 2)
