@@ -77,29 +77,28 @@ def test_zero3_on_two_processes_matches_one_process(tmp_path):
     # 0.5% of how far 4 steps moved them from the initial model's (measured on the Xeon; asserted: 5%).
     recipe = make_recipe(str(tmp_path / "init"), batch_size=2)
     parts = load_parts(recipe, torch.device("cpu"))
-    outputs = [_denoised(recipe, parts, state) for state in (parts["unet"].state_dict(), a, b)]
+    outputs = _denoised(recipe, parts, [parts["unet"].state_dict(), a, b])
     moved = float((outputs[1] - outputs[0]).norm())
     apart = float((outputs[2] - outputs[1]).norm())
     assert moved > 1e-3 * float(outputs[0].norm()) and apart < 0.05 * moved, (moved, apart)
 
 
-def _denoised(recipe, parts, state) -> torch.Tensor:
-    """The denoiser's output for fixed clips and noise with the UNet's weights set to `state`."""
+def _denoised(recipe, parts, states) -> list[torch.Tensor]:
+    """The denoiser's outputs for fixed clips and noise with the UNet's weights set to each state in turn."""
     from svd_fast.denoiser import Conditioning, Denoiser
 
-    unet = parts["unet"]
-    saved = {k: v.clone() for k, v in unet.state_dict().items()}
-    unet.load_state_dict(state)
     dataset = build_dataset(recipe.data)
     inputs = prepare_inputs(collate([dataset[(i, 1000 + i)] for i in range(4)]), parts["vae"],
                             parts["image_encoder"], recipe.objective, "cpu")
     x = inputs["latents"] + inputs["sigma"].reshape(-1, 1, 1, 1, 1) * inputs["noise"]
     cond = Conditioning(inputs["image_latents"], inputs["context"], inputs["added_time_ids"],
                         inputs["image_only_indicator"])
-    with torch.no_grad():
-        out = Denoiser(unet)(x, inputs["sigma"], cond).float()
-    unet.load_state_dict(saved)
-    return out
+    outputs = []
+    for state in states:
+        parts["unet"].load_state_dict(state)
+        with torch.no_grad():
+            outputs.append(Denoiser(parts["unet"])(x, inputs["sigma"], cond).float())
+    return outputs
 
 
 def _port() -> int:
