@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -174,15 +175,15 @@ def build_data(work: Path, schedule: Schedule, shards: Path, vae, image_encoder)
 
 def held_out_prompts(count: int) -> list[dict]:
     """Captions of held-out procedural clips (seeds never trained on) with their attributes."""
+    return list(itertools.islice(_held_out_captions(), count))
+
+
+def _held_out_captions():
     captioner = TrivialCaptioner()
-    out = []
-    seed = HELD_OUT
-    while len(out) < count:
+    for seed in itertools.count(HELD_OUT):
         frames, fps = procedural_clip(seed)
         caption = captioner.caption_video(frames, [t / fps for t in range(len(frames))])
-        out.append({"seed": seed, "caption": caption, **caption_attributes(caption)})
-        seed += 1
-    return out
+        yield {"seed": seed, "caption": caption, **caption_attributes(caption)}
 
 
 # ----------------------------------------------------------------------------------- text tower
@@ -356,7 +357,7 @@ def word_probe(model: Path, clips: int = 24, sigmas=(1.0, 3.0, 10.0), seed: int 
 
     pipe = SVDTextToVideoPipeline.from_pretrained(model, torch_dtype=torch.float32)
     denoiser, gen = Denoiser(pipe.unet), torch.Generator().manual_seed(seed)
-    prompts = [p for p in held_out_prompts(4 * clips) if p["camera"] != "static camera"][:clips]
+    prompts = list(itertools.islice((p for p in _held_out_captions() if p["camera"] != "static camera"), clips))
     colours = sorted({p["colour"] for p in prompts})
     rows = {"camera": [], "colour": []}
     for p in prompts:
