@@ -56,11 +56,21 @@ class UNetConfig:
     [noisy latent | conditioning latents | binary mask], in_channels = 2 * out_channels + 1.
     Stored in a diffusers unet/config.json as `svd_fast_mask_embedding` (diffusers ignores the key
     and leaves the extra tensor `mask_embedding` unused)"""
+    latent_prior: float = 0.0
+    """svd_fast's addition (0: off, SVD's own denoiser): when > 0 the denoiser predicts the clip as a
+    correction of mu, the conditioning latents times this factor (the VAE's scaling factor): each
+    frame's own conditioning latent (image-to-video, multi-view: the input image's), and for SVD-FI's
+    frames without one the linear blend in time of the two ends,
+    D = mu + c_skip (x - mu) + c_out F(c_in (x - mu), ...) (svd_fast.denoiser.latent_prior). Needs
+    concatenated conditioning latents. Stored as `svd_fast_latent_prior` in unet/config.json"""
 
     def __post_init__(self):
         if self.mask_embedding and self.in_channels != 2 * self.out_channels + 1:
             raise ValueError(f"mask_embedding needs in_channels = 2 * out_channels + 1 (noisy latent, conditioning "
                              f"latents, mask), got in_channels={self.in_channels}, out_channels={self.out_channels}")
+        if self.latent_prior < 0 or self.latent_prior > 0 and self.in_channels < 2 * self.out_channels:
+            raise ValueError(f"latent_prior must be >= 0 and needs concatenated conditioning latents (in_channels >= "
+                             f"2 * out_channels), got latent_prior={self.latent_prior}, in_channels={self.in_channels}")
         levels = len(self.block_out_channels)
         if len(self.attention_levels) != levels or len(self.num_attention_heads) != levels:
             raise ValueError(
@@ -126,6 +136,7 @@ class UNetConfig:
             norm_num_groups=cfg.get("norm_num_groups", defaults.norm_num_groups),
             numerics=numerics,
             mask_embedding=bool(cfg.get(MASK_EMBEDDING_KEY, False)),
+            latent_prior=float(cfg.get(LATENT_PRIOR_KEY, 0.0)),
         )
 
     def to_diffusers(self) -> dict:
@@ -149,11 +160,14 @@ class UNetConfig:
             "num_frames": self.num_frames,
             **_groups_entry(self.norm_num_groups),
             **({MASK_EMBEDDING_KEY: True} if self.mask_embedding else {}),
+            **({LATENT_PRIOR_KEY: self.latent_prior} if self.latent_prior else {}),
         }
 
 
 MASK_EMBEDDING_KEY = "svd_fast_mask_embedding"
 """unet/config.json key of UNetConfig.mask_embedding (written only when true)"""
+LATENT_PRIOR_KEY = "svd_fast_latent_prior"
+"""unet/config.json key of UNetConfig.latent_prior (written only when > 0)"""
 
 
 def _groups_entry(groups: int) -> dict:

@@ -3,6 +3,12 @@
 D(x; sigma) = c_skip * x + c_out * F([c_in * x | z_cond], c_noise, context, added_time_ids)
 with c_skip = 1/(sigma^2+1), c_out = -sigma/sqrt(sigma^2+1), c_in = 1/sqrt(sigma^2+1),
 c_noise = 0.25 ln(sigma). The conditioning latent is concatenated after the c_in scaling.
+
+A model with a prior mu (UNetConfig.latent_prior: its conditioning latents, for SVD-FI's missing
+frames the blend of its end frames) denoises the difference from it:
+D(x; sigma) = mu + c_skip * (x - mu) + c_out * F([c_in * (x - mu) | z_cond], ...).
+At high noise D starts from mu instead of from zero, so the network only has to learn what
+the conditioning gets wrong; the sampler is unchanged (D is still a denoiser of x).
 """
 from __future__ import annotations
 
@@ -34,6 +40,19 @@ def consistency_scalings(sigma: torch.Tensor, boundary_sigma: float):
     c_out = -(sigma - boundary_sigma) / (sigma**2 + 1.0) ** 0.5
     _, _, c_in, c_noise = v_scalings(sigma)
     return c_skip, c_out, c_in, c_noise
+
+
+def latent_prior(image_latents: torch.Tensor, scale: float, masked: bool) -> torch.Tensor:
+    """A model's prior mu (B, T, C, h, w) from its conditioning latents (unscaled VAE means) times
+    `scale`: each frame's own conditioning latent; for SVD-FI (`masked`: conditioning (B, T, C + 1, h, w)
+    = [z_first, 0, ..., 0, z_last | mask]) the linear blend (1 - a_t) z_first + a_t z_last,
+    a_t = t / (T - 1). Zero for the unconditional branch (its conditioning is zeros)."""
+    if not masked:
+        return scale * image_latents.float()
+    t, c = image_latents.shape[1], image_latents.shape[2] - 1
+    a = torch.linspace(0, 1, t, device=image_latents.device).reshape(1, t, 1, 1, 1)
+    first, last = image_latents[:, :1, :c].float(), image_latents[:, -1:, :c].float()
+    return scale * ((1 - a) * first + a * last)
 
 
 @dataclass
@@ -98,23 +117,33 @@ class Denoiser:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
+    def prior(self, cond: Conditioning) -> torch.Tensor | None:
+        """The model's prior mu (fp32, like the latents) for this conditioning, or None (module docstring)."""
+        config = getattr(self.unet, "config", None)
+        scale = getattr(config, "latent_prior", 0.0)
+        return latent_prior(cond.image_latents, scale, bool(getattr(config, "mask_embedding", False))) if scale else None
+
     def model_output(self, x, sigma, cond: Conditioning) -> torch.Tensor:
         """The raw v-prediction F for noisy latents x at noise level sigma."""
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
         _, _, c_in, c_noise = v_scalings(sigma)
         c_in = c_in.reshape(-1, 1, 1, 1, 1)
-        x_in = torch.cat([(x.float() * c_in).to(self.dtype), cond.image_latents.to(self.dtype)], dim=2)
+        prior = self.prior(cond)
+        x = x.float() if prior is None else x.float() - prior
+        x_in = torch.cat([(x * c_in).to(self.dtype), cond.image_latents.to(self.dtype)], dim=2)
         return self.unet(
             x_in, c_noise, cond.context.to(self.dtype), cond.added_time_ids.to(self.dtype), cond.image_only_indicator
         )
 
-    def denoised_from_output(self, x, sigma, v):
+    def denoised_from_output(self, x, sigma, v, prior: torch.Tensor | None = None):
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1, 1)
         c_skip, c_out = self.output_scalings(sigma)
-        return (c_skip * x.float() + c_out * v.float()).to(x.dtype)
+        if prior is None:
+            return (c_skip * x.float() + c_out * v.float()).to(x.dtype)
+        return (prior + c_skip * (x.float() - prior) + c_out * v.float()).to(x.dtype)
 
     def __call__(self, x, sigma, cond: Conditioning) -> torch.Tensor:
-        return self.denoised_from_output(x, sigma, self.model_output(x, sigma, cond))
+        return self.denoised_from_output(x, sigma, self.model_output(x, sigma, cond), self.prior(cond))
 
 
 class LinearGuidedDenoiser:
@@ -134,8 +163,12 @@ class LinearGuidedDenoiser:
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
         both = sigma.repeat(2) if sigma.numel() > 1 else sigma  # per-sample sigmas (distillation) for both halves
         v = self.denoiser.model_output(torch.cat([x, x]), both, self.batch_cond)
-        v_uncond, v_cond = v.float().chunk(2)
         scale = self.scale.to(x.device)
+        prior = self.denoiser.prior(self.batch_cond)
+        if prior is not None:  # the halves' priors differ (zero unconditionally): guide D itself
+            d_uncond, d_cond = self.denoiser.denoised_from_output(torch.cat([x, x]), both, v, prior).float().chunk(2)
+            return (d_uncond + scale * (d_cond - d_uncond)).to(x.dtype)
+        v_uncond, v_cond = v.float().chunk(2)
         return self.denoiser.denoised_from_output(x, sigma, v_uncond + scale * (v_cond - v_uncond))
 
 

@@ -22,6 +22,12 @@ Decisions where the paper is vague (written here and in the model card):
 - All T frames are noised and denoised, the end frames included (the paper's "5 output frames");
   training puts the loss on all of them (svd_fast.train.objective), so the noisy end frames the
   sampler feeds back stay on the training distribution.
+
+svd_fast's addition, not the paper's: UNetConfig.latent_prior > 0 makes the denoiser correct the linear
+blend in time of the two end latents instead of drawing the clip from zero (svd_fast.denoiser). A
+small UNet redraws a picture from concatenated latents only roughly; with the blend as its start
+it keeps what the ends already say. The shipped interpolator uses it; a model without it samples as
+the paper's.
 """
 from __future__ import annotations
 

@@ -87,6 +87,58 @@ def test_conditioning_layout_against_a_hand_built_tensor(tiny_fi, guidance):
         assert not conv_in[0, :, 8].any()
 
 
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_latent_prior_denoises_the_difference_from_the_blend_of_the_ends(guidance):
+    """UNetConfig.latent_prior: one Euler step to sigma 0 returns D, which must be
+    mu + c_skip (x - mu) + c_out v with mu the blend of the end latents built here by hand, the UNet
+    fed c_in (x - mu); the unconditional half of guidance has mu = 0 and guidance mixes the D's."""
+    cfg = fi_config()
+    pipe = SVDInterpolationPipeline.from_config(dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, latent_prior=0.7)))
+    pipe.set_progress_bar_config(disable=True)
+    first, last = _images()
+    seen = []
+
+    def fake_unet(sample, timestep, context, *rest):  # a known v that differs between the guidance halves
+        seen.append(sample.clone())
+        return 0.5 * sample[:, :, :4] + 0.25 + context[:, :1, :4, None, None]
+
+    pipe.unet.forward = fake_unet
+    sigma = 2.0
+    latents = torch.randn(1, 5, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    out = pipe(first, last, height=64, width=64, num_frames=5, sigmas=[sigma, 0.0], latents=latents, noise_aug_strength=0.0,
+               max_guidance_scale=guidance, output_type="latent", pin_ends=False).frames
+    z_first, z_last = (pipe.vae.encode(conditioner.preprocess_image(x, 64, 64))[0] for x in (first, last))
+    mu = torch.stack([0.7 * ((1 - t / 4) * z_first + t / 4 * z_last) for t in range(5)])[None]
+    x = latents * (sigma**2 + 1) ** 0.5
+    c_skip, c_out, c_in = 1 / (sigma**2 + 1), -sigma / (sigma**2 + 1) ** 0.5, 1 / (sigma**2 + 1) ** 0.5
+    e = torch.stack([conditioner.encode_image(pipe.image_encoder, first)[0, 0, :4]])
+    sample = seen[0]
+    cond_row = 1 if guidance > 1 else 0
+    torch.testing.assert_close(sample[cond_row, :, :4], (c_in * (x - mu))[0], rtol=1e-4, atol=1e-5)
+    v_cond = 0.5 * c_in * (x - mu) + 0.25 + e.reshape(1, 1, 4, 1, 1)
+    d_cond = mu + c_skip * (x - mu) + c_out * v_cond
+    expected = d_cond
+    if guidance > 1:
+        torch.testing.assert_close(sample[0, :, :4], (c_in * x)[0], rtol=1e-4, atol=1e-5)  # no prior
+        d_uncond = c_skip * x + c_out * (0.5 * c_in * x + 0.25)  # zero CLIP tokens
+        scale = torch.linspace(1.0, guidance, 5).reshape(1, 5, 1, 1, 1)
+        expected = d_uncond + scale * (d_cond - d_uncond)
+    torch.testing.assert_close(out.float(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_latent_prior_is_stored_in_both_layouts_and_needs_conditioning_latents(tmp_path):
+    cfg = fi_config()
+    with_prior = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, latent_prior=1.25))
+    pipe = SVDInterpolationPipeline.from_config(with_prior)
+    for layout, target in (("diffusers", tmp_path / "fi"), ("sgm", tmp_path / "fi.safetensors")):
+        pipe.save_pretrained(target, layout=layout)
+        assert SVDInterpolationPipeline.from_pretrained(target).unet.config.latent_prior == 1.25, layout
+    assert json.loads((tmp_path / "fi" / "unet" / "config.json").read_text())["svd_fast_latent_prior"] == 1.25
+    text_unet = dataclasses.replace(SVDConfig.from_name("tiny").unet, in_channels=4)  # no conditioning latents
+    with pytest.raises(ValueError, match="latent_prior"):
+        dataclasses.replace(text_unet, latent_prior=1.0)
+
+
 def test_pin_ends_puts_the_true_ends_back_and_blends_their_residuals():
     from svd_fast.interpolation import pin_to_ends
 

@@ -89,3 +89,35 @@ def test_euler_matches_diffusers_scheduler_steps():
 def test_bad_step_count():
     with pytest.raises(ValueError, match="steps"):
         get_sigmas_karras(0)
+
+
+def test_latent_prior_of_an_image_model_is_its_conditioning_latent_in_every_frame():
+    """UNetConfig.latent_prior on an image-to-video model: mu = scale x the image's VAE mean in every
+    frame, the UNet fed c_in (x - mu), and one Euler step to sigma 0 returns mu + c_skip (x - mu) + c_out v."""
+    import dataclasses
+
+    from svd_fast import conditioner
+    from svd_fast.config import SVDConfig
+    from svd_fast.pipeline import SVDPipeline
+
+    cfg = SVDConfig.from_name("tiny")
+    pipe = SVDPipeline.from_config(dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, latent_prior=0.9)))
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+
+    def fake_unet(sample, timestep, context, *rest):
+        seen.append(sample.clone())
+        return 0.5 * sample[:, :, :4] - 0.1
+
+    pipe.unet.forward = fake_unet
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    latents = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    sigma = 1.5
+    out = pipe(image, height=64, width=64, num_frames=3, sigmas=[sigma, 0.0], latents=latents, noise_aug_strength=0.0,
+               max_guidance_scale=1.0, output_type="latent").frames.float()
+    z = pipe.vae.encode(conditioner.preprocess_image(image, 64, 64))[0]
+    mu = 0.9 * z.expand(1, 3, *z.shape)
+    x = latents * (sigma**2 + 1) ** 0.5
+    c_skip, c_out, c_in = 1 / (sigma**2 + 1), -sigma / (sigma**2 + 1) ** 0.5, 1 / (sigma**2 + 1) ** 0.5
+    torch.testing.assert_close(seen[0][:, :, :4], c_in * (x - mu), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out, mu + c_skip * (x - mu) + c_out * (0.5 * c_in * (x - mu) - 0.1), rtol=1e-4, atol=1e-4)
