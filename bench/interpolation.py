@@ -202,8 +202,9 @@ def card_table(metrics: dict) -> list[str]:
               f"bidirectional sampler; {machine['host_cpu']}, {machine['date'][:10]} (bench/interpolation.py). "
               "Clips: held-out procedural clips, camera moves over the held-out photographs, and windows of real "
               "footage never trained on (carphone, megamind), each 5 consecutive frames: the ends 4 frames apart. "
-              "VAE ceiling: the true in-between frames through the model's VAE (encode, decode), the best any "
-              "latent model with this VAE can reach. Optical-flow warp: Farneback flow between the ends, both ends "
+              "VAE ceiling: the true in-between frames through the model's VAE (encode, decode), the best a "
+              "latent model with this VAE can reach on its own (SVD-FI's pin_ends adds the ends' VAE errors back, "
+              "so it can pass the ceiling where the content stays still). Optical-flow warp: Farneback flow between the ends, both ends "
               "warped to each in-between time and blended (bench/interpolation.py flow_warp; no model, for scale)."]
     return lines
 

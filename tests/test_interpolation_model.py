@@ -277,9 +277,9 @@ def _centroid_x(frame: np.ndarray) -> float:
 def test_constant_velocity_lands_between_the_ends(shipped):
     """A square moving 4 px per frame: in the in-between frames it lies between the end positions,
     in order, and stronger than linear blending's half-strength ghosts. Measured on the shipped
-    model (seed 0): x = 15.5 | 16.0, 29.2, 31.3 | 31.5 against the constant-velocity 19.5, 23.5,
-    27.5 (it moves late, mostly between frames 1 and 2: mean error 4.3 px), middle-frame peak 0.60
-    of the square's (the blend's: 0.44). The bounds below allow for that, not for constant velocity."""
+    model (seed 0): x = 15.5 | 15.5, 21.6, 31.0 | 31.5 against the constant-velocity 19.5, 23.5,
+    27.5 (it starts late: mean error 3.1 px), middle-frame peak 0.58 of the square's (the blend's:
+    0.44). The bounds below allow for that, not for constant velocity."""
     speed = 4
     clip = _square_clip(speed)
     first, last = (torch.from_numpy(np.ascontiguousarray(clip[t])).permute(2, 0, 1) for t in (0, 4))
@@ -287,19 +287,20 @@ def test_constant_velocity_lands_between_the_ends(shipped):
                     generator=torch.Generator().manual_seed(0), output_type="np").frames[0]
     xs = [_centroid_x(f) for f in video]
     truth = [_centroid_x(f) for f in clip]
-    assert truth[0] <= xs[1] < xs[2] < xs[3] <= truth[4], (xs, truth)  # between the ends, in order
-    assert np.mean([abs(a - b) for a, b in zip(xs[1:4], truth[1:4])]) < 6.0, (xs, truth)  # measured 4.3
+    # between the ends (0.5 px of slack: frame 1 stays at the start, 15.54 against 15.50), in order
+    assert truth[0] - 0.5 <= xs[1] < xs[2] < xs[3] <= truth[4] + 0.5, (xs, truth)
+    assert np.mean([abs(a - b) for a, b in zip(xs[1:4], truth[1:4])]) < 5.0, (xs, truth)  # measured 3.1
     peak = _redness(clip[0]).max()
     blend_middle = 0.5 * clip[0] + 0.5 * clip[4]
     assert _redness(blend_middle).max() < 0.5 * peak  # the blend's ghosts (checks the measure itself)
-    assert _redness(video[2]).max() > 0.5 * peak, _redness(video[2]).max() / peak  # measured 0.60
+    assert _redness(video[2]).max() > 0.5 * peak, _redness(video[2]).max() / peak  # measured 0.58
 
 
 def test_shipped_model_against_linear_blending_on_held_out_clips(shipped):
     """A subset of bench/interpolation.py's held-out clips (4 procedural, 4 photo pans, 4 real
     footage windows). Issue 16's target is SVD-FI >= 2 dB above linear blending: the shipped model
-    MISSES it; measured here -3.9 dB on average (the 1000-step model: -5.6; real footage's ends 4
-    frames apart barely move, and blending scores 34.7 dB there). This guards the measured figure
+    MISSES it; measured here -0.75 dB on average (without the latent prior, 5000 steps: -3.9; real
+    footage's ends 4 frames apart barely move, and blending scores 34.7 dB there). This guards the measured figure
     (1 dB margin); the full set's figures are in the model card."""
     sys.path.insert(0, str(REPO))
     from bench.interpolation import FACTOR, footage_clips, linear_blend, photo_clips, procedural_clips
@@ -343,8 +344,8 @@ def test_flow_warp_reference_recovers_a_known_translation():
     assert flow > 30 and flow > blend + 5, (flow, blend)
 
 
-MEASURED_GAIN_DB = -3.9
-"""mean dB over linear blending on this subset, measured on the shipped model (5000 steps, 2026-12-02)"""
+MEASURED_GAIN_DB = -0.75
+"""mean dB over linear blending on this subset, measured on the shipped model (v2: latent prior, 2026-12-03)"""
 
 
 # ------------------------------------------------------------------------------------------- CLI
