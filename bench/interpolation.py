@@ -41,7 +41,6 @@ REAL_FOOTAGE = ("carphone", "megamind")
 """real videos never trained on by any svd_fast model (svd_fast.real_media.EVALUATION_ONLY)"""
 CUT_PSNR_DB = 14.0
 """a window with two consecutive frames further apart than this is across a cut: skipped"""
-METHODS = ("linear_blend", "flow_warp", "bidirectional", "svd_fi", "svd_fi_guided", "vae_ceiling")
 GUIDED_SCALE = 2.0  # svd_fi_guided: the guidance of the default model's own sampling defaults
 
 
@@ -162,7 +161,11 @@ def measure(fi_model=None, base_model=None, procedural: int = 12, per_photo: int
                 videos[name] = video[1:FACTOR]
                 if name == "svd_fi":
                     ends = np.mean([psnr(video[0], clip[0]), psnr(video[FACTOR], clip[FACTOR])])
-            rows.append({**{m: float(np.mean([psnr(a, b) for a, b in zip(videos[m], truth)])) for m in METHODS},
+            if fi.unet.config.latent_prior:  # the default flow prior against the blend the model was trained on
+                videos["svd_fi_blend_prior"] = fi(
+                    first, last, num_frames=FACTOR + 1, num_inference_steps=steps, fps=fps, motion_bucket_id=bucket,
+                    generator=torch.Generator().manual_seed(i), output_type="np", prior="blend").frames[0][1:FACTOR]
+            rows.append({**{m: float(np.mean([psnr(a, b) for a, b in zip(videos[m], truth)])) for m in videos},
                          "svd_fi_ends": float(ends)})
             if i < 2:
                 panels.append(np.concatenate([np.concatenate(list(x), axis=1) for x in
@@ -173,7 +176,9 @@ def measure(fi_model=None, base_model=None, procedural: int = 12, per_photo: int
         print(f"{kind} ({len(rows)} clips): in-between PSNR linear blend {mean['linear_blend']:.2f} dB, "
               f"optical-flow warp {mean['flow_warp']:.2f} dB, "
               f"bidirectional {mean['bidirectional']:.2f} dB, SVD-FI {mean['svd_fi']:.2f} dB "
-              f"(guided {mean['svd_fi_guided']:.2f}; ends re-created at {mean['svd_fi_ends']:.2f} dB); VAE ceiling "
+              f"(guided {mean['svd_fi_guided']:.2f}"
+              + (f", blend prior {mean['svd_fi_blend_prior']:.2f}" if "svd_fi_blend_prior" in mean else "")
+              + f"; ends re-created at {mean['svd_fi_ends']:.2f} dB); VAE ceiling "
               f"{mean['vae_ceiling']:.2f} dB", flush=True)
     if panel is not None:
         from PIL import Image

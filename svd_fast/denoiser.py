@@ -62,29 +62,39 @@ class Conditioning:
     image_latents: (B, T, 4, h, w) VAE mean of the noise-augmented image, copied over frames.
     context: (B, L, D) CLIP image embedding(s). added_time_ids: (B, 3) [fps_id, motion, cond_aug].
     image_only_indicator: optional (B, T), 1 for frames of image-only samples.
+    prior_latents: optional (B, T, C, h, w) unscaled latents that a model with a latent prior
+    corrects instead of the one its conditioning latents give (latent_prior), e.g. SVD-FI's
+    in-between frames by optical flow; ignored by models without one.
     """
 
     image_latents: torch.Tensor
     context: torch.Tensor
     added_time_ids: torch.Tensor
     image_only_indicator: torch.Tensor | None = None
+    prior_latents: torch.Tensor | None = None
 
     def cat(self, other: "Conditioning") -> "Conditioning":
         """Stack two conditionings along the batch (used for [uncond, cond] guidance batches)."""
         ind = None
         if self.image_only_indicator is not None or other.image_only_indicator is not None:
             ind = torch.cat([_indicator(self), _indicator(other)])
+        if (self.prior_latents is None) != (other.prior_latents is None):
+            raise ValueError("cannot stack a conditioning with prior_latents and one without")
+        prior = None if self.prior_latents is None else torch.cat([self.prior_latents, other.prior_latents])
         return Conditioning(
             torch.cat([self.image_latents, other.image_latents]),
             torch.cat([self.context, other.context]),
             torch.cat([self.added_time_ids, other.added_time_ids]),
             ind,
+            prior,
         )
 
     def unconditional(self) -> "Conditioning":
         """Zero image embedding and zero conditioning latent; micro-conditioning kept (sgm/diffusers)."""
+        prior = None if self.prior_latents is None else torch.zeros_like(self.prior_latents)
         return Conditioning(
-            torch.zeros_like(self.image_latents), torch.zeros_like(self.context), self.added_time_ids, self.image_only_indicator
+            torch.zeros_like(self.image_latents), torch.zeros_like(self.context), self.added_time_ids,
+            self.image_only_indicator, prior,
         )
 
 
@@ -121,7 +131,11 @@ class Denoiser:
         """The model's prior mu (fp32, like the latents) for this conditioning, or None (module docstring)."""
         config = getattr(self.unet, "config", None)
         scale = getattr(config, "latent_prior", 0.0)
-        return latent_prior(cond.image_latents, scale, bool(getattr(config, "mask_embedding", False))) if scale else None
+        if not scale:
+            return None
+        if getattr(cond, "prior_latents", None) is not None:
+            return scale * cond.prior_latents.float()
+        return latent_prior(cond.image_latents, scale, bool(getattr(config, "mask_embedding", False)))
 
     def model_output(self, x, sigma, cond: Conditioning) -> torch.Tensor:
         """The raw v-prediction F for noisy latents x at noise level sigma."""

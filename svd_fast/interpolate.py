@@ -47,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
     p.add_argument("--method", choices=["model", "flow"], default="model",
                    help="model: the diffusion model (default); flow: optical-flow interpolation, no model")
+    p.add_argument("--prior", choices=["flow", "blend"],
+                   help="SVD-FI models with a latent prior: what the model corrects between the ends, optical "
+                        "flow (default) or the linear blend it was trained on")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if (args.video is None) == (args.first is None or args.last is None):
@@ -56,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.frames is not None and args.frames < 2:
         p.error(f"--frames must be >= 2 (both ends), got {args.frames}")
     model_only = [flag for flag, value in (("--model", args.model), ("--steps", args.steps), ("--motion-bucket",
-                  args.motion_bucket), ("--max-cfg", args.max_cfg)) if value is not None]
+                  args.motion_bucket), ("--max-cfg", args.max_cfg), ("--prior", args.prior)) if value is not None]
     if args.method == "flow" and model_only:
         p.error(f"--method flow uses no model: drop {', '.join(model_only)}")
     return args
@@ -130,6 +133,10 @@ def main(argv=None) -> int:
     height, width = args.height or cfg.height, args.width or cfg.width
     call_args = dict(height=height, width=width, num_inference_steps=args.steps or cfg.num_inference_steps, fps=fps,
                      max_guidance_scale=cfg.max_guidance_scale if args.max_cfg is None else args.max_cfg)
+    if args.prior is not None:
+        if not fi or not pipe.unet.config.latent_prior:
+            raise ValueError(f"--prior: {model} has no latent prior (only SVD-FI models trained with one take it)")
+        call_args["prior"] = args.prior
     check_memory(frames, height, width)
 
     def motion(a, b) -> float:

@@ -27,7 +27,9 @@ svd_fast's addition, not the paper's: UNetConfig.latent_prior > 0 makes the deno
 blend in time of the two end latents instead of drawing the clip from zero (svd_fast.denoiser). A
 small UNet redraws a picture from concatenated latents only roughly; with the blend as its start
 it keeps what the ends already say. The shipped interpolator uses it; a model without it samples as
-the paper's.
+the paper's. At sampling the prior's in-between frames can also come from optical flow
+(`prior="flow"`, the default for such models: flow_interpolate of the two ends at the model's size,
+through the VAE), which the model then corrects as it would the blend.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 
 from svd_fast import conditioner
-from svd_fast.denoiser import Conditioning
+from svd_fast.denoiser import Conditioning, latent_prior
 from svd_fast.pipeline import SVDPipeline, postprocess_video, randn
 
 
@@ -147,7 +149,7 @@ class SVDInterpolationPipeline(SVDPipeline):
                  noise_aug_strength: float = 0.02, decode_chunk_size: int | None = None, num_videos_per_prompt: int = 1,
                  generator=None, latents=None, output_type: str = "pil", callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs=("latents",), sampler: str | None = None, sigmas=None,
-                 eta: float = 1.0, pin_ends: bool = True, return_dict: bool = True):
+                 eta: float = 1.0, pin_ends: bool = True, prior: str | None = None, return_dict: bool = True):
         """num_frames frames from `image` (first) to `last_image` (last), both ends included. Arguments
         as SVDPipeline's (diffusers' names); those left None take the model's sampling defaults
         (SVDConfig: size, frames, steps, fps, motion bucket, guidance). Random numbers: the first
@@ -158,15 +160,27 @@ class SVDInterpolationPipeline(SVDPipeline):
         frame 0) + a_t (last - decoded last frame), a_t = t / (T - 1). The ends come out exactly as
         given (no flicker at the keyframes of a whole video) and detail the VAE loses on both ends
         is put back where the content stays; where it moves, that detail is blended like the ends.
-        False returns the decoded frames as they are."""
+        False returns the decoded frames as they are.
+
+        prior (models with a latent prior, UNetConfig.latent_prior): what the model corrects in the
+        in-between frames: "flow" (default) the ends interpolated by optical flow (flow_interpolate at
+        the model's size, through the VAE), "blend" the linear blend of the end latents it was trained on.
+        Held-out clips, shipped v2: flow 24.37 / 25.95 / 32.87 dB against blend 23.97 / 23.59 / 32.72
+        (procedural / photo pans / real footage, README Benchmarks)."""
         if last_image is None:
             raise ValueError("SVDInterpolationPipeline needs last_image (the clip's last frame)")
+        if prior not in (None, "flow", "blend"):
+            raise ValueError(f"prior must be 'flow' or 'blend', got {prior!r}")
+        if prior is not None and not self.unet.config.latent_prior:
+            raise ValueError(f"prior={prior!r} needs a model with a latent prior (unet config svd_fast_latent_prior); "
+                             "this one denoises from zero")
         cfg = self.config
         height, width = height or cfg.height, width or cfg.width
         num_frames = num_frames or cfg.num_frames
         pin = pin_ends and output_type != "latent"
+        flow_prior = (prior or "flow") == "flow" and bool(self.unet.config.latent_prior)
         out = super().__call__(
-            (image, last_image), height=height, width=width, num_frames=num_frames,
+            (image, last_image, flow_prior), height=height, width=width, num_frames=num_frames,
             num_inference_steps=num_inference_steps or cfg.num_inference_steps, min_guidance_scale=min_guidance_scale,
             max_guidance_scale=cfg.max_guidance_scale if max_guidance_scale is None else max_guidance_scale,
             fps=fps or cfg.fps, motion_bucket_id=cfg.motion_bucket_id if motion_bucket_id is None else motion_bucket_id,
@@ -191,9 +205,21 @@ class SVDInterpolationPipeline(SVDPipeline):
         latent = latent + noise_aug_strength * randn(latent.shape, generator, self.device, latent.dtype)
         return embedding, latent.to(self.dtype)
 
+    def flow_latents(self, first, last, height: int, width: int, num_frames: int) -> torch.Tensor:
+        """(B, T, C, h, w) VAE means (unscaled) of flow_interpolate(first, last) at height x width."""
+        ends = [((conditioner.preprocess_image(x, height, width) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+                for x in (first, last)]
+        if ends[0].shape != ends[1].shape:
+            raise ValueError(f"first and last image batches differ: {ends[0].shape} vs {ends[1].shape}")
+        latents = []
+        for a, b in zip(*ends):
+            frames = torch.from_numpy(flow_interpolate(a, b, num_frames)).permute(0, 3, 1, 2) * 2 - 1
+            latents.append(self.vae.encode(frames.to(self.device)).float())
+        return torch.stack(latents)
+
     def _conditioning(self, image, *, height, width, num_frames, fps, motion_bucket_id, noise_aug_strength, generator,
                       num_videos_per_prompt, image_embeddings=None) -> Conditioning:
-        first, last = image
+        first, last, flow_prior = image
         (emb_first, z_first), (emb_last, z_last) = (
             self.encode_end(x, height, width, noise_aug_strength, generator) for x in (first, last))
         if z_first.shape != z_last.shape:
@@ -201,7 +227,11 @@ class SVDInterpolationPipeline(SVDPipeline):
         repeat = lambda t: t.repeat_interleave(num_videos_per_prompt, dim=0)  # noqa: E731
         latents = interpolation_latents(repeat(z_first), repeat(z_last), num_frames)
         context = interpolation_context(repeat(emb_first), repeat(emb_last))
+        prior = None
+        if flow_prior:  # the blend's ends (the augmented end latents), optical flow's frames between
+            prior = latent_prior(latents, 1.0, masked=True)
+            prior[:, 1:-1] = repeat(self.flow_latents(first, last, height, width, num_frames)[:, 1:-1])
         return Conditioning(
-            image_latents=latents, context=context,
+            image_latents=latents, context=context, prior_latents=prior,
             added_time_ids=conditioner.added_time_ids(fps, motion_bucket_id, noise_aug_strength, latents.shape[0],
                                                       self.dtype, self.device))
