@@ -139,10 +139,13 @@ class Denoiser:
 
     def model_output(self, x, sigma, cond: Conditioning) -> torch.Tensor:
         """The raw v-prediction F for noisy latents x at noise level sigma."""
+        return self._model_output(x, sigma, cond, self.prior(cond))
+
+    def _model_output(self, x, sigma, cond: Conditioning, prior: torch.Tensor | None) -> torch.Tensor:
+        """model_output with the prior already computed (a sampling step needs it twice)."""
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
         _, _, c_in, c_noise = v_scalings(sigma)
         c_in = c_in.reshape(-1, 1, 1, 1, 1)
-        prior = self.prior(cond)
         x = x.float() if prior is None else x.float() - prior
         x_in = torch.cat([(x * c_in).to(self.dtype), cond.image_latents.to(self.dtype)], dim=2)
         return self.unet(
@@ -157,7 +160,8 @@ class Denoiser:
         return (prior + c_skip * (x.float() - prior) + c_out * v.float()).to(x.dtype)
 
     def __call__(self, x, sigma, cond: Conditioning) -> torch.Tensor:
-        return self.denoised_from_output(x, sigma, self.model_output(x, sigma, cond), self.prior(cond))
+        prior = self.prior(cond)
+        return self.denoised_from_output(x, sigma, self._model_output(x, sigma, cond, prior), prior)
 
 
 class LinearGuidedDenoiser:
@@ -176,9 +180,9 @@ class LinearGuidedDenoiser:
     def __call__(self, x, sigma) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
         both = sigma.repeat(2) if sigma.numel() > 1 else sigma  # per-sample sigmas (distillation) for both halves
-        v = self.denoiser.model_output(torch.cat([x, x]), both, self.batch_cond)
-        scale = self.scale.to(x.device)
         prior = self.denoiser.prior(self.batch_cond)
+        v = self.denoiser._model_output(torch.cat([x, x]), both, self.batch_cond, prior)
+        scale = self.scale.to(x.device)
         if prior is not None:  # the halves' priors differ (zero unconditionally): guide D itself
             d_uncond, d_cond = self.denoiser.denoised_from_output(torch.cat([x, x]), both, v, prior).float().chunk(2)
             return (d_uncond + scale * (d_cond - d_uncond)).to(x.dtype)
