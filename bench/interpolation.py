@@ -209,8 +209,9 @@ def card_table(metrics: dict) -> list[str]:
               "footage never trained on (carphone, megamind), each 5 consecutive frames: the ends 4 frames apart. "
               "VAE ceiling: the true in-between frames through the model's VAE (encode, decode), the best a "
               "latent model with this VAE can reach on its own (SVD-FI's pin_ends adds the ends' VAE errors back, "
-              "so it can pass the ceiling where the content stays still). Optical-flow warp: Farneback flow between the ends, both ends "
-              "warped to each in-between time and blended (bench/interpolation.py flow_warp; no model, for scale)."]
+              "and with the flow prior the VAE's error on the flow frames, so it can pass the ceiling). Optical-flow warp: "
+              "DIS flow between the ends, both ends warped to each in-between time and blended "
+              "(svd_fast.interpolation.flow_interpolate; no model, for scale)."]
     return lines
 
 

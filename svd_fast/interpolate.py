@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="model: the diffusion model (default); flow: optical-flow interpolation, no model")
     p.add_argument("--prior", choices=["flow", "blend"],
                    help="SVD-FI models with a latent prior: what the model corrects between the ends, optical "
-                        "flow (default) or the linear blend it was trained on")
+                        "flow (default; the shipped interpolator is trained on it) or the linear blend of the end latents")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if (args.video is None) == (args.first is None or args.last is None):

@@ -23,15 +23,20 @@ Decisions where the paper is vague (written here and in the model card):
   training puts the loss on all of them (svd_fast.train.objective), so the noisy end frames the
   sampler feeds back stay on the training distribution.
 
-svd_fast's addition, not the paper's: UNetConfig.latent_prior > 0 makes the denoiser correct the linear
-blend in time of the two end latents instead of drawing the clip from zero (svd_fast.denoiser). A
-small UNet redraws a picture from concatenated latents only roughly; with the blend as its start
-it keeps what the ends already say. The shipped interpolator uses it; a model without it samples as
-the paper's. At sampling the prior's in-between frames can also come from optical flow
-(`prior="flow"`, the default for such models: flow_interpolate of the two ends at the model's size,
-through the VAE), which the model then corrects as it would the blend.
+svd_fast's addition, not the paper's: UNetConfig.latent_prior > 0 makes the denoiser correct a prior
+clip mu instead of drawing the clip from zero (svd_fast.denoiser). A small UNet redraws a picture from
+concatenated latents only roughly; with a prior as its start it keeps what the ends already say.
+mu's in-between frames are the ends interpolated by optical flow (`prior="flow"`, the default for
+such models: flow_interpolate of the two ends at the model's size, through the VAE; the shipped
+interpolator is trained on that prior, svd_fast.train.interpolation) or the linear blend in time of
+the two end latents (`prior="blend"`, what v1/v2 were trained on). With the flow prior the decoded
+clip also gets back what the VAE loses of each prior frame (pin_ends), so where the model leaves the
+prior alone the output is the flow interpolation itself, not its VAE round trip. A model without a
+prior samples as the paper's.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import torch
@@ -89,14 +94,35 @@ def motion_bucket_from_ends(first, last, num_frames: int) -> float:
 
 
 FLOW = dict(pyr_scale=0.5, levels=4, winsize=15, iterations=5, poly_n=5, poly_sigma=1.1, flags=0)
-"""Farneback settings of flow_interpolate (svd_fast.train.video_metrics' with a wider window and one more
-level: the ends of an interpolation are several frames apart)"""
+"""Farneback settings for pictures several frames apart (svd_fast.train.video_metrics' with a wider
+window and one more level; svd_fast.long_video's detail transfer)"""
+
+FLOW_MIN_SIDE = 128
+"""optical_flow upsamples smaller pictures to this short side: DIS's patches are 8 px, too coarse for
+a 64 px frame (held-out clips at 64 px, in-between PSNR: DIS at 2x 25.90 / 31.83 / 35.19 dB, at 1x
+25.65 / 31.64 / 35.14, Farneback 25.35 / 31.71 / 35.05; procedural / photo pans / real footage)"""
+
+
+def optical_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dense flow (H, W, 2) from picture a to picture b ((H, W) uint8 grey levels) in a's pixels:
+    a(p) ~ b(p + flow(p)). OpenCV's DIS (Kroeger et al. 2016, medium preset) on the pictures
+    upsampled to FLOW_MIN_SIDE, the flow brought back to a's size."""
+    import cv2
+
+    h, w = a.shape
+    up = max(1, -(-FLOW_MIN_SIDE // min(h, w)))
+    if up > 1:
+        a, b = (cv2.resize(x, (w * up, h * up), interpolation=cv2.INTER_CUBIC) for x in (a, b))
+    flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(a, b, None)
+    if up > 1:
+        flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_AREA) / up
+    return flow
 
 
 def flow_interpolate(first, last, num_frames: int) -> np.ndarray:
     """num_frames frames (T, H, W, 3) from `first` to `last` ((H, W, 3) arrays in [0, 1]; both ends
-    included, exactly) by optical flow, no model: Farneback flow from each end to the other, the
-    flow from time t to either end approximated from those two as Super SloMo does (Jiang et al.
+    included, exactly) by optical flow, no model: flow from each end to the other (optical_flow),
+    the flow from time t to either end approximated from those two as Super SloMo does (Jiang et al.
     2018, eq. 4), both ends warped to t (bilinear, edges replicated) and blended (1 - t, t). Good for
     small, smooth motion at any resolution; occlusions and large motions ghost like a blend."""
     import cv2
@@ -107,8 +133,7 @@ def flow_interpolate(first, last, num_frames: int) -> np.ndarray:
     if first.shape != last.shape or first.ndim != 3 or first.shape[-1] != 3:
         raise ValueError(f"first and last must be (H, W, 3) images of one size, got {first.shape} and {last.shape}")
     grey = [cv2.cvtColor((x * 255).round().astype(np.uint8), cv2.COLOR_RGB2GRAY) for x in (first, last)]
-    f01 = cv2.calcOpticalFlowFarneback(grey[0], grey[1], None, **FLOW)
-    f10 = cv2.calcOpticalFlowFarneback(grey[1], grey[0], None, **FLOW)
+    f01, f10 = optical_flow(grey[0], grey[1]), optical_flow(grey[1], grey[0])
     h, w = first.shape[:2]
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
 
@@ -156,17 +181,18 @@ class SVDInterpolationPipeline(SVDPipeline):
         end's latent augmentation, the last end's, then the initial latents.
 
         pin_ends (svd_fast's addition, not the paper's): the decoded frames are corrected by the
-        VAE's error on the two ends, blended over time: frame t gets (1 - a_t) (first - decoded
-        frame 0) + a_t (last - decoded last frame), a_t = t / (T - 1). The ends come out exactly as
-        given (no flicker at the keyframes of a whole video) and detail the VAE loses on both ends
-        is put back where the content stays; where it moves, that detail is blended like the ends.
-        False returns the decoded frames as they are.
+        VAE's error on what is known. With the flow prior, frame t first gets flow_t - decode(encode(flow_t))
+        for the prior's frame flow_t (the VAE's loss on the flow interpolation: the output is the flow
+        frame plus the model's decoded correction of it). Then, always, the ends' errors blended over
+        time: frame t gets (1 - a_t) (first - decoded frame 0) + a_t (last - decoded last frame),
+        a_t = t / (T - 1), so the ends come out exactly as given (no flicker at the keyframes of a whole
+        video). False returns the decoded frames as they are.
 
         prior (models with a latent prior, UNetConfig.latent_prior): what the model corrects in the
         in-between frames: "flow" (default) the ends interpolated by optical flow (flow_interpolate at
         the model's size, through the VAE), "blend" the linear blend of the end latents it was trained on.
-        Held-out clips, shipped v2: flow 24.37 / 25.95 / 32.87 dB against blend 23.97 / 23.59 / 32.72
-        (procedural / photo pans / real footage, README Benchmarks)."""
+        Held-out clips, shipped v3 (trained on the flow prior): flow 25.52 / 30.68 / 33.78 dB against
+        blend 24.02 / 23.89 / 33.15 (procedural / photo pans / real footage, README Benchmarks)."""
         if last_image is None:
             raise ValueError("SVDInterpolationPipeline needs last_image (the clip's last frame)")
         if prior not in (None, "flow", "blend"):
@@ -178,22 +204,34 @@ class SVDInterpolationPipeline(SVDPipeline):
         height, width = height or cfg.height, width or cfg.width
         num_frames = num_frames or cfg.num_frames
         pin = pin_ends and output_type != "latent"
-        flow_prior = (prior or "flow") == "flow" and bool(self.unet.config.latent_prior)
+        flow = None  # the flow prior's frames (B, T, 3, H, W) in [0, 1] and their VAE means
+        if (prior or "flow") == "flow" and self.unet.config.latent_prior:
+            flow = self.flow_frames(image, last_image, height, width, num_frames)
+            flow_means = self.vae.encode(flow.flatten(0, 1).to(self.device, self.dtype) * 2 - 1).float()
+            flow_means = flow_means.reshape(*flow.shape[:2], *flow_means.shape[1:])
         out = super().__call__(
-            (image, last_image, flow_prior), height=height, width=width, num_frames=num_frames,
+            (image, last_image, None if flow is None else flow_means), height=height, width=width, num_frames=num_frames,
             num_inference_steps=num_inference_steps or cfg.num_inference_steps, min_guidance_scale=min_guidance_scale,
             max_guidance_scale=cfg.max_guidance_scale if max_guidance_scale is None else max_guidance_scale,
             fps=fps or cfg.fps, motion_bucket_id=cfg.motion_bucket_id if motion_bucket_id is None else motion_bucket_id,
             noise_aug_strength=noise_aug_strength, decode_chunk_size=decode_chunk_size,
             num_videos_per_prompt=num_videos_per_prompt, generator=generator, latents=latents,
-            output_type="pt" if pin else output_type, callback_on_step_end=callback_on_step_end,
+            output_type="latent" if pin else output_type, callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, sampler=sampler, sigmas=sigmas,
             eta=eta, return_dict=True)
-        if pin:
-            video = pin_to_ends(out.frames, *(
+        if pin:  # decoded here: the corrections below need the decoder's frames before any clamping
+            start = time.perf_counter()
+            video = (self.decode(out.frames, decode_chunk_size or num_frames) + 1) / 2
+            if flow is not None:  # the VAE's error on each prior frame, put back (module docstring)
+                prior_decoded = (self.decode(flow_means * self.unet.config.latent_prior,  # mu of svd_fast.denoiser
+                                             decode_chunk_size or num_frames) + 1) / 2
+                error = (flow.to(prior_decoded) - prior_decoded).repeat_interleave(num_videos_per_prompt, 0)
+                video = video + error.to(video.device)
+            video = pin_to_ends(video, *(
                 ((conditioner.preprocess_image(x, height, width) + 1) / 2).repeat_interleave(num_videos_per_prompt, 0)
                 for x in (image, last_image)))
-            out.frames = postprocess_video(video.to(out.frames.device) * 2 - 1, output_type)
+            out.frames = postprocess_video(video * 2 - 1, output_type)
+            out.timings["vae_decode"] = time.perf_counter() - start
         return out if return_dict else out.frames
 
     def encode_end(self, image, height: int, width: int, noise_aug_strength: float, generator):
@@ -205,21 +243,17 @@ class SVDInterpolationPipeline(SVDPipeline):
         latent = latent + noise_aug_strength * randn(latent.shape, generator, self.device, latent.dtype)
         return embedding, latent.to(self.dtype)
 
-    def flow_latents(self, first, last, height: int, width: int, num_frames: int) -> torch.Tensor:
-        """(B, T, C, h, w) VAE means (unscaled) of flow_interpolate(first, last) at height x width."""
-        ends = [((conditioner.preprocess_image(x, height, width) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+    def flow_frames(self, first, last, height: int, width: int, num_frames: int) -> torch.Tensor:
+        """(B, T, 3, H, W) in [0, 1] (CPU, fp32): flow_interpolate(first, last) at height x width."""
+        ends = [((conditioner.preprocess_image(x, height, width) + 1) / 2).permute(0, 2, 3, 1).cpu().float().numpy()
                 for x in (first, last)]
         if ends[0].shape != ends[1].shape:
             raise ValueError(f"first and last image batches differ: {ends[0].shape} vs {ends[1].shape}")
-        latents = []
-        for a, b in zip(*ends):
-            frames = torch.from_numpy(flow_interpolate(a, b, num_frames)).permute(0, 3, 1, 2) * 2 - 1
-            latents.append(self.vae.encode(frames.to(self.device)).float())
-        return torch.stack(latents)
+        return torch.stack([torch.from_numpy(flow_interpolate(a, b, num_frames)).permute(0, 3, 1, 2) for a, b in zip(*ends)])
 
     def _conditioning(self, image, *, height, width, num_frames, fps, motion_bucket_id, noise_aug_strength, generator,
                       num_videos_per_prompt, image_embeddings=None) -> Conditioning:
-        first, last, flow_prior = image
+        first, last, flow_means = image
         (emb_first, z_first), (emb_last, z_last) = (
             self.encode_end(x, height, width, noise_aug_strength, generator) for x in (first, last))
         if z_first.shape != z_last.shape:
@@ -228,9 +262,9 @@ class SVDInterpolationPipeline(SVDPipeline):
         latents = interpolation_latents(repeat(z_first), repeat(z_last), num_frames)
         context = interpolation_context(repeat(emb_first), repeat(emb_last))
         prior = None
-        if flow_prior:  # the blend's ends (the augmented end latents), optical flow's frames between
+        if flow_means is not None:  # the blend's ends (the augmented end latents), optical flow's frames between
             prior = latent_prior(latents, 1.0, masked=True)
-            prior[:, 1:-1] = repeat(self.flow_latents(first, last, height, width, num_frames)[:, 1:-1])
+            prior[:, 1:-1] = repeat(flow_means[:, 1:-1].to(prior))
         return Conditioning(
             image_latents=latents, context=context, prior_latents=prior,
             added_time_ids=conditioner.added_time_ids(fps, motion_bucket_id, noise_aug_strength, latents.shape[0],

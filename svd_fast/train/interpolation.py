@@ -10,6 +10,11 @@ it). For a clip of T frames (T = 5 for the paper's 4x: frames 0 and 4 are the en
 - cross-attention gets the CLIP embeddings of both clean end frames (2 tokens);
 - condition dropout (the unconditional branch of guidance) zeroes the conditioning latents with the
   mask (every frame then gets the mask embedding) and, separately, the CLIP tokens;
+- with objective.interpolation_prior = 'flow' (models with a latent prior), `prior_latents`: the
+  clip's ends interpolated by optical flow (flow_interpolate of the clean end frames, VAE means) in
+  between, the augmented end latents at the ends (what the blend prior has there), zeros where
+  the conditioning latents are dropped (the unconditional branch's prior): what prior='flow'
+  hands the model at sampling, so the model learns to correct flow's errors, not the blend's;
 - the loss is the usual EDM v-loss over all T frames. The end frames are denoised too, not only the
   middle ones: copying them from the conditioning is cheap to learn, and a model trained that way
   keeps the noisy end frames the sampler feeds back on the training distribution (with the loss on
@@ -20,7 +25,8 @@ from __future__ import annotations
 import torch
 
 from svd_fast import conditioner
-from svd_fast.interpolation import interpolation_context, interpolation_latents
+from svd_fast.denoiser import latent_prior
+from svd_fast.interpolation import flow_interpolate, interpolation_context, interpolation_latents
 
 
 @torch.no_grad()
@@ -58,15 +64,37 @@ def prepare_interpolation_inputs(batch: dict, vae, image_encoder, config, device
     height = frames.shape[-2]
     motion = torch.tensor([motion_bucket(float(m), height) for m in batch["motion"]], device=device)
     added_time_ids = torch.stack([batch["fps"].to(device) - 1, motion, cond_aug], dim=1)
+    image_latents = cond * keep_latent.reshape(-1, 1, 1, 1, 1)
+    extra = {}
+    if config.interpolation_prior == "flow":
+        extra["prior_latents"] = flow_prior_latents(vae, image_latents, ends).to(dtype)
     return {
         "latents": latents.to(dtype),
         "noise": noise.to(dtype),
         "sigma": sigma,
-        "image_latents": (cond * keep_latent.reshape(-1, 1, 1, 1, 1)).to(dtype),
+        "image_latents": image_latents.to(dtype),
         "context": (context * keep_embedding.reshape(-1, 1, 1)).to(dtype),
         "added_time_ids": added_time_ids.to(dtype),
         "image_only_indicator": torch.zeros(b, t, device=device),
+        **extra,
     }
+
+
+@torch.no_grad()
+def flow_prior_latents(vae, image_latents: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Unscaled prior latents (B, T, C, h, w) for the conditioning `image_latents` (B, T, C + 1, h, w)
+    and the clean end frames `ends` (B, 2, 3, H, W) in [0, 1]: the blend prior's ends, flow_interpolate's
+    frames (VAE means) in between; zeros for a clip whose conditioning latents are dropped."""
+    from svd_fast.train.objective import encode_frames
+
+    t = image_latents.shape[1]
+    prior = latent_prior(image_latents.float(), 1.0, masked=True)
+    pictures = ends.permute(0, 1, 3, 4, 2).float().cpu().numpy()
+    for i in range(len(prior)):
+        if image_latents[i, 0, -1].any():  # the mask channel is 1 at the ends unless the latents are dropped
+            frames = torch.from_numpy(flow_interpolate(pictures[i, 0], pictures[i, 1], t)).permute(0, 3, 1, 2) * 2 - 1
+            prior[i, 1:-1] = encode_frames(vae, frames[1:-1].to(prior.device))
+    return prior
 
 
 def unet_weights_from_image_model(weights: dict[str, torch.Tensor], latent_channels: int) -> dict[str, torch.Tensor]:

@@ -41,6 +41,10 @@ class ObjectiveConfig:
     """probability of zeroing the CLIP embedding (the unconditional branch of guidance)"""
     drop_image_latent: float = 0.1
     """probability of zeroing the conditioning latent"""
+    interpolation_prior: str = "blend"
+    """SVD-FI with a latent prior (UNetConfig.latent_prior): what the in-between frames of its prior are
+    in training: 'blend' of the end latents (latent_prior), or 'flow', the clip's ends interpolated
+    by optical flow (svd_fast.interpolation.flow_interpolate, through the VAE), as prior='flow' samples"""
 
     def validate(self) -> None:
         if self.p_std <= 0 or self.cond_aug_std < 0:
@@ -48,6 +52,8 @@ class ObjectiveConfig:
         for name in ("drop_image_embedding", "drop_image_latent"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"objective.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.interpolation_prior not in ("blend", "flow"):
+            raise ValueError(f"objective.interpolation_prior must be 'blend' or 'flow', got {self.interpolation_prior!r}")
 
 
 def loss_weight(sigma: torch.Tensor) -> torch.Tensor:
@@ -66,13 +72,15 @@ class DiffusionObjective(nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, latents, noise, sigma, image_latents, context, added_time_ids, image_only_indicator):
-        """All tensors batched per clip: latents/noise/image_latents (B, T, C, h, w), sigma (B,).
+    def forward(self, latents, noise, sigma, image_latents, context, added_time_ids, image_only_indicator,
+                prior_latents=None):
+        """All tensors batched per clip: latents/noise/image_latents (B, T, C, h, w), sigma (B,);
+        prior_latents: Conditioning.prior_latents (SVD-FI's flow prior), else None.
 
         Returns the loss of each clip, (B,) float32.
         """
         x = latents + sigma.reshape(-1, 1, 1, 1, 1) * noise
-        cond = Conditioning(image_latents, context, added_time_ids, image_only_indicator)
+        cond = Conditioning(image_latents, context, added_time_ids, image_only_indicator, prior_latents)
         denoised = Denoiser(self.unet)(x, sigma, cond).float()
         error = (denoised - latents.float()).pow(2).mean(dim=(1, 2, 3, 4))
         return loss_weight(sigma.float()) * error

@@ -52,7 +52,9 @@ AS_RUN = ("As run: steps 1-1000 on 2026-12-01 (steps 1-200 at lr 2e-4 in a first
           "state; steps 201-1000 at lr 5e-4), shipped then; steps 1001-3000 and 3001-5000 on 2026-12-02 in two more "
           "invocations, each resumed from the last checkpoint with this recipe (lr 5e-4 throughout, as committed), "
           "without the blend prior (v1). v2 (2026-12-03): 4000 steps with the blend prior from v1's weights in one "
-          "invocation (`--start` v1, `--steps 4000`, 1 thread while other jobs used the second core).")
+          "invocation (`--start` v1, `--steps 4000`, 1 thread while other jobs used the second core). v3 (2026-12-03): "
+          "3000 steps with the flow prior (this recipe's default) from v2's weights in one invocation (`--start` v2, "
+          "`--steps 3000`, 2 threads).")
 """how the shipped weights were actually trained, where it differs from one run of the recipe"""
 SAMPLE_CLIPS = (("procedural", 0), ("photo_pans", 0), ("real_footage", 0))
 """the held-out clips of sample.png (bench/interpolation.py's sets, clip index): a procedural clip, a
@@ -88,7 +90,7 @@ def init_unet(base: Path, path: Path, start: Path | None = None) -> None:
     save_safetensors({k: v.contiguous() for k, v in weights.items()}, path)
 
 
-def fi_recipe(base: Path, shards: Path, work: Path, steps: int, start: Path | None = None) -> Recipe:
+def fi_recipe(base: Path, shards: Path, work: Path, steps: int, start: Path | None = None, prior: str = "flow") -> Recipe:
     from svd_fast.checkpoints import load_components
 
     config = interpolation_config(load_components(base)["config"])
@@ -97,8 +99,10 @@ def fi_recipe(base: Path, shards: Path, work: Path, steps: int, start: Path | No
         name="default-interpolator", output_dir=str(work / "run"), model=config, components=str(base),
         init_from=str(work / "init_unet.safetensors"), init_weights="model",
         data=dm.curated(shards, dm.HIGH, frames=FRAMES, frame_strides=STRIDES),
-        # the paper's FI noise (P_mean 1.0, P_std 1.2); a little condition dropout keeps guidance possible
-        objective=ObjectiveConfig(p_mean=1.0, p_std=1.2, drop_image_embedding=0.05, drop_image_latent=0.05),
+        # the paper's FI noise (P_mean 1.0, P_std 1.2); a little condition dropout keeps guidance possible;
+        # the prior the model learns to correct: as prior="flow" samples (default), or the blend of v1/v2
+        objective=ObjectiveConfig(p_mean=1.0, p_std=1.2, drop_image_embedding=0.05, drop_image_latent=0.05,
+                                  interpolation_prior=prior),
         optim=OptimConfig(lr=5e-4, warmup_steps=50), batch_size=4, max_steps=steps, ema_decay=0.99, seed=0,
         log_every=25, checkpoint_every=200, keep_checkpoints=1, export_final=True,
     )
@@ -143,11 +147,11 @@ SAMPLING_NOTES = [
     "- `pin_ends=True` (default; svd_fast's addition, not the paper's): frame t of the decoded clip gets (1 - t/4) of "
     "the VAE's error on the first end and t/4 of its error on the last, so the ends come out exactly as given (no "
     "flicker at the keyframes of a whole video) and detail the VAE loses is put back where the content stays still.",
-    "- `prior=\"flow\"` (default for a model with a latent prior; CLI `--prior`): the prior's in-between frames are "
-    "the two ends interpolated by optical flow (`svd_fast.interpolation.flow_interpolate` at the model's size) "
-    "through the VAE instead of the blend of the end latents the model was trained on; the model corrects them the "
-    "same way. Measured against `prior=\"blend\"` above; on a flat square moving 16 px between the ends Farneback's "
-    "flow ghosts and the blend prior does better (tests/test_interpolation_model.py).",
+    "- `prior=\"flow\"` (default for a model with a latent prior, and what this model is trained on; CLI `--prior`): "
+    "the prior's in-between frames are the two ends interpolated by optical flow (`svd_fast.interpolation."
+    "flow_interpolate`, DIS flow, at the model's size) through the VAE; `prior=\"blend\"` hands the model the blend "
+    "of the end latents instead (measured above). With the flow prior `pin_ends` also adds back the VAE's error on "
+    "each flow frame, so where the model leaves its prior alone the output is the flow interpolation itself.",
     "- The CLI conditions on the motion it can observe: the mean optical flow from the first to the last frame divided "
     "by 4, as a motion bucket (`svd_fast.interpolation.motion_bucket_from_ends`); `--motion-bucket` overrides it.",
 ]
@@ -182,12 +186,14 @@ def write_card(out: Path, recipe: Recipe, metrics: dict, train_s: float, base: P
         "tensor `mask_embedding`, stored in `unet/diffusion_pytorch_model.safetensors`; `unet/config.json` says "
         "`svd_fast_mask_embedding: true`; diffusers' own UNet class loads the folder and leaves that tensor unused); "
         "the mask is [1, 0, 0, 0, 1]; cross-attention gets the CLIP embeddings of both end frames (2 tokens).",
-        f"- Blend prior (svd_fast's addition; `unet/config.json`: `svd_fast_latent_prior: {cfg.unet.latent_prior:g}`, the "
-        "VAE's scaling factor): the denoiser predicts the clip as a correction of mu, the linear blend in time of the "
-        "two end latents, D = mu + c_skip (x - mu) + c_out F(c_in (x - mu), ...) (`svd_fast.denoiser`). Without it the "
+        f"- Latent prior (svd_fast's addition; `unet/config.json`: `svd_fast_latent_prior: {cfg.unet.latent_prior:g}`, the "
+        "VAE's scaling factor): the denoiser predicts the clip as a correction of a prior mu, D = mu + c_skip (x - mu) + "
+        "c_out F(c_in (x - mu), ...) (`svd_fast.denoiser`); mu is the end latents at the ends and, between them, "
+        f"{'the two ends interpolated by optical flow, through the VAE' if recipe.objective.interpolation_prior == 'flow' else 'the linear blend in time of the end latents'} "
+        f"(trained with `objective.interpolation_prior = \"{recipe.objective.interpolation_prior}\"`). Without a prior the "
         "UNet had to redraw the whole picture from the concatenated latents at high noise, and its one-step estimate "
-        "from sigma 10 scored 24.7 dB on real footage whose ends barely differ (blending: 34.7 dB); with it (a 2000-step "
-        "trial of v2, 2026-12-03), 28.9. diffusers ignores the key, so only svd_fast samples this model as trained.",
+        "from sigma 10 scored 24.7 dB on real footage whose ends barely differ (blending: 34.7 dB); with the blend "
+        "prior (a 2000-step trial, 2026-12-03), 28.9. diffusers ignores the key, so only svd_fast samples this model as trained.",
         f"- Same widths, VAE and CLIP tower as the default model; {cfg.num_frames} frames at {cfg.height}x{cfg.width}; "
         f"sampling defaults: {cfg.num_inference_steps} Euler steps, guidance {cfg.max_guidance_scale:g} (none).",
         f"- Weights: fp16 safetensors, diffusers layout, {size_mb:.1f} MB.",
@@ -256,13 +262,12 @@ def guidance_line(metrics: dict) -> str:
 
 
 def prior_line(metrics: dict) -> str:
-    """The sampling default's flow prior against the blend prior the model was trained on, per kind."""
+    """The sampling default's flow prior against the blend prior, per kind."""
     rows = {kind.replace("_", " "): r["mean_psnr_db"] for kind, r in metrics["results"].items()}
     if not all("svd_fi_blend_prior" in m for m in rows.values()):
         return ""
     figures = ", ".join(f"{k} {m['svd_fi'] - m['svd_fi_blend_prior']:+.2f} dB" for k, m in rows.items())
-    return (f"Flow prior (the sampling default, `prior=\"flow\"`) against the blend prior of training (`prior=\"blend\"`): "
-            f"{figures}.")
+    return f"Flow prior (the sampling default, `prior=\"flow\"`) against the blend prior (`prior=\"blend\"`): {figures}."
 
 
 def main(argv=None) -> int:
@@ -275,6 +280,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=STEPS)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--start", help="an SVD-FI model whose UNet to start from instead of the base model's")
+    p.add_argument("--prior", choices=("flow", "blend"), default="flow",
+                   help="the prior's in-between frames in training: the clip's ends interpolated by optical flow "
+                        "(as sampling's default prior='flow'), or the blend of the end latents")
     p.add_argument("--lab", action="store_true", help="short trial: 150 steps in WORKDIR/lab, loss printed, no export")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -285,7 +293,7 @@ def main(argv=None) -> int:
     if args.lab:
         work, args.steps = work / "lab", min(args.steps, 150)
     work.mkdir(parents=True, exist_ok=True)
-    recipe = fi_recipe(base, Path(args.shards), work, args.steps, Path(args.start) if args.start else None)
+    recipe = fi_recipe(base, Path(args.shards), work, args.steps, Path(args.start) if args.start else None, args.prior)
     if args.lab:
         recipe = dataclasses.replace(recipe, export_final=False, checkpoint_every=10_000)
     summary, spent = dm.train_resumed(recipe, work)
