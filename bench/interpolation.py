@@ -161,7 +161,7 @@ def measure(fi_model=None, base_model=None, procedural: int = 12, per_photo: int
                 videos[name] = video[1:FACTOR]
                 if name == "svd_fi":
                     ends = np.mean([psnr(video[0], clip[0]), psnr(video[FACTOR], clip[FACTOR])])
-            if fi.unet.config.latent_prior:  # the default flow prior against the blend the model was trained on
+            if fi.unet.config.latent_prior:  # the default flow prior against the blend prior
                 videos["svd_fi_blend_prior"] = fi(
                     first, last, num_frames=FACTOR + 1, num_inference_steps=steps, fps=fps, motion_bucket_id=bucket,
                     generator=torch.Generator().manual_seed(i), output_type="np", prior="blend").frames[0][1:FACTOR]

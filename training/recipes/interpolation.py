@@ -64,7 +64,8 @@ DEFAULT_SHARDS = Path("/work/runs/default_model_v3b/curated/shards")
 
 def interpolation_config(base):
     """The FI model config from the image-to-video base config (same UNet widths, VAE, CLIP tower),
-    with the blend prior (UNetConfig.latent_prior: the UNet corrects the blend of the end latents)."""
+    with a latent prior (UNetConfig.latent_prior: the UNet corrects a prior clip; the objective's
+    interpolation_prior says which, the flow interpolation of the ends or their blend)."""
     c = base.unet.out_channels
     unet = dataclasses.replace(base.unet, in_channels=2 * c + 1, mask_embedding=True, num_frames=FRAMES,
                                latent_prior=base.vae.scaling_factor)
