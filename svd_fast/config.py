@@ -20,6 +20,9 @@ NUMERICS = ("sgm", "diffusers")
 #   text           text-to-video (the paper's base model, section 4.2)
 #   multiview      SVD-MV: orbit views of an object from one image (section 4.5)
 CONDITIONINGS = ("image", "interpolation", "text", "multiview")
+RENDERS = ("frames", "warp")
+"""what an image model's video shows: 'frames', the model's decoded frames (SVD); 'warp', the input
+image moved by their camera motion (svd_fast.motion_render)"""
 
 
 @dataclass(frozen=True)
@@ -295,7 +298,7 @@ class ImageEncoderConfig:
         return config
 
 
-IMAGE_SAMPLING_OFF = {"image_init_sigma": None, "keep_first_frame": False}
+IMAGE_SAMPLING_OFF = {"image_init_sigma": None, "keep_first_frame": False, "render": "frames"}
 """the image-model-only sampling defaults switched off: for variants derived from an image model"""
 
 
@@ -319,14 +322,19 @@ class SVDConfig:
     """start the sampler from the image noised to this sigma (None: from pure noise, as SVD)"""
     keep_first_frame: bool = False
     """hold frame 0 to the image during sampling (SVDPipeline.__call__)"""
+    render: str = "frames"
+    """'frames': the model's frames; 'warp': the input image moved by their camera motion (svd_fast.motion_render)"""
     conditioning: str = "image"
     """one of CONDITIONINGS; checkpoints that do not say are 'image' models"""
 
     def __post_init__(self):
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
-        if self.conditioning != "image" and (self.image_init_sigma is not None or self.keep_first_frame):
-            raise ValueError(f"image_init_sigma and keep_first_frame are image-model sampling defaults; a "
+        if self.render not in RENDERS:
+            raise ValueError(f"render must be one of {RENDERS}, got {self.render!r}")
+        if self.conditioning != "image" and (self.image_init_sigma is not None or self.keep_first_frame
+                                             or self.render != "frames"):
+            raise ValueError(f"image_init_sigma, keep_first_frame and render are image-model sampling defaults; a "
                              f"{self.conditioning!r} model cannot have them (pass {IMAGE_SAMPLING_OFF} when deriving it)")
 
     @classmethod

@@ -145,6 +145,8 @@ def sample_long_video(pipe, image, num_frames: int, *, window: int | None = None
     # from, and holds, its own conditioning frame, so they are taken out of the pipe's arguments.
     image_init_sigma = call_args.pop("image_init_sigma", None)
     keep_first_frame = call_args.pop("keep_first_frame", False)
+    if call_args.pop("render", "frames") != "frames":
+        raise ValueError("a long video renders frames: render='warp' moves one window from the input image")
     sigmas = pipe._sigmas(num_inference_steps, None, sampler, start=image_init_sigma).to(pipe.device)
     embeddings = conditioner.encode_image(pipe.image_encoder, image)  # the appearance anchor
     reference = ((conditioner.preprocess_image(image, height, width)[0] + 1) / 2).clamp(0, 1)

@@ -62,6 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "image, higher moves more; 0 = from pure noise (default: the model's; off for SVD)")
     p.add_argument("--keep-first-frame", action=argparse.BooleanOptionalAction, default=None,
                    help="hold the first frame to the input image while sampling (default: the model's; off for SVD)")
+    p.add_argument("--render", choices=["frames", "warp"],
+                   help="frames: the model's frames; warp: the input image moved by their camera motion, the model's "
+                        "motion with the input's pixels (svd_fast.motion_render; default: the model's, frames for SVD; "
+                        "one window only: long videos render frames)")
     p.add_argument("--height", type=int, help="output height, a multiple of 8 (default: the model's)")
     p.add_argument("--width", type=int, help="output width, a multiple of 8 (default: the model's)")
     p.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
@@ -144,7 +148,8 @@ def check_inputs(args) -> None:
         if not args.prompt.strip():
             raise ValueError("--prompt is empty: describe the video (the empty prompt is guidance's unconditional)")
         for flag, value in (("--window", args.window), ("--min-cfg", args.min_cfg != 1.0 or None),
-                            ("--max-cfg", args.max_cfg), ("--noise-aug", args.noise_aug != 0.02 or None)):
+                            ("--max-cfg", args.max_cfg), ("--noise-aug", args.noise_aug != 0.02 or None),
+                            ("--render", args.render)):
             if value is not None:
                 raise ValueError(f"{flag} is an image-to-video flag; with --prompt use --guidance-scale")
     elif args.negative_prompt is not None or args.guidance_scale is not None:
@@ -174,19 +179,30 @@ def check_arguments(args) -> None:
         parse_lora(spec)
 
 
-def image_init_sigma(args, pipe) -> float | None:
-    """--image-init-sigma (0: off), else the model's default. The default is skipped under the
-    consistency sampler (a student samples from pure noise) and with LoRA adapters: a camera LoRA
+def image_init_sigma(args, pipe, render: str) -> float | None:
+    """--image-init-sigma (0: off), else the model's default for `render`. The default is skipped under
+    the consistency sampler (a student samples from pure noise), with render 'warp'
+    (SVDPipeline.default_image_init_sigma) and with LoRA adapters: a camera LoRA
     sets its motion at high noise, which a start from the noised image never visits (measured: the
     pan LoRAs' direction right in 12 of 12 videos from pure noise, at chance from sigma 3)."""
     if args.image_init_sigma is not None:
         return args.image_init_sigma or None
-    default = pipe.default_image_init_sigma(args.sampler)
+    default = pipe.default_image_init_sigma(args.sampler, render)
     if default is not None and args.lora:
         print(f"with LoRA adapters sampling starts from pure noise, not the model's default start at sigma "
               f"{default:g} (the adapters set the motion at high noise; --image-init-sigma overrides)")
         return None
     return default
+
+
+def render_mode(args, cfg, long_video: bool) -> str:
+    """--render, else the model's; a long video renders its frames (the warp render moves one
+    window's worth of camera motion from the input image; chunks would carry it off the frame)."""
+    if not long_video:
+        return args.render or cfg.render
+    if args.render == "warp":
+        raise ValueError("--render warp makes one window of frames; a long video (--frames > --window) renders frames")
+    return "frames"
 
 
 def check_memory(frames: int, height: int, width: int) -> None:
@@ -229,6 +245,7 @@ def main(argv=None) -> int:
     fps = args.fps or cfg.fps
     frames = args.frames or cfg.num_frames
     window = args.window or cfg.num_frames
+    render = render_mode(args, cfg, long_video=frames > window)
     common = dict(
         height=args.height or cfg.height,
         width=args.width or cfg.width,
@@ -242,13 +259,13 @@ def main(argv=None) -> int:
         generator=torch.Generator("cpu").manual_seed(args.seed),
         sampler=args.sampler,
         eta=args.eta,
-        image_init_sigma=image_init_sigma(args, pipe),
+        image_init_sigma=image_init_sigma(args, pipe, render),
         keep_first_frame=cfg.keep_first_frame if args.keep_first_frame is None else args.keep_first_frame,
     )
     check_memory(min(frames, window), common["height"], common["width"])
     if frames > window:
         return _long_video(pipe, image, frames, window, args, common, load_time, fps)
-    result = pipe(image, num_frames=frames, output_type="np", **common)
+    result = pipe(image, num_frames=frames, output_type="np", render=render, **common)
     start = time.perf_counter()
     written = save_video(result.frames[0], args.out, fps=fps)
     write_time = time.perf_counter() - start
@@ -261,7 +278,7 @@ def main(argv=None) -> int:
     compiled = f" (of which compile {compile_seconds(pipe):.1f}s)" if args.compile else ""
     print(f"load {load_time:.2f}s | image encode {t['image_encode']:.2f}s | denoise {sum(steps):.2f}s "
           f"({len(steps)} steps, {sum(steps) / max(len(steps), 1):.2f}s/step){compiled} | decode {t['vae_decode']:.2f}s | "
-          f"write {write_time:.2f}s")
+          + (f"render {t['render']:.2f}s | " if "render" in t else "") + f"write {write_time:.2f}s")
     return 0
 
 

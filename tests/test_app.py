@@ -109,8 +109,8 @@ def reference_frames(frames: int, pipe=None, **overrides) -> np.ndarray:
     pipe = pipe or reference_pipe()
     cfg = pipe.config
     settings = dict(num_frames=frames, num_inference_steps=STEPS, fps=cfg.fps, motion_bucket_id=cfg.motion_bucket_id,
-                    max_guidance_scale=cfg.max_guidance_scale, image_init_sigma=cfg.image_init_sigma,
-                    keep_first_frame=cfg.keep_first_frame, height=cfg.height, width=cfg.width,
+                    max_guidance_scale=cfg.max_guidance_scale, image_init_sigma=pipe.default_image_init_sigma(),
+                    keep_first_frame=cfg.keep_first_frame, render=cfg.render, height=cfg.height, width=cfg.width,
                     generator=torch.Generator().manual_seed(SEED), output_type="np")
     out = pipe(load_image(EXAMPLE), **{**settings, **overrides})
     return to_uint8(out.frames[0])
@@ -245,7 +245,7 @@ def test_bundled_lora_from_the_select(server, browser, tmp_path, monkeypatch):
     plain = reference_frames(server.engine.defaults().frames, pipe, image_init_sigma=None)
     assert np.abs(plain.astype(int) - expected).max() > 2
     Select(browser.find_element("id", "lora")).select_by_value("")
-    assert float(browser.find_element("id", "image_init_sigma").get_attribute("value")) == pipe.config.image_init_sigma
+    assert float(browser.find_element("id", "image_init_sigma").get_attribute("value")) == (pipe.default_image_init_sigma() or 0)
 
 
 @pytest.mark.parametrize("case", ["not_an_image", "huge_image", "zero_frames", "guidance_out_of_range",
@@ -325,21 +325,26 @@ def test_one_job_at_a_time_while_serving(server):
 
 
 def test_start_noise_and_first_frame_hold_come_from_the_request(server):
-    """The page offers the model's start-from-the-image and hold defaults; a request that turns
-    them off gets the pipeline's pure-noise video."""
+    """The page offers the model's start, hold and render defaults (the default model: the warp
+    render, whose start is pure noise); a request that turns them off gets the pipeline's
+    pure-noise frames."""
     defaults = json.loads(fetch(server.url + "api/config"))["defaults"]
-    cfg = server.engine.pipe.config
-    assert (defaults["image_init_sigma"], defaults["keep_first_frame"]) == (cfg.image_init_sigma, 1)
-    status, job = post_job(server, EXAMPLE.read_bytes(), steps=STEPS, seed=SEED, image_init_sigma=0, keep_first_frame=0)
+    pipe = server.engine.pipe
+    assert (defaults["image_init_sigma"], defaults["keep_first_frame"], defaults["warp_render"]) == (
+        pipe.default_image_init_sigma() or 0.0, int(pipe.config.keep_first_frame), int(pipe.config.render == "warp"))
+    assert defaults["warp_render"] == 1  # the default model renders from the input
+    status, job = post_job(server, EXAMPLE.read_bytes(), steps=STEPS, seed=SEED, image_init_sigma=0, keep_first_frame=0,
+                           warp_render=0)
     assert status == 202
     wait_for(lambda: job_status(server, job["id"])["state"] == "done", "the job")
     archive = zipfile.ZipFile(io.BytesIO(fetch(server.url + job_status(server, job["id"])["frames"].lstrip("/"))))
     pngs = np.stack([np.asarray(Image.open(archive.open(name))) for name in sorted(archive.namelist())])
-    plain = reference_frames(len(pngs), image_init_sigma=None, keep_first_frame=False)
+    plain = reference_frames(len(pngs), image_init_sigma=None, keep_first_frame=False, render="frames")
     assert np.abs(pngs.astype(int) - plain).max() <= 1
     assert np.abs(plain.astype(int) - reference_frames(len(pngs))).max() > 10  # the defaults differ from it
-    status, answer = post_job(server, EXAMPLE.read_bytes(), keep_first_frame=2)
-    assert status == 400 and "keep first frame must be between 0 and 1, got 2" in answer["error"]
+    for name in ("keep_first_frame", "warp_render"):
+        status, answer = post_job(server, EXAMPLE.read_bytes(), **{name: 2})
+        assert status == 400 and f"{name.replace('_', ' ')} must be between 0 and 1, got 2" in answer["error"]
 
 
 def test_more_frames_than_the_window_make_the_clis_long_video(server):

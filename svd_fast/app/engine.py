@@ -30,6 +30,7 @@ LIMITS = {
     "max_guidance": (0.0, 30.0),
     "image_init_sigma": (0.0, 700.0),  # 0: from pure noise
     "keep_first_frame": (0, 1),
+    "warp_render": (0, 1),
     "noise_aug": (0.0, 10.0),
     "cache_interval": (1, 100),
     "lora_scale": (-4.0, 4.0),
@@ -60,10 +61,12 @@ class Settings:
     """start from the image noised to this sigma; 0 = from pure noise"""
     keep_first_frame: int = 0
     """1: hold frame 0 to the image"""
+    warp_render: int = 0
+    """1: the input image moved by the camera motion of the model's frames (render 'warp'); one window only"""
 
     def checked(self) -> "Settings":
         for name in ("frames", "steps", "seed", "fps", "motion_bucket", "min_guidance", "max_guidance", "noise_aug",
-                     "image_init_sigma", "keep_first_frame"):
+                     "image_init_sigma", "keep_first_frame", "warp_render"):
             check_range(name, getattr(self, name))
         return self
 
@@ -72,7 +75,8 @@ class Settings:
                     motion_bucket_id=self.motion_bucket, min_guidance_scale=self.min_guidance,
                     max_guidance_scale=self.max_guidance, noise_aug_strength=self.noise_aug, height=height,
                     width=width, generator=torch.Generator("cpu").manual_seed(self.seed), output_type="np",
-                    image_init_sigma=self.image_init_sigma or None, keep_first_frame=bool(self.keep_first_frame))
+                    image_init_sigma=self.image_init_sigma or None, keep_first_frame=bool(self.keep_first_frame),
+                    render="warp" if self.warp_render else "frames")
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,8 @@ class Engine:
         start = self.pipe.default_image_init_sigma()
         return Settings(frames=cfg.num_frames, steps=cfg.num_inference_steps, seed=23, fps=cfg.fps,
                         motion_bucket=cfg.motion_bucket_id, max_guidance=cfg.max_guidance_scale,
-                        image_init_sigma=start or 0.0, keep_first_frame=int(cfg.keep_first_frame))
+                        image_init_sigma=start or 0.0, keep_first_frame=int(cfg.keep_first_frame),
+                        warp_render=int(cfg.render == "warp"))
 
     def sample(self, image, settings: Settings, speed: Speed = Speed(), loras: tuple[Lora, ...] = (),
                last_image=None, on_progress: Progress | None = None) -> Result:
@@ -176,6 +181,12 @@ class Engine:
                 return tensors
 
             call = settings.call_args(cfg.height, cfg.width)
+            if last_image is not None or settings.frames > cfg.num_frames:
+                # The warp render moves one window from the input image: a long video or the frames
+                # between two images render frames (as the sample CLI), a long one from the frames' start.
+                call["render"] = "frames"
+                if settings.warp_render and not settings.image_init_sigma:
+                    call["image_init_sigma"] = self.pipe.default_image_init_sigma(render="frames")
             if last_image is None and settings.frames > cfg.num_frames:
                 frames, seconds, chunks = self._long_video(image, call, report)
                 report("done", 1.0)

@@ -30,7 +30,7 @@ MAX_UPLOAD = 64 * 2**20  # bytes; larger uploads are refused before they are rea
 CONTENT_TYPES = {VIDEO_NAME: "video/mp4", FRAMES_NAME: "application/zip"}
 SETTINGS_KINDS = {"frames": int, "steps": int, "seed": int, "fps": int, "motion_bucket": int,
                   "min_guidance": float, "max_guidance": float, "noise_aug": float, "image_init_sigma": float,
-                  "keep_first_frame": int}
+                  "keep_first_frame": int, "warp_render": int}
 FILE_PATH = re.compile(r"^/files/([0-9a-f-]+)/([a-z0-9.]+)$")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from svd_fast.checkpoints.io import CheckpointError, TensorSource, open_tensors, save_safetensors, write_json, write_text
 from svd_fast.conditioner import CLIP_MEAN, CLIP_STD
 from svd_fast.consistency import FEW_STEP_DEFAULTS, ConsistencySchedule, is_consistency_scheduler
-from svd_fast.config import CONDITIONINGS, ImageEncoderConfig, SVDConfig, UNetConfig, VAEConfig
+from svd_fast.config import CONDITIONINGS, RENDERS, ImageEncoderConfig, SVDConfig, UNetConfig, VAEConfig
 
 PIPELINE_CLASS = "StableVideoDiffusionPipeline"
 TEXT_PIPELINE_CLASS = "SVDTextToVideoPipeline"
@@ -33,7 +33,7 @@ feature_extractor/; svd_fast.checkpoints.text_encoder); diffusers has no pipelin
 SAMPLING_DEFAULTS_FILE = "svd_fast_sampling.json"
 SAMPLING_DEFAULT_TYPES = {"num_frames": int, "num_inference_steps": int, "height": int, "width": int, "fps": int,
                           "motion_bucket_id": int, "max_guidance_scale": float, "image_init_sigma": float,
-                          "keep_first_frame": bool}
+                          "keep_first_frame": bool, "render": str}
 OPTIONAL_SAMPLING_DEFAULTS = {"image_init_sigma"}  # may be null: the feature is off
 DIFFUSERS_VERSION = "0.24.0"  # first release with SVD; written into the configs we save
 MODEL_INDEX = {
@@ -172,6 +172,10 @@ def _sampling_default(path: Path, key: str, value):
     kind = SAMPLING_DEFAULT_TYPES[key]
     if value is None and key in OPTIONAL_SAMPLING_DEFAULTS:
         return None
+    if key == "render":
+        if value not in RENDERS:
+            raise CheckpointError(f"{path}: render must be one of {RENDERS}, got {value!r}")
+        return value
     if kind is bool:
         if not isinstance(value, bool):
             raise CheckpointError(f"{path}: {key} must be true or false, got {value!r}")

@@ -28,7 +28,7 @@ def sample_videos(model, images: dict[str, Path], seeds: int, out_dir, steps: in
                           num_inference_steps=steps or cfg.num_inference_steps, fps=cfg.fps,
                           motion_bucket_id=cfg.motion_bucket_id, max_guidance_scale=cfg.max_guidance_scale,
                           image_init_sigma=pipe.default_image_init_sigma(),
-                          keep_first_frame=cfg.keep_first_frame,
+                          keep_first_frame=cfg.keep_first_frame, render=cfg.render,
                           generator=torch.Generator("cpu").manual_seed(seed), output_type="np").frames[0]
             frames = to_uint8(frames)
             target = Path(out_dir) / f"{stem}_seed{seed}.mp4"
