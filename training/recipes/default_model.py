@@ -805,10 +805,9 @@ def refresh_card(out: Path) -> dict:
     """Re-measure the model in `out` (evaluate, sample.gif) and rewrite the sections of its card that
     depend only on the weights and the sampling defaults (CARD_MEASURED_SECTIONS), keeping the
     training run's sections as the run wrote them: for a change of sampling defaults without
-    retraining. Returns the metrics."""
-    from svd_fast.checkpoints.io import write_text
-
+    retraining (new sampling defaults, a fine-tuned decoder). Returns the metrics."""
     from svd_fast.checkpoints import load_components
+    from svd_fast.checkpoints.io import write_text
 
     metrics = evaluate(out, out / "sample.gif")
     card = (out / "MODEL_CARD.md").read_text()
@@ -826,7 +825,7 @@ def refresh_card(out: Path) -> dict:
             continue
         start = card.index("\n" + header + "\n") + 1
         end = card.find("\n## ", start + len(header))
-        card = card[:start] + text + card[end + 1:]
+        card = card[:start] + text + (card[end + 1:] if end != -1 else "")
     write_text(out / "MODEL_CARD.md", card)
     return metrics
 
