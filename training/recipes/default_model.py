@@ -805,9 +805,10 @@ def refresh_card(out: Path) -> dict:
     """Re-measure the model in `out` (evaluate, sample.gif) and rewrite the sections of its card that
     depend only on the weights and the sampling defaults (CARD_MEASURED_SECTIONS), keeping the
     training run's sections as the run wrote them: for a change of sampling defaults without
-    retraining (new sampling defaults, a fine-tuned decoder). Returns the metrics."""
-    from svd_fast.checkpoints import load_components
+    retraining. Returns the metrics."""
     from svd_fast.checkpoints.io import write_text
+
+    from svd_fast.checkpoints import load_components
 
     metrics = evaluate(out, out / "sample.gif")
     card = (out / "MODEL_CARD.md").read_text()
@@ -825,7 +826,7 @@ def refresh_card(out: Path) -> dict:
             continue
         start = card.index("\n" + header + "\n") + 1
         end = card.find("\n## ", start + len(header))
-        card = card[:start] + text + (card[end + 1:] if end != -1 else "")
+        card = card[:start] + text + card[end + 1:]
     write_text(out / "MODEL_CARD.md", card)
     return metrics
 
