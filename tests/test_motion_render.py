@@ -14,7 +14,6 @@ from svd_fast import conditioner, sample
 from svd_fast.checkpoints.io import CheckpointError
 from svd_fast.motion_render import camera_motion, render_batch, render_from_image, smooth_in_time, warp_image
 from svd_fast.pipeline import SVDPipeline
-from tests.test_image_init import _cli_video  # the sample CLI's PNG frames, seed 5
 
 KW = dict(height=64, width=64, num_frames=4, num_inference_steps=2, max_guidance_scale=1.0)
 
@@ -158,6 +157,12 @@ def warp_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("warp") / "m"
     pipe.save_pretrained(path)
     return path
+
+
+def _cli_video(model, image_path, out, *extra):
+    assert sample.main(["--model", str(model), "--image", str(image_path), "--out", str(out), "--dtype", "fp32",
+                        "--seed", "5", *extra]) == 0
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(out.parent.glob(out.stem + "_*.png"))]).astype(float)
 
 
 def test_cli_renders_as_the_model_says_and_flags_override(warp_model, tmp_path):
