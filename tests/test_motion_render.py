@@ -14,6 +14,7 @@ from svd_fast import conditioner, sample
 from svd_fast.checkpoints.io import CheckpointError
 from svd_fast.motion_render import camera_motion, render_batch, render_from_image, smooth_in_time, warp_image
 from svd_fast.pipeline import SVDPipeline
+from tests.test_image_init import _cli_video, _image  # the sample CLI's PNG frames (seed 5); a random picture
 
 KW = dict(height=64, width=64, num_frames=4, num_inference_steps=2, max_guidance_scale=1.0)
 
@@ -96,11 +97,6 @@ def pipe():
     return p
 
 
-def _image(size=(56, 40)):
-    rng = np.random.default_rng(1)
-    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
-
 def test_pipeline_warp_render_moves_the_input_along_its_own_frames(pipe):
     def call(render):
         return pipe(_image(), generator=torch.Generator().manual_seed(4), output_type="pt", num_videos_per_prompt=2,
@@ -157,12 +153,6 @@ def warp_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("warp") / "m"
     pipe.save_pretrained(path)
     return path
-
-
-def _cli_video(model, image_path, out, *extra):
-    assert sample.main(["--model", str(model), "--image", str(image_path), "--out", str(out), "--dtype", "fp32",
-                        "--seed", "5", *extra]) == 0
-    return np.stack([np.asarray(Image.open(p)) for p in sorted(out.parent.glob(out.stem + "_*.png"))]).astype(float)
 
 
 def test_cli_renders_as_the_model_says_and_flags_override(warp_model, tmp_path):
