@@ -25,17 +25,12 @@ frame 0 held, 3 seeds): 0.5 / 0.7 frames gave mean flow 0.92 / 0.69 px/frame at 
 px/frame at 22.7 dB)."""
 
 
-def _grey(frame: np.ndarray) -> np.ndarray:
-    import cv2
-
-    return cv2.cvtColor((np.clip(frame, 0, 1) * 255).round().astype(np.uint8), cv2.COLOR_RGB2GRAY)
-
-
 def camera_motion(video: np.ndarray) -> np.ndarray:
     """(T, 2, 3) affine maps A_t with frame_t(p) ~ frame_0(A_t [p, 1]) in pixel coordinates, fitted by
     least squares to the optical flow (svd_fast.interpolation.optical_flow) from each frame of
     `video` (T, H, W, 3) in [0, 1] to frame 0. A_0 is the identity."""
     from svd_fast.interpolation import optical_flow
+    from svd_fast.train.video_metrics import _grey  # the same 8-bit grey levels the quality figures use
 
     t, h, w = video.shape[:3]
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
