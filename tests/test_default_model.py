@@ -157,9 +157,10 @@ def test_held_out_photos_survive_the_vae_and_the_motion_bucket_scales_motion():
     trained on)."""
     photos = _measured()["photos"]
     for name, row in photos.items():
-        assert row["vae_psnr"] > 24.5 and row["vae_colour_shift"] < 4.0, (name, row)  # 25.0-33.3 dB, 1.3-3.4/255
+        # 25.5-33.6 dB, colour 0.3-1.3/255 measured (before the decoder's colour fine-tune: 25.0-33.3 dB, 1.3-3.5/255)
+        assert row["vae_psnr"] > 25.0 and row["vae_colour_shift"] <= 2.0, (name, row)
     mean = _measured()["photos_mean"]
-    assert mean["vae_psnr"] >= 26.0, mean  # 28.9 dB measured
+    assert mean["vae_psnr"] >= 26.0, mean  # 29.4 dB measured
     assert mean["first_frame_psnr"] == np.inf, mean  # the warp render's frame 0 is the input itself
     assert mean["colour_shift_last"] <= 3.0, mean  # 1.80/255 by the last frame measured
     assert mean["mean_flow"] >= 0.5, mean  # 0.66 px/frame at the default bucket

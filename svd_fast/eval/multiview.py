@@ -175,11 +175,12 @@ def evaluate_all(model: Path, base: Path, objects: int, steps: int = 16, views: 
     return {"evaluation": result, "machine": machine_info()}
 
 
-def model_card(result: dict, recipe, observations: str = "") -> str:
-    """MODEL_CARD.md of a multi-view model trained by training/recipes/multiview.py."""
+def model_card(result: dict, cfg, observations: str = "") -> str:
+    """MODEL_CARD.md of a multi-view model (its SVDConfig `cfg`) trained by training/recipes/multiview.py.
+    result["machine"] measured the figures; result["training"]["machine"], where present, trained it."""
     ev, tr, machine = result["evaluation"], result["training"], result["machine"]
+    trained_on = tr.get("machine") or machine
     m = ev["means"]
-    cfg = recipe.model
     d = cfg.unet.addition_time_embed_dim
     rows = "\n".join(f"| {name} | {m[k]['psnr_db']:.2f} | {m[k]['ssim']:.3f} | {m[k]['clip_s']:.4f} |"
                      for k, name in (("multiview", "SVD-MV fine-tune (this model)"),
@@ -242,7 +243,7 @@ them): the image model's embedding of them is reused unchanged. The fine-tune st
   noise {tr['noise']} (the default model's stage 3), conditioning dropout 0.1 / 0.1,
   noise augmentation ln sigma ~ N(-3, 0.5^2).
 - Loss: first logged {tr['first_loss']:.4f}, mean of the last logged {tr['last_losses_mean']:.4f}.
-- Time: {tr['timings_s'].get('train_wall', str(tr['timings_s'].get('train_s')) + ' s')} on {tr['threads']} thread(s) of {machine.get('cpu_model')} (shared with other jobs).
+- Time: {tr['timings_s'].get('train_wall', str(tr['timings_s'].get('train_s')) + ' s')} on {tr['threads']} thread(s) of {trained_on.get('cpu_model')} (shared with other jobs).
 - Weights: fp16 safetensors, diffusers layout.
 
 ## Held-out objects

@@ -233,6 +233,24 @@ def run(args) -> dict:
     return result
 
 
+def refresh_card(args) -> dict:
+    """Re-measure a shipped adapter (--out/camera_lora_<motion>.safetensors) on --base and rewrite its
+    card's figures, keeping the training record the card holds: for a change of the base model that
+    needs no retraining (the default model's decoder colour fine-tune, 2026-12-03)."""
+    from svd_fast.checkpoints.io import write_text
+    from svd_fast.pipeline import SVDPipeline
+
+    motion = camera_motion.check_motion(args.motion)
+    adapter = Path(args.out) / f"camera_lora_{motion}.safetensors"
+    card_path = adapter.with_suffix(".md")
+    training = json.loads(card_path.read_text().split("```json\n", 1)[1].split("```", 1)[0])
+    pipe = SVDPipeline.from_pretrained(args.base, torch_dtype=torch.float32)
+    measured = camera_motion.measure_motion(pipe, adapter, held_out_photos(), args.seeds, args.scales, motion,
+                                            **sampling_args(args))
+    write_text(card_path, camera_motion.card(adapter, motion, measured, training))
+    return measured
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--motion", required=True, choices=camera_motion.MOTIONS)
@@ -264,10 +282,12 @@ def main(argv=None) -> int:
     p.add_argument("--noise", type=float, nargs=2, default=list(NOISE), metavar=("P_MEAN", "P_STD"),
                    help="training noise: ln sigma ~ N(P_MEAN, P_STD^2) (default: the default model's stage 3)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--refresh-card", action="store_true",
+                   help="no training: re-measure the adapter in --out on --base and rewrite its card's figures")
     args = p.parse_args(argv)
     args.workdir = args.workdir or str(REPO / "runs" / "camera_lora")
     torch.set_num_threads(args.threads)
-    result = run(args)
+    result = refresh_card(args) if args.refresh_card else run(args)
     print(json.dumps(result, indent=2))
     return 0
 

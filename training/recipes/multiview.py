@@ -18,6 +18,8 @@ generator (paper section 4.5, App. D.6): from one view of an object, the views o
    novel views against the rendered ones, for the fine-tune, the image-to-video default model
    without it, and the input view copied to every view (svd_fast.eval.multiview); write the card
    and a JSON of the figures with the machine's description.
+
+`--refresh-card` does step 4 alone for the model in --out (when the base it is compared with changed).
 """
 from __future__ import annotations
 
@@ -155,7 +157,29 @@ def run(args) -> dict:
     write_json(work / "summary.json", result)
     bench = REPO / "bench" / "results" / f"multiview-default-{mv_eval.machine_tag()}-{time.strftime('%Y-%m-%d')}.json"
     write_json(bench, result)
-    write_text(out / "MODEL_CARD.md", mv_eval.model_card(result, r, OBSERVED))
+    write_text(out / "MODEL_CARD.md", mv_eval.model_card(result, r.model, OBSERVED))
+    return result
+
+
+def refresh_card(args) -> dict:
+    """Re-evaluate a shipped model against the current base (e.g. after the base's VAE changed) without
+    retraining: a new figures JSON (the training record kept, with the machine that trained it) and
+    the card rewritten from it."""
+    from svd_fast.checkpoints import load_components
+    from svd_fast.checkpoints.io import write_json, write_text
+    from svd_fast.eval import multiview as mv_eval
+
+    out = Path(args.out)
+    recorded = json.loads(sorted((REPO / "bench" / "results").glob("multiview-default-*.json"))[-1].read_text())
+    training = {**recorded["training"], "machine": recorded["training"].get("machine") or recorded["machine"]}
+    start = time.perf_counter()
+    figures = mv_eval.evaluate_all(out, Path(args.base), args.eval_objects, steps=args.sample_steps,
+                                   views=args.views, samples_png=out / "samples.png")
+    training["timings_s"] = {**training["timings_s"], "eval_s": round(time.perf_counter() - start, 1)}
+    result = {"training": training, **figures}
+    bench = REPO / "bench" / "results" / f"multiview-default-{mv_eval.machine_tag()}-{time.strftime('%Y-%m-%d')}.json"
+    write_json(bench, result)
+    write_text(out / "MODEL_CARD.md", mv_eval.model_card(result, load_components(out)["config"], OBSERVED))
     return result
 
 
@@ -170,9 +194,11 @@ def main(argv=None) -> int:
     p.add_argument("--eval-objects", type=int, default=24)
     p.add_argument("--sample-steps", type=int, default=16)
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
+    p.add_argument("--refresh-card", action="store_true",
+                   help="re-evaluate the model in --out against --base and rewrite its card; no training")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(json.dumps(run(args), indent=2, default=str))
+    print(json.dumps((refresh_card if args.refresh_card else run)(args), indent=2, default=str))
     return 0
 
 
