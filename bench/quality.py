@@ -60,13 +60,16 @@ class Mode:
     """One way to sample. `prepare(pipe)` turns a freshly loaded exact pipeline (an SVDPipeline,
     or diffusers' pipeline for part 3) into this mode's, in place; `call` overrides arguments of
     the pipeline call (steps, sampler); `model` is another model to load (a distilled student)
-    instead of the benchmarked one; `unet_level`: also compared at the UNet output (part 2)."""
+    instead of the benchmarked one; `unet_level`: also compared at the UNet output (part 2);
+    `saved_sampling`: the model's own saved sampler settings (SVDPipeline.saved_sampling: steps,
+    guidance, start, first-frame hold, render) replace the benchmark's, as the sample CLI uses them."""
 
     name: str
     prepare: Callable[[Any], Any] = lambda pipe: pipe
     call: dict = field(default_factory=dict)
     model: Path | None = None
     unet_level: bool = True
+    saved_sampling: bool = False
 
 
 def _cache_mode(interval: int) -> Mode:
@@ -85,7 +88,10 @@ def _distilled_mode(steps: int) -> Mode:
 
 MODES = {"exact": Mode("exact"), "int8": Mode("int8", prepare=lambda pipe: accelerate(pipe, quantize="int8")),
          **{f"cache{k}": _cache_mode(k) for k in (2, 3, 4, 5)},
-         **{f"distilled{k}": _distilled_mode(k) for k in (1, 2, 4, 8)}}
+         **{f"distilled{k}": _distilled_mode(k) for k in (1, 2, 4, 8)},
+         # what `python -m svd_fast.sample` does without flags, with the model and with its student
+         "defaults": Mode("defaults", saved_sampling=True, unet_level=False),
+         "distilled_defaults": Mode("distilled_defaults", model=DISTILLED_MODEL, saved_sampling=True, unet_level=False)}
 
 
 def parse_modes(spec: str) -> list[Mode]:
@@ -126,8 +132,12 @@ def compare_videos(video: np.ndarray, reference: np.ndarray) -> dict:
 
 
 def _mean(rows: list[dict], key: str) -> float:
+    """Mean of the finite values; inf when every value is +inf (identical frames: a rendered video's
+    first frame is the input itself), else nan when none is finite."""
     values = [r[key] for r in rows if np.isfinite(r[key])]
-    return float(np.mean(values)) if values else float("nan")
+    if values:
+        return float(np.mean(values))
+    return float("inf") if rows and all(r[key] == np.inf for r in rows) else float("nan")
 
 
 # ------------------------------------------------------------------ part 1: the default model
@@ -167,6 +177,7 @@ def bench_default_model(args, modes: list[Mode], dtype) -> dict:
         kwargs = dict(height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, num_inference_steps=args.steps,
                       fps=item["fps"] or cfg.fps, motion_bucket_id=cfg.motion_bucket_id if item["motion"] is None else item["motion"],
                       max_guidance_scale=args.max_guidance, output_type="np")
+        kwargs.update(pipes[mode.name].saved_sampling() if mode.saved_sampling else {})
         kwargs.update(mode.call)  # the mode's own steps / guidance replace the benchmark's
         start = time.perf_counter()
         video = pipes[mode.name](item["image"], generator=torch.Generator().manual_seed(args.seed), **kwargs).frames[0]

@@ -211,6 +211,14 @@ class SVDPipeline:
             return None
         return self.config.image_init_sigma
 
+    def saved_sampling(self) -> dict:
+        """The model's saved sampler settings (svd_fast_sampling.json) as call arguments, resolved as the
+        CLI resolves them when no flag is given: steps, guidance, start, first-frame hold and render."""
+        cfg = self.config
+        return dict(num_inference_steps=cfg.num_inference_steps, max_guidance_scale=cfg.max_guidance_scale,
+                    image_init_sigma=self.default_image_init_sigma(), keep_first_frame=cfg.keep_first_frame,
+                    render=cfg.render)
+
     def still_latents(self, image, height: int, width: int) -> torch.Tensor:
         """Scaled VAE mean latent (B, C, h, w), fp32, of the clean image resized to (height, width):
         the latent of the video that would hold this image still."""

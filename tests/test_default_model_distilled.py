@@ -46,7 +46,9 @@ def test_the_student_folder_carries_its_sampler_and_few_step_defaults():
     _, student = _pipes()
     assert student.default_sampler == "consistency"
     assert student.consistency.boundary_sigma == pytest.approx(student.consistency.sigma_min)
-    assert student.config.num_inference_steps == 4 and student.config.max_guidance_scale == 1.0
+    # the teacher's defaults with 2 consistency steps: pure noise, no guidance, frame 0 held, warp render
+    assert student.saved_sampling() == dict(num_inference_steps=2, max_guidance_scale=1.0, image_init_sigma=None,
+                                            keep_first_frame=True, render="warp")
     size = sum(f.stat().st_size for f in STUDENT.rglob("*") if f.is_file())
     assert size < 40 * 2**20, f"{size / 2**20:.1f} MiB"
 
@@ -100,3 +102,38 @@ def test_four_student_steps_match_the_teachers_25_and_beat_its_4_euler_steps():
     assert abs(mean["s4"][1] / mean["t25"][1] - 1) < 0.25, mean
     for image, r in zip(images, rows):
         assert r["s4"][2] > r["t4"][2], (image["name"], r)
+
+
+def test_the_sample_command_on_the_student_keeps_the_input_and_its_motion_follows_the_bucket(tmp_path):
+    """`python -m svd_fast.sample --model <student>` without flags: the video is the input moved
+    (frame 0 = the input, steady: flow-warped PSNR > 30 dB) and it is the pipeline's video with the
+    settings written out here; with them motion bucket 255 moves the videos more than bucket 0 (the
+    card, 4 photos x 3 seeds: 0.47 px/frame at 35.9 dB, buckets 0 / 255: 0.11 / 0.67; one sample
+    varies a lot, so here the means over 2 photos x 3 seeds)."""
+    from PIL import Image
+
+    from svd_fast import sample
+    from svd_fast.train.video_metrics import mean_flow, video_report
+
+    _, student = _pipes()
+    settings = dict(keep_first_frame=True, render="warp", image_init_sigma=None)
+    flows = {0: [], 255: []}
+    for photo in ("chelsea", "rocket"):
+        image = _recipe().held_out_photos()[photo]
+        picture = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        path = tmp_path / f"{photo}.png"
+        Image.fromarray(picture).save(path)
+        out = tmp_path / f"{photo}_video.png"
+        assert sample.main(["--model", str(STUDENT), "--image", str(path), "--out", str(out), "--seed", "3",
+                            "--dtype", "fp32"]) == 0
+        video = np.stack([np.asarray(Image.open(f)) for f in sorted(tmp_path.glob(f"{photo}_video_*.png"))]) / 255.0
+        pixels = torch.from_numpy(picture).permute(2, 0, 1).float() / 255
+        expected = _video(student, pixels, 2, 1.0, seed=3, **settings)
+        assert np.abs(video - expected).max() <= 1 / 255 + 1e-6, photo  # PNG rounding only
+        report = video_report(video, picture / 255.0)
+        assert report["first_frame_psnr"] > 45, (photo, report)  # the input itself, through 8-bit PNG
+        assert report["warp_consistency"] > 30.0 and report["mean_flow"] > 0.2, (photo, report)
+        for bucket in flows:
+            flows[bucket] += [mean_flow(_video(student, pixels, 2, 1.0, seed=seed, motion_bucket_id=bucket, **settings))
+                              for seed in range(3)]
+    assert np.mean(flows[255]) > 2.0 * np.mean(flows[0]), flows

@@ -193,6 +193,13 @@ def _clip_config_json(config: ImageEncoderConfig, dtype: str) -> str:
     return json.dumps(config.to_json_dict(dtype), indent=2, sort_keys=True) + "\n"
 
 
+def write_sampling_defaults(folder: Path, config: SVDConfig) -> None:
+    """The folder's svd_fast_sampling.json from `config` (atomic): the sampler settings a saved model
+    carries, and its conditioning."""
+    write_json(folder / SAMPLING_DEFAULTS_FILE,
+               {**{k: getattr(config, k) for k in SAMPLING_DEFAULT_TYPES}, "conditioning": config.conditioning})
+
+
 def write_folder(folder: Path, config: SVDConfig, unet: dict, vae: dict, image_encoder: dict | None = None,
                  scheduler_config: dict | None = None, ema_unet: dict | None = None) -> None:
     """Write every file of a pipeline folder into `folder` (an empty, temporary folder). A text model
@@ -216,8 +223,7 @@ def write_folder(folder: Path, config: SVDConfig, unet: dict, vae: dict, image_e
     for name, file, content in files:
         (folder / name).mkdir()
         write_json(folder / name / file, content)
-    write_json(folder / SAMPLING_DEFAULTS_FILE,
-               {**{k: getattr(config, k) for k in SAMPLING_DEFAULT_TYPES}, "conditioning": config.conditioning})
+    write_sampling_defaults(folder, config)
     if image_encoder is None:
         index = {k: v for k, v in MODEL_INDEX.items() if k not in ("image_encoder", "feature_extractor")}
         index.update(_class_name=TEXT_PIPELINE_CLASS, text_encoder=["transformers", "CLIPTextModel"],

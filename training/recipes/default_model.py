@@ -504,9 +504,7 @@ def evaluate(model: Path, sample_path: Path | None, count: int = 12) -> dict:
     pipe = SVDPipeline.from_pretrained(model, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
 
-    cfg = pipe.config
-    defaults = {k: getattr(cfg, k) for k in SVD_STYLE_SAMPLING}
-    defaults["image_init_sigma"] = pipe.default_image_init_sigma()
+    defaults = pipe.saved_sampling()
 
     def generate(image: torch.Tensor, seed: int, fps: int, motion: float, settings: dict = defaults) -> np.ndarray:
         return pipe(image, height=HIGH, width=HIGH, num_frames=FRAMES, fps=fps, motion_bucket_id=motion,

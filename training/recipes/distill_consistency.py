@@ -9,8 +9,10 @@ network, the student's scalings exact at sigma_min. With one interval per step (
 steps) the student's 4-step videos were 1.5 dB below the teacher's first frame and moved 29-44%
 more; ten intervals leave four links between sigma_max and the boundary instead of 39, and the
 student at 1200 steps matches the teacher's first frame and flow. The student learns the guided trajectories, so it samples without
-guidance (one UNet batch per step) with the `consistency` sampler in 4 steps; both are saved with it
-(scheduler config and svd_fast_sampling.json), so `--model` on the output folder just works.
+guidance (one UNet batch per step) with the `consistency` sampler; by default in 2 steps with the
+teacher's frame-0 hold and warp render (STUDENT_SAMPLING); all of it is saved with it (scheduler
+config and svd_fast_sampling.json), so `--model` on the output folder just works. `--refresh-card`
+re-measures a shipped student's defaults without training.
 
 Data: the default model's curated shards (training/recipes/default_model.py makes them in the
 work folder, or --shards reuses a default-model work folder's). Then the student is exported in fp16
@@ -40,9 +42,15 @@ from svd_fast.train.distill import DistillConfig  # noqa: E402
 from svd_fast.train.objective import ObjectiveConfig  # noqa: E402
 from svd_fast.train.recipe import OptimConfig, Recipe  # noqa: E402
 
-STUDENT_SAMPLING = dict(num_inference_steps=4, max_guidance_scale=1.0, image_init_sigma=None, keep_first_frame=False)
-"""the student's sampling defaults: 4 consistency steps from pure noise, no guidance (it learnt the
-guided ODE from sigma_max)"""
+STUDENT_SAMPLING = dict(num_inference_steps=2, max_guidance_scale=1.0, image_init_sigma=None, keep_first_frame=True,
+                        render="warp")
+"""the student's sampling defaults (as the teacher's since 2026-12-03): consistency steps from pure
+noise (it learnt the guided ODE from sigma_max), no guidance, frame 0 held, the video rendered from
+the input along its frames' camera motion. 2 steps: under the render they move more than 4 (which
+re-noise and redraw twice as often) at the same consistency; the sweep is in the card
+(evaluate_defaults)."""
+DEFAULTS_SWEEP_STEPS = (1, 2, 4)
+"""student step counts measured under the default settings, to choose STUDENT_SAMPLING's"""
 TEACHER_STEPS = 25  # the teacher's reference: SVD's default step count
 TEACHER_GUIDANCE = 2.0
 """the teacher's per-frame guidance 1 -> 2 that the student was distilled from (SVD-style sampling; the
@@ -113,17 +121,98 @@ def evaluate(teacher: Path, student: Path, seeds=EVAL_SEEDS) -> dict:
             "threads": torch.get_num_threads(), "summary": summary, "rows": rows}
 
 
-def write_card(out: Path, metrics: dict, recipe: Recipe, train_s: float) -> None:
+def evaluate_defaults(teacher: Path, student: Path, seeds=EVAL_SEEDS) -> dict:
+    """What `python -m svd_fast.sample` gives without flags, on the held-out photos: the teacher's
+    saved sampling and the student's (and the student at DEFAULTS_SWEEP_STEPS under the same
+    settings), each at the default motion bucket (first frame, flow, flow-warped consistency, wall
+    time per call) and at buckets 0 and 255 (flow)."""
+    from svd_fast.pipeline import SVDPipeline
+    from svd_fast.train.video_metrics import mean_flow, video_report
+
+    pipes = {"teacher": SVDPipeline.from_pretrained(teacher, torch_dtype=torch.float32),
+             "student": SVDPipeline.from_pretrained(student, torch_dtype=torch.float32)}
+    for pipe in pipes.values():
+        pipe.set_progress_bar_config(disable=True)
+    student_defaults = pipes["student"].saved_sampling()
+    runs = {"teacher_defaults": ("teacher", pipes["teacher"].saved_sampling()), "student_defaults": ("student", student_defaults),
+            **{f"student_{k}_steps": ("student", {**student_defaults, "num_inference_steps": k}) for k in DEFAULTS_SWEEP_STEPS}}
+    rows = {name: [] for name in runs}
+
+    def video(which, settings, image, seed, bucket):
+        return pipes[which](image, height=dm.HIGH, width=dm.HIGH, num_frames=dm.FRAMES, fps=dm.CONFIG.fps,
+                            motion_bucket_id=bucket, generator=torch.Generator().manual_seed(seed), output_type="np",
+                            **settings).frames[0]
+
+    for name, image in dm.held_out_photos().items():
+        picture = image.permute(1, 2, 0).numpy()
+        for seed in seeds:
+            for run, (which, settings) in runs.items():  # interleaved: a change of load hits every run alike
+                start = time.perf_counter()
+                frames = video(which, settings, image, seed, dm.CONFIG.motion_bucket_id)
+                row = {**video_report(frames, picture), "call_s": time.perf_counter() - start, "photo": name, "seed": seed}
+                for bucket in (0, 255):
+                    row[f"mean_flow_bucket_{bucket}"] = mean_flow(video(which, settings, image, seed, bucket))
+                rows[run].append(row)
+    keys = ("first_frame_psnr", "mean_flow", "warp_consistency", "mean_flow_bucket_0", "mean_flow_bucket_255")
+    summary = {}
+    for run, table in rows.items():
+        summary[run] = {k: float(np.mean([r[k] for r in table])) for k in keys}
+        summary[run]["call_median_s"] = float(np.median([r["call_s"] for r in table]))
+        summary[run]["settings"] = runs[run][1]
+    return {"photos": list(dm.HELD_OUT_PHOTOS), "seeds": list(seeds), "threads": torch.get_num_threads(),
+            "summary": summary, "rows": rows}
+
+
+def defaults_section(d: dict) -> list[str]:
+    """The card's "Sampling defaults" section from evaluate_defaults' figures."""
+    s = d["summary"]
+    teacher, student = s["teacher_defaults"], s["student_defaults"]
+
+    def settings(x):
+        return (f"{x['num_inference_steps']} steps from " + ("pure noise" if x["image_init_sigma"] is None else
+                                                             f"sigma {x['image_init_sigma']}")
+                + (", no guidance" if x["max_guidance_scale"] == 1 else f", guidance 1 -> {x['max_guidance_scale']:g}")
+                + (", frame 0 held" if x["keep_first_frame"] else "")
+                + (", warp render" if x["render"] == "warp" else ""))
+
+    def ff(v):
+        return "inf" if v == float("inf") else f"{v:.2f}"
+
+    lines = ["## Sampling defaults", "",
+             f"Without flags the student samples as the teacher does by default: {settings(student['settings'])} "
+             "(`svd_fast_sampling.json`; `--render frames` shows its own frames, `--steps` changes the count). "
+             "The render moves the input image along the camera motion of the sampled frames "
+             "(svd_fast.motion_render), so the first frame is the input and the colours are its own.",
+             "", f"Held-out photos ({', '.join(d['photos'])}) x seeds {d['seeds']}, default motion bucket "
+             f"{dm.CONFIG.motion_bucket_id} (flow also at buckets 0 and 255), fp32, {d['threads']} thread(s), "
+             "whole calls timed interleaved (median):", "",
+             "| sampling | first-frame PSNR (dB) | mean flow (px/frame) | flow-warped PSNR (dB) | flow at bucket 0 / 255 "
+             "| s per video | vs the teacher's defaults |", "|---|---|---|---|---|---|---|"]
+    for run, label in [("teacher_defaults", f"teacher, its defaults ({settings(teacher['settings'])})")] + \
+            [(k, f"student, {s[k]['settings']['num_inference_steps']} step(s)" + (" (its defaults)" if
+             s[k]["settings"] == student["settings"] else "")) for k in s if k.startswith("student_") and k != "student_defaults"]:
+        r = s[run]
+        lines.append(f"| {label} | {ff(r['first_frame_psnr'])} | {r['mean_flow']:.2f} | {r['warp_consistency']:.1f} | "
+                     f"{r['mean_flow_bucket_0']:.2f} / {r['mean_flow_bucket_255']:.2f} | {r['call_median_s']:.3f} | "
+                     f"{teacher['call_median_s'] / r['call_median_s']:.1f}x |")
+    return lines + ["", f"The student's defaults: {teacher['call_median_s'] / student['call_median_s']:.1f}x the teacher's "
+                    f"speed with {100 * student['mean_flow'] / teacher['mean_flow']:.0f}% of its motion at the same "
+                    "steadiness (the encode, decode and render are a fixed cost of every call).", ""]
+
+
+def card_head(out: Path, defaults: dict) -> list[str]:
+    """The card's title, summary and sampling defaults: everything before "Distillation:"."""
+    return ["# svd_fast default model, distilled (consistency, few steps)", "",
+            "The embedded default model (svd_fast/assets/default_model) distilled by "
+            "`training/recipes/distill_consistency.py` into a consistency model: sample it with "
+            f"`--model svd_fast/assets/{out.name}`; it uses the `consistency` sampler without guidance (one UNet "
+            "batch per step instead of the teacher's two).", "", *defaults_section(defaults)]
+
+
+def write_card(out: Path, metrics: dict, defaults: dict, recipe: Recipe, train_s: float) -> None:
     s = metrics["summary"]
     lines = [
-        "# svd_fast default model, distilled (consistency, few steps)",
-        "",
-        "The embedded default model (svd_fast/assets/default_model) distilled by "
-        "`training/recipes/distill_consistency.py` into a consistency model: sample it with "
-        f"`--model svd_fast/assets/{out.name}`; it uses the `consistency` sampler, "
-        f"{STUDENT_SAMPLING['num_inference_steps']} steps and "
-        "no guidance by default (one UNet batch per step instead of the teacher's two).",
-        "",
+        *card_head(out, defaults),
         f"Distillation: {recipe.max_steps} steps, batch {recipe.batch_size}, lr {recipe.optim.lr:g}, teacher "
         f"{recipe.distill.solver} steps over {recipe.distill.skip} interval(s) of a "
         f"{recipe.distill.num_train_timesteps}-point Karras grid "
@@ -164,6 +253,21 @@ def write_card(out: Path, metrics: dict, recipe: Recipe, train_s: float) -> None
     write_text(out / "MODEL_CARD.md", "\n".join(lines) + "\n")
 
 
+def refresh_card(out: Path, teacher: Path) -> dict:
+    """A shipped student without retraining: its svd_fast_sampling.json from STUDENT_SAMPLING, its
+    defaults re-measured against the teacher's (whose defaults may have changed), the card's head
+    rewritten (the distillation's own figures below it are kept)."""
+    from svd_fast.checkpoints import load_components
+    from svd_fast.checkpoints.diffusers import write_sampling_defaults
+
+    write_sampling_defaults(out, dataclasses.replace(load_components(out)["config"], **STUDENT_SAMPLING))
+    defaults = evaluate_defaults(teacher, out)
+    card = (out / "MODEL_CARD.md").read_text()
+    body = card[card.index("\nDistillation:") + 1:]
+    write_text(out / "MODEL_CARD.md", "\n".join(card_head(out, defaults)) + "\n" + body)
+    return defaults
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", default=str(dm.REPO / "svd_fast" / "assets" / "default_model"))
@@ -174,8 +278,21 @@ def main(argv=None) -> int:
     p.add_argument("--solver", default="euler", choices=("euler", "heun"))
     p.add_argument("--skip", type=int, default=10, help="grid intervals one teacher step spans (LCM's skipping step)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--refresh-card", action="store_true",
+                   help="no training: write --out's sampling defaults, re-measure them against --teacher, rewrite the card's head")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.refresh_card:
+        sys.path.insert(0, str(dm.REPO))
+        from bench.harness import machine_info
+
+        defaults = refresh_card(Path(args.out), Path(args.teacher))
+        machine = machine_info()
+        tag = next((t for t in ("xeon", "epyc") if t in machine["host_cpu"].lower()), "cpu")
+        write_json(dm.REPO / "bench" / "results" / f"distilled-defaults-{tag}-{time.strftime('%Y-%m-%d')}.json",
+                   {**defaults, "machine": machine})
+        print(json.dumps(defaults["summary"], indent=2))
+        return 0
     from svd_fast.train.logs import setup_console_logging
 
     setup_console_logging(rank=0)
@@ -192,8 +309,9 @@ def main(argv=None) -> int:
     summary, spent = dm.train_resumed(recipe, work)
     export(Path(recipe.output_dir), out)
     metrics = evaluate(Path(args.teacher), out)
-    write_json(work / "metrics.json", {**metrics, "train": summary})
-    write_card(out, metrics, recipe, spent)
+    defaults = evaluate_defaults(Path(args.teacher), out)
+    write_json(work / "metrics.json", {**metrics, "defaults": defaults, "train": summary})
+    write_card(out, metrics, defaults, recipe, spent)
     print(json.dumps(metrics["summary"], indent=2))
     return 0
 
