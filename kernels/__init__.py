@@ -15,10 +15,11 @@ reported once (a warning) and replaced by the reference.
 from __future__ import annotations
 
 if __name__ != "svd_fast.kernels":
-    # Reached as a top-level `kernels` because the repository root is on sys.path (python -m from
-    # the checkout). That name belongs to Hugging Face's `kernels` library, which transformers,
-    # diffusers and bitsandbytes probe for: without a __file__ or __version__ this module reads to
-    # them as a stray namespace folder, i.e. "not installed" (raising would break their imports).
+    # Reached as a top-level `kernels` because the repository root is on sys.path (python -m or
+    # pytest from the checkout). That name belongs to Hugging Face's `kernels` library, which
+    # transformers, diffusers and bitsandbytes probe for: without a __file__ or __version__ this
+    # module reads to them as a stray namespace folder, i.e. "not installed" (raising would break
+    # their imports); where the library is installed, it takes this module's place (at the end).
     del __file__
 
 import importlib
@@ -256,3 +257,27 @@ def describe() -> list[tuple[str, str, str, str]]:
     (the measured ones, per call shape: svd_fast.kernels.tuning.measured())."""
     get_backend()
     return [(op, device, *_choices[(op, device)]) for op in OPS for device in DEVICES]
+
+
+def _hand_over_to_the_installed_library() -> None:
+    """Put Hugging Face's `kernels` library, when installed, in sys.modules in this module's place:
+    an import statement returns sys.modules' entry once the module has run (transformers >= 5.25
+    requires the library and imports names from it). This package's submodules loaded under the
+    top-level name are dropped with it. Not installed: this module stays, reading as a namespace."""
+    import importlib.machinery
+    import sys
+
+    checkout = os.path.dirname(os.path.abspath(__path__[0]))
+    elsewhere = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != checkout]
+    spec = importlib.machinery.PathFinder.find_spec(__name__, elsewhere)
+    if spec is None:
+        return
+    for name in [n for n in sys.modules if n.startswith(__name__ + ".")]:
+        del sys.modules[name]
+    library = importlib.util.module_from_spec(spec)
+    sys.modules[__name__] = library
+    spec.loader.exec_module(library)
+
+
+if __name__ != "svd_fast.kernels":
+    _hand_over_to_the_installed_library()
