@@ -24,12 +24,10 @@ def sample_videos(model, images: dict[str, Path], seeds: int, out_dir, steps: in
     for stem, path in images.items():
         image = load_image(path)
         for seed in range(seeds):
-            frames = pipe(image, height=cfg.height, width=cfg.width, num_frames=cfg.num_frames,
-                          num_inference_steps=steps or cfg.num_inference_steps, fps=cfg.fps,
-                          motion_bucket_id=cfg.motion_bucket_id, max_guidance_scale=cfg.max_guidance_scale,
-                          image_init_sigma=pipe.default_image_init_sigma(),
-                          keep_first_frame=cfg.keep_first_frame, render=cfg.render,
-                          generator=torch.Generator("cpu").manual_seed(seed), output_type="np").frames[0]
+            settings = {**pipe.saved_sampling(), **({"num_inference_steps": steps} if steps else {})}
+            frames = pipe(image, height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, fps=cfg.fps,
+                          motion_bucket_id=cfg.motion_bucket_id, generator=torch.Generator("cpu").manual_seed(seed),
+                          output_type="np", **settings).frames[0]
             frames = to_uint8(frames)
             target = Path(out_dir) / f"{stem}_seed{seed}.mp4"
             save_video(frames, target, fps=cfg.fps)
