@@ -132,12 +132,9 @@ def compare_videos(video: np.ndarray, reference: np.ndarray) -> dict:
 
 
 def _mean(rows: list[dict], key: str) -> float:
-    """Mean of the finite values; inf when every value is +inf (identical frames: a rendered video's
-    first frame is the input itself), else nan when none is finite."""
-    values = [r[key] for r in rows if np.isfinite(r[key])]
-    if values:
-        return float(np.mean(values))
-    return float("inf") if rows and all(r[key] == np.inf for r in rows) else float("nan")
+    from svd_fast.train.video_metrics import finite_mean
+
+    return finite_mean(r[key] for r in rows)
 
 
 # ------------------------------------------------------------------ part 1: the default model

@@ -23,6 +23,16 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
+def finite_mean(values) -> float:
+    """Mean of the finite values: a PSNR is inf for identical frames. inf when every value is +inf (a
+    rendered video's first frame is the input itself), nan when none is finite otherwise."""
+    values = list(values)
+    finite = [v for v in values if np.isfinite(v)]
+    if finite:
+        return float(np.mean(finite))
+    return float("inf") if values and all(v == np.inf for v in values) else float("nan")
+
+
 def _grey(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor((np.clip(frame, 0, 1) * 255).round().astype(np.uint8), cv2.COLOR_RGB2GRAY)
 

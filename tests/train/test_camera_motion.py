@@ -195,3 +195,11 @@ def test_a_lora_trained_on_camera_clips_loads_onto_the_pipeline(photo, tmp_path,
         assert words.startswith("a rank-2 LoRA on every Linear layer (") and " and every convolution (" in words
     else:
         assert words.startswith("a rank-2 LoRA on the temporal attention (q, k, v, out) of the svd_fast default model")
+
+
+def test_finite_mean_skips_identical_frames_infinite_psnr():
+    from svd_fast.train.video_metrics import finite_mean
+
+    assert finite_mean([1.0, float("inf"), 3.0]) == 2.0
+    assert finite_mean(v for v in [float("inf")] * 3) == float("inf")  # every first frame is the input
+    assert np.isnan(finite_mean([float("nan"), float("inf")])) and np.isnan(finite_mean([]))

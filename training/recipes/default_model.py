@@ -499,7 +499,7 @@ def evaluate(model: Path, sample_path: Path | None, count: int = 12) -> dict:
     from svd_fast.train.autoencoder import image_reconstruction
     from svd_fast.train.data import motion_bucket
     from svd_fast.train.procedural import random_clip_spec, render_clip
-    from svd_fast.train.video_metrics import mean_flow, video_report, warp_consistency
+    from svd_fast.train.video_metrics import finite_mean, mean_flow, video_report, warp_consistency
 
     pipe = SVDPipeline.from_pretrained(model, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -556,10 +556,7 @@ def evaluate(model: Path, sample_path: Path | None, count: int = 12) -> dict:
         save_video(np.concatenate(panels, axis=2), sample_path, fps=CONFIG.fps)
 
     def mean(table, key):
-        values = [r[key] for r in table if np.isfinite(r[key])]
-        if not values:  # inf: every first frame is the input itself (the warp render's frame 0)
-            return float("inf") if all(r[key] == np.inf for r in table) else float("nan")
-        return float(np.mean(values))
+        return finite_mean(r[key] for r in table)
 
     keys = ("first_frame_psnr", "mean_flow", "warp_consistency")
     return {"samples": count, "sampling": defaults, "model": {k: mean(rows, k) for k in keys},

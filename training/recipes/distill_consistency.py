@@ -134,8 +134,10 @@ def evaluate_defaults(teacher: Path, student: Path, seeds=EVAL_SEEDS) -> dict:
     for pipe in pipes.values():
         pipe.set_progress_bar_config(disable=True)
     student_defaults = pipes["student"].saved_sampling()
-    runs = {"teacher_defaults": ("teacher", pipes["teacher"].saved_sampling()), "student_defaults": ("student", student_defaults),
-            **{f"student_{k}_steps": ("student", {**student_defaults, "num_inference_steps": k}) for k in DEFAULTS_SWEEP_STEPS}}
+    default_steps = student_defaults["num_inference_steps"]
+    runs = {"teacher_defaults": ("teacher", pipes["teacher"].saved_sampling()),
+            **{f"student_{k}_steps": ("student", {**student_defaults, "num_inference_steps": k})
+               for k in sorted({*DEFAULTS_SWEEP_STEPS, default_steps})}}
     rows = {name: [] for name in runs}
 
     def video(which, settings, image, seed, bucket):
@@ -159,6 +161,7 @@ def evaluate_defaults(teacher: Path, student: Path, seeds=EVAL_SEEDS) -> dict:
         summary[run] = {k: float(np.mean([r[k] for r in table])) for k in keys}
         summary[run]["call_median_s"] = float(np.median([r["call_s"] for r in table]))
         summary[run]["settings"] = runs[run][1]
+    summary["student_defaults"] = summary[f"student_{default_steps}_steps"]  # the same run, not sampled twice
     return {"photos": list(dm.HELD_OUT_PHOTOS), "seeds": list(seeds), "threads": torch.get_num_threads(),
             "summary": summary, "rows": rows}
 
@@ -285,12 +288,11 @@ def main(argv=None) -> int:
     if args.refresh_card:
         sys.path.insert(0, str(dm.REPO))
         from bench.harness import machine_info
+        from svd_fast.eval.multiview import machine_tag
 
         defaults = refresh_card(Path(args.out), Path(args.teacher))
-        machine = machine_info()
-        tag = next((t for t in ("xeon", "epyc") if t in machine["host_cpu"].lower()), "cpu")
-        write_json(dm.REPO / "bench" / "results" / f"distilled-defaults-{tag}-{time.strftime('%Y-%m-%d')}.json",
-                   {**defaults, "machine": machine})
+        write_json(dm.REPO / "bench" / "results" / f"distilled-defaults-{machine_tag()}-{time.strftime('%Y-%m-%d')}.json",
+                   {**defaults, "machine": machine_info()})
         print(json.dumps(defaults["summary"], indent=2))
         return 0
     from svd_fast.train.logs import setup_console_logging

@@ -126,7 +126,7 @@ def export(run: Path, out: Path) -> None:
 
 
 def run(args) -> dict:
-    from svd_fast.checkpoints.io import write_json, write_text
+    from svd_fast.checkpoints.io import write_json
     from svd_fast.eval import multiview as mv_eval
     from svd_fast.train.trainer import train
 
@@ -155,10 +155,18 @@ def run(args) -> dict:
                 "threads": torch.get_num_threads(), "timings_s": timings, "train_summary": summary}
     result = {"training": training, **figures}
     write_json(work / "summary.json", result)
+    write_results(result, out, r.model)
+    return result
+
+
+def write_results(result: dict, out: Path, config) -> None:
+    """The figures JSON under bench/results (machine and date in its name) and the model's card."""
+    from svd_fast.checkpoints.io import write_json, write_text
+    from svd_fast.eval import multiview as mv_eval
+
     bench = REPO / "bench" / "results" / f"multiview-default-{mv_eval.machine_tag()}-{time.strftime('%Y-%m-%d')}.json"
     write_json(bench, result)
-    write_text(out / "MODEL_CARD.md", mv_eval.model_card(result, r.model, OBSERVED))
-    return result
+    write_text(out / "MODEL_CARD.md", mv_eval.model_card(result, config, OBSERVED))
 
 
 def refresh_card(args) -> dict:
@@ -166,7 +174,6 @@ def refresh_card(args) -> dict:
     retraining: a new figures JSON (the training record kept, with the machine that trained it) and
     the card rewritten from it."""
     from svd_fast.checkpoints import load_components
-    from svd_fast.checkpoints.io import write_json, write_text
     from svd_fast.eval import multiview as mv_eval
 
     out = Path(args.out)
@@ -177,9 +184,7 @@ def refresh_card(args) -> dict:
                                    views=args.views, samples_png=out / "samples.png")
     training["timings_s"] = {**training["timings_s"], "eval_s": round(time.perf_counter() - start, 1)}
     result = {"training": training, **figures}
-    bench = REPO / "bench" / "results" / f"multiview-default-{mv_eval.machine_tag()}-{time.strftime('%Y-%m-%d')}.json"
-    write_json(bench, result)
-    write_text(out / "MODEL_CARD.md", mv_eval.model_card(result, load_components(out)["config"], OBSERVED))
+    write_results(result, out, load_components(out)["config"])
     return result
 
 
