@@ -928,6 +928,8 @@ def main(argv=None) -> int:
                    help="no training: re-measure the model in --out and rewrite its card's measured sections "
                         f"({', '.join(s.removeprefix('## ') for s in CARD_MEASURED_SECTIONS)}) and sample.gif")
     args = p.parse_args(argv)
+    if args.refresh_card and not (Path(args.out) / "MODEL_CARD.md").is_file():
+        p.error(f"--refresh-card: --out {args.out} is not a shipped model folder (no MODEL_CARD.md)")
     torch.set_num_threads(args.threads)
     if args.refresh_card:
         print(json.dumps(refresh_card(Path(args.out)), indent=2, default=float))

@@ -284,6 +284,10 @@ def main(argv=None) -> int:
     p.add_argument("--refresh-card", action="store_true",
                    help="no training: write --out's sampling defaults, re-measure them against --teacher, rewrite the card's head")
     args = p.parse_args(argv)
+    if args.refresh_card and not (Path(args.out) / "MODEL_CARD.md").is_file():
+        p.error(f"--refresh-card: --out {args.out} is not a shipped model folder (no MODEL_CARD.md)")
+    if args.refresh_card and not Path(args.teacher).is_dir():
+        p.error(f"--refresh-card: --teacher {args.teacher} is not a model folder")
     torch.set_num_threads(args.threads)
     if args.refresh_card:
         sys.path.insert(0, str(dm.REPO))

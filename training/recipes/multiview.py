@@ -202,6 +202,10 @@ def main(argv=None) -> int:
     p.add_argument("--refresh-card", action="store_true",
                    help="re-evaluate the model in --out against --base and rewrite its card; no training")
     args = p.parse_args(argv)
+    if args.refresh_card and not (Path(args.out) / "MODEL_CARD.md").is_file():
+        p.error(f"--refresh-card: --out {args.out} is not a shipped model folder (no MODEL_CARD.md)")
+    if args.refresh_card and not Path(args.base).is_dir():
+        p.error(f"--refresh-card: --base {args.base} is not a model folder")
     torch.set_num_threads(args.threads)
     print(json.dumps((refresh_card if args.refresh_card else run)(args), indent=2, default=str))
     return 0
