@@ -51,9 +51,9 @@ def test_pans_move_the_labelled_way_and_more_at_a_higher_scale(pipe, motion):
 
 
 def test_static_holds_the_picture_and_keeps_the_first_frame(pipe):
-    """The card: flow 0.23x the base's at scale 1 with the first frame 1.0 dB lower (12 pairs; 0.9 dB
-    before the base's decoder colour fine-tune of 2026-12-03); here 2 photos, 1 seed (1.7 dB measured),
-    with margin for the smaller sample: well below half the base's flow, first frame within 2 dB."""
+    """The card: flow 0.22x the base's at scale 1 with the first frame 0.6 dB lower (12 pairs); here 2
+    photos, 1 seed (0.23x and 1.2 dB measured; the LoRA trained at lr 1e-3 shipped before measured 1.7 dB),
+    with margin for the smaller sample: well below half the base's flow, first frame within 1.5 dB."""
     figures = _measure(pipe, "static", (1.0,))["scales"][1.0]
     assert figures["flow_ratio"] < 0.4, figures
-    assert figures["first_frame_drop_db"] < 2.0, figures
+    assert figures["first_frame_drop_db"] < 1.5, figures
