@@ -16,6 +16,8 @@ MODEL = REPO / "svd_fast" / "assets" / "default_model"
     ("distill_consistency", ["--out", str(MODEL), "--teacher", "{missing}"], "--teacher"),
     ("multiview", ["--out", "{missing}"], "--out"),
     ("multiview", ["--out", str(MODEL), "--base", "{missing}"], "--base"),
+    ("interpolation", ["--out", "{missing}"], "--out"),
+    ("interpolation", ["--out", str(MODEL), "--base", "{missing}"], "--base"),
 ])
 def test_a_wrong_folder_is_a_one_line_error(recipe, extra, named, tmp_path):
     missing = str(tmp_path / "no_model")

@@ -2,7 +2,7 @@
 
     python training/recipes/interpolation.py [--base svd_fast/assets/default_model] \
         [--shards runs/default_model_v3b/curated/shards] [--workdir runs/interpolation] \
-        [--out svd_fast/assets/default_interpolator] [--steps N] [--threads 1] [--lab]
+        [--out svd_fast/assets/default_interpolator] [--steps N] [--threads 1] [--lab] [--refresh-card]
 
 The model: the base model's UNet as SVDConfig.conditioning 'interpolation' (svd_fast.interpolation:
 [noisy | conditioning latents | mask], in_channels 2 x 16 + 1, a learned mask embedding, the CLIP
@@ -17,6 +17,8 @@ Then: fp16 export of the EMA weights (diffusers layout) with its sampling defaul
 measurement on held-out clips (bench/interpolation.py's: procedural indices never trained on,
 camera moves over the held-out photographs, and real footage never trained on), and MODEL_CARD.md.
 `--lab` runs a short trial (its own work folder, no export) to check that the loss falls.
+`--refresh-card` trains nothing: it writes the sampling defaults (SAMPLING) into the model in --out,
+re-measures it against --base and rewrites its card and sample.png (the card's training line kept).
 """
 from __future__ import annotations
 
@@ -42,10 +44,18 @@ FRAMES = 5  # the paper's SVD-FI clip: two ends and 3 new frames (4x the frame r
 STRIDES = (1, 2)  # source frames between clip frames: ends 4 or 8 source frames apart
 SAMPLING = dict(num_frames=FRAMES, num_inference_steps=4, max_guidance_scale=1.0)
 """the interpolator's sampling defaults: 5 frames, 4 Euler steps, no guidance (both ends pin the
-clip; guidance doubles the cost; measured in the card against guidance 2). 4 steps, not 16: with the
-blend prior the fewer-step sample stays nearer the denoiser's mean and scores higher (2026-12-03,
-the shipped v2 weights, held-out clips: 16 / 4 steps 23.41 / 23.97 dB procedural, 22.63 / 23.59
-photo pans, 30.82 / 32.72 real footage) at a quarter of the cost"""
+clip; guidance doubles the cost; measured in the card against guidance 2). Few steps, not 16: the
+fewer-step sample stays nearer the denoiser's mean and scores higher. With the blend prior (2026-12-03,
+v2 weights, held-out clips) 16 / 4 steps gave 23.41 / 23.97 dB procedural, 22.63 / 23.59 photo pans,
+30.82 / 32.72 real footage. For v3 on the flow prior, 1 / 2 / 4 / 8 steps on validation clips
+(procedural indices HELD_OUT + 3000.., pans over 4 training photos; 2026-12-03): 28.78 / 28.83 / 28.82 / 28.47
+and 26.38 / 26.40 / 26.06 / 25.43 dB; on the held-out clips 2 steps gave 25.57 / 30.85 / 33.93 dB against 4
+steps' 25.52 / 30.68 / 33.78 at 0.28-0.31 s per call against 0.36 s, with 1-2% less detail (Laplacian
+variance). 4 stays: with the blend prior (`prior="blend"`, for flat shapes flow cannot follow) 2 steps blur a
+moving square towards the blend (tests/test_interpolation_model.py: middle-frame peak 0.47 of the square's,
+the blend's 0.44, against 0.56 at 4 steps). Neither a start from the prior noised to sigma 0.3-3 nor the
+mean of 4 samples reached the flow prior itself (validation: procedural 28.4-29.3 dB against 29.7, pans
+25.3-26.4 against 26.7): the model's correction, not its sampling, is what costs."""
 STEPS = 5000
 AS_RUN = ("As run: steps 1-1000 on 2026-12-01 (steps 1-200 at lr 2e-4 in a first invocation, stopped after the "
           "step-200 check showed blurred in-between frames and resumed from its step-200 checkpoint with the optimizer "
@@ -158,11 +168,23 @@ SAMPLING_NOTES = [
 ]
 
 
-def write_card(out: Path, recipe: Recipe, metrics: dict, train_s: float, base: Path) -> None:
+def training_line(recipe: Recipe, train_s: float, metrics: dict) -> str:
+    """The card's line on how the run trained: recipe settings, time and machine."""
+    return (f"- {recipe.max_steps} steps, batch {recipe.batch_size}, AdamW lr {recipe.optim.lr:g} (warm-up "
+            f"{recipe.optim.warmup_steps}), EMA {recipe.ema_decay}, ln sigma ~ N({recipe.objective.p_mean}, "
+            f"{recipe.objective.p_std}^2), latent noise augmentation ln sigma_aug ~ N({recipe.objective.cond_aug_mean}, "
+            f"{recipe.objective.cond_aug_std}^2), condition dropout {recipe.objective.drop_image_latent} (latents + mask) "
+            f"and {recipe.objective.drop_image_embedding} (CLIP tokens); {train_s / 60:.0f} min on "
+            f"{metrics.get('threads', 1)} CPU thread(s) of {metrics['machine']['host_cpu']} (training time summed "
+            "over the invocations of this run).")
+
+
+def write_card(out: Path, cfg, prior: str, metrics: dict, base: Path, training: str) -> None:
+    """MODEL_CARD.md of the interpolator in `out` (its SVDConfig `cfg`, trained on `prior`) with the
+    measured figures and the `training` line (training_line)."""
     from bench.interpolation import KINDS, card_table
 
     metrics = {**metrics, "results": {k: metrics["results"][k] for k in KINDS if k in metrics["results"]}}
-    cfg = recipe.model
     size_mb = sum(p.stat().st_size for p in out.rglob("*.safetensors")) / 1e6
     lines = [
         "# svd_fast default interpolator (SVD-FI)",
@@ -190,8 +212,8 @@ def write_card(out: Path, recipe: Recipe, metrics: dict, train_s: float, base: P
         f"- Latent prior (svd_fast's addition; `unet/config.json`: `svd_fast_latent_prior: {cfg.unet.latent_prior:g}`, the "
         "VAE's scaling factor): the denoiser predicts the clip as a correction of a prior mu, D = mu + c_skip (x - mu) + "
         "c_out F(c_in (x - mu), ...) (`svd_fast.denoiser`); mu is the end latents at the ends and, between them, "
-        f"{'the two ends interpolated by optical flow, through the VAE' if recipe.objective.interpolation_prior == 'flow' else 'the linear blend in time of the end latents'} "
-        f"(trained with `objective.interpolation_prior = \"{recipe.objective.interpolation_prior}\"`). Without a prior the "
+        f"{'the two ends interpolated by optical flow, through the VAE' if prior == 'flow' else 'the linear blend in time of the end latents'} "
+        f"(trained with `objective.interpolation_prior = \"{prior}\"`). Without a prior the "
         "UNet had to redraw the whole picture from the concatenated latents at high noise, and its one-step estimate "
         "from sigma 10 scored 24.7 dB on real footage whose ends barely differ (blending: 34.7 dB); with the blend "
         "prior (a 2000-step trial, 2026-12-03), 28.9. diffusers ignores the key, so only svd_fast samples this model as trained.",
@@ -211,13 +233,7 @@ def write_card(out: Path, recipe: Recipe, metrics: dict, train_s: float, base: P
         f"- Data: the default model's curated shards (`training/recipes/default_model.py`; procedural videos, real "
         f"footage and camera moves over its training photographs, licences in its card), clips of {FRAMES} "
         f"consecutive frames at source stride {' or '.join(map(str, STRIDES))} at {dm.HIGH}x{dm.HIGH}.",
-        f"- {recipe.max_steps} steps, batch {recipe.batch_size}, AdamW lr {recipe.optim.lr:g} (warm-up "
-        f"{recipe.optim.warmup_steps}), EMA {recipe.ema_decay}, ln sigma ~ N({recipe.objective.p_mean}, "
-        f"{recipe.objective.p_std}^2), latent noise augmentation ln sigma_aug ~ N({recipe.objective.cond_aug_mean}, "
-        f"{recipe.objective.cond_aug_std}^2), condition dropout {recipe.objective.drop_image_latent} (latents + mask) "
-        f"and {recipe.objective.drop_image_embedding} (CLIP tokens); {train_s / 60:.0f} min on "
-        f"{metrics.get('threads', 1)} CPU thread(s) of {metrics['machine']['host_cpu']} (training time summed "
-        "over the invocations of this run).",
+        training,
         f"- {AS_RUN}",
         "",
         "## Measured (held-out clips subsampled by 4)",
@@ -238,6 +254,28 @@ def write_card(out: Path, recipe: Recipe, metrics: dict, train_s: float, base: P
         *SAMPLING_NOTES,
     ]
     write_text(out / "MODEL_CARD.md", "\n".join(lines) + "\n")
+
+
+def refresh_card(out: Path, base: Path) -> dict:
+    """A shipped interpolator without retraining: its svd_fast_sampling.json from SAMPLING, its figures
+    re-measured (bench/interpolation.py) against `base`, card and sample.png rewritten; the card's
+    training line (steps, time, machine of the run) and training prior are kept as they were."""
+    from svd_fast.checkpoints import load_components
+    from svd_fast.checkpoints.diffusers import write_sampling_defaults
+    from bench.interpolation import measure
+
+    text = (out / "MODEL_CARD.md").read_text()
+    card = text.splitlines()
+    prior = "flow" if 'interpolation_prior = "flow"' in text else "blend"  # what the card says it was trained on
+    training = [line for line in card if line.startswith("- ") and " steps, batch " in line and "AdamW" in line]
+    if len(training) != 1:
+        raise SystemExit(f"error: {out / 'MODEL_CARD.md'} has no training line to keep ('- N steps, batch ...')")
+    cfg = dataclasses.replace(load_components(out)["config"], **SAMPLING)
+    write_sampling_defaults(out, cfg)
+    metrics = measure(fi_model=out, base_model=base)
+    write_card(out, cfg, prior, metrics, base, training[0])
+    write_sample(out)
+    return metrics
 
 
 def target_lines(metrics: dict) -> list[str]:
@@ -285,7 +323,13 @@ def main(argv=None) -> int:
                    help="the prior's in-between frames in training: the clip's ends interpolated by optical flow "
                         "(as sampling's default prior='flow'), or the blend of the end latents")
     p.add_argument("--lab", action="store_true", help="short trial: 150 steps in WORKDIR/lab, loss printed, no export")
+    p.add_argument("--refresh-card", action="store_true",
+                   help="no training: write --out's sampling defaults, re-measure it against --base, rewrite its card")
     args = p.parse_args(argv)
+    if args.refresh_card and not (Path(args.out) / "MODEL_CARD.md").is_file():
+        p.error(f"--refresh-card: --out {args.out} is not a shipped model folder (no MODEL_CARD.md)")
+    if args.refresh_card and not (Path(args.base) / "model_index.json").is_file():
+        p.error(f"--refresh-card: --base {args.base} is not a model folder")
     torch.set_num_threads(args.threads)
     from svd_fast.train.logs import setup_console_logging
 
@@ -293,6 +337,12 @@ def main(argv=None) -> int:
     base, work, out = Path(args.base), Path(args.workdir), Path(args.out)
     if args.lab:
         work, args.steps = work / "lab", min(args.steps, 150)
+    if args.refresh_card:
+        metrics = refresh_card(out, base)
+        work.mkdir(parents=True, exist_ok=True)
+        write_json(work / "refreshed_metrics.json", metrics)
+        print(json.dumps(metrics["results"], indent=2))
+        return 0
     work.mkdir(parents=True, exist_ok=True)
     recipe = fi_recipe(base, Path(args.shards), work, args.steps, Path(args.start) if args.start else None, args.prior)
     if args.lab:
@@ -307,7 +357,7 @@ def main(argv=None) -> int:
     metrics = measure(fi_model=out, base_model=base)
     metrics["threads"] = args.threads
     write_json(work / "metrics.json", {**metrics, "train": summary, "train_seconds": spent})
-    write_card(out, recipe, metrics, spent, base)
+    write_card(out, recipe.model, recipe.objective.interpolation_prior, metrics, base, training_line(recipe, spent, metrics))
     write_sample(out)
     print(json.dumps(metrics["results"], indent=2))
     return 0
