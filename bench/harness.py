@@ -8,7 +8,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -152,12 +151,11 @@ def matmul_peak_tflops(dtype=torch.bfloat16, n: int = 2048, repeat: int = 5) -> 
 
 def write_json(path, data: dict) -> Path:
     """Atomic JSON write (temp file + rename)."""
+    from svd_fast.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
     return path
 
 

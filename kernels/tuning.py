@@ -38,7 +38,6 @@ import importlib.util
 import json
 import os
 import platform
-import tempfile
 import threading
 import time
 import warnings
@@ -276,15 +275,10 @@ def _pruned(machines: dict) -> dict:
 
 def _write(path: Path, machines: dict) -> None:
     """Atomic: readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"format": FORMAT, "machines": machines}, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    from svd_fast.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"format": FORMAT, "machines": machines}, indent=1, sort_keys=True))
 
 
 class _Store:

@@ -28,7 +28,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -207,15 +206,10 @@ def _cached_path(source: MediaSource, cache: Path) -> Path:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from svd_fast.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _fetch_from_one_archive(sources: list[MediaSource], cache: Path) -> dict[str, Path]:

@@ -5,12 +5,12 @@ renamed into place, so an interrupted run never leaves a half-written video behi
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from svd_fast.atomic import atomic_path
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv"}
 OUTPUT_SUFFIXES = VIDEO_SUFFIXES | {".gif", ".png"}
@@ -57,13 +57,6 @@ def to_uint8(frames) -> np.ndarray:
     return array
 
 
-def _atomic_target(path: Path, suffix: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return tmp
-
-
 def save_video(frames, path, fps: float = 7.0) -> list[Path]:
     """Write frames to `path` by its extension; returns the files written.
 
@@ -77,22 +70,16 @@ def save_video(frames, path, fps: float = 7.0) -> list[Path]:
         written = []
         for i, frame in enumerate(frames):
             target = path.with_name(f"{path.stem}_{i:04d}.png")
-            tmp = _atomic_target(target, ".png")
-            Image.fromarray(frame).save(tmp, format="PNG")
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                Image.fromarray(frame).save(tmp, format="PNG")
             written.append(target)
         return written
-    tmp = _atomic_target(path, suffix)
-    try:
+    with atomic_path(path) as tmp:
         if suffix == ".gif":
             images = [Image.fromarray(f) for f in frames]
             images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
         else:  # one of VIDEO_SUFFIXES (checked above)
-            _write_ffmpeg(frames, tmp, fps, codec="libvpx-vp9" if suffix == ".webm" else "libx264")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            _write_ffmpeg(frames, str(tmp), fps, codec="libvpx-vp9" if suffix == ".webm" else "libx264")
     return [path]
 
 

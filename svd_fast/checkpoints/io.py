@@ -18,13 +18,14 @@ import math
 import os
 import pickle
 import shutil
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
+
+from svd_fast.atomic import atomic_path, temporary_sibling as _tmp_sibling  # noqa: F401 (atomic_path: public here too)
 
 # bytes per element of the safetensors dtypes
 _SAFETENSORS_ITEMSIZE = {
@@ -333,23 +334,6 @@ def assign_weights(module: nn.Module, state: dict[str, torch.Tensor], what: str)
 
 
 # ---------------------------------------------------------------------------------------- writing
-
-
-def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-
-
-@contextmanager
-def atomic_path(path):
-    """Yield a temporary path next to `path`; on success it replaces `path`, on error it is removed."""
-    path = Path(path)
-    tmp = _tmp_sibling(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_text(path, text: str) -> None:
