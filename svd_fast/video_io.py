@@ -5,6 +5,7 @@ renamed into place, so an interrupted run never leaves a half-written video behi
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,21 @@ OUTPUT_SUFFIXES = VIDEO_SUFFIXES | {".gif", ".png"}
 
 
 def check_output_path(path) -> Path:
-    """Fail early (before any sampling) on an output format save_video cannot write."""
+    """Fail early (before any sampling) on an output format save_video cannot write, or a folder
+    it cannot write into (created when missing, then tried with a temporary file)."""
     path = Path(path)
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(f"unsupported output format {path.suffix!r} for {path}; use one of {sorted(OUTPUT_SUFFIXES)}")
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder: give a file name such as {path / 'video.mp4'}")
+    with _named_in_errors(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # mkdir's own words ("File exists") would not say what is wrong
+            raise OSError(f"{path.parent} is a file, not a folder") from None
+        with atomic_path(path.with_name(f".{path.name}.write-test")) as probe:
+            probe.touch()
+        path.with_name(f".{path.name}.write-test").unlink()
     return path
 
 
@@ -70,17 +82,28 @@ def save_video(frames, path, fps: float = 7.0) -> list[Path]:
         written = []
         for i, frame in enumerate(frames):
             target = path.with_name(f"{path.stem}_{i:04d}.png")
-            with atomic_path(target) as tmp:
+            with _named_in_errors(target), atomic_path(target) as tmp:
                 Image.fromarray(frame).save(tmp, format="PNG")
             written.append(target)
         return written
-    with atomic_path(path) as tmp:
+    with _named_in_errors(path), atomic_path(path) as tmp:
         if suffix == ".gif":
             images = [Image.fromarray(f) for f in frames]
             images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
         else:  # one of VIDEO_SUFFIXES (checked above)
             _write_ffmpeg(frames, str(tmp), fps, codec="libvpx-vp9" if suffix == ".webm" else "libx264")
     return [path]
+
+
+@contextmanager
+def _named_in_errors(path: Path):
+    """An OSError while writing names the file asked for, not the temporary beside it."""
+    try:
+        yield
+    except OSError as err:
+        named = OSError(f"cannot write {path}: {err.strerror or err}")
+        named.errno = err.errno
+        raise named from err
 
 
 def _write_ffmpeg(frames: np.ndarray, path: str, fps: float, codec: str):
@@ -100,16 +123,28 @@ def _write_ffmpeg(frames: np.ndarray, path: str, fps: float, codec: str):
 
 
 def read_video(path) -> tuple[np.ndarray, float]:
-    """All frames of a video file as (T, H, W, 3) uint8, and its frame rate."""
-    import imageio.v2 as imageio
+    """All frames of a video file as (T, H, W, 3) uint8, and its frame rate. A missing file is a
+    FileNotFoundError, a file that is not a readable video (or has no frames) a ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video not found: {path}")
+    try:
+        frames, fps = _read_gif(path) if path.suffix.lower() == ".gif" else _read_ffmpeg(path)
+    except (OSError, RuntimeError, IndexError, SyntaxError) as err:  # what imageio / ffmpeg / PIL raise
+        raise ValueError(f"cannot read video {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+    if len(frames) == 0:
+        raise ValueError(f"cannot read video {path}: it has no frames")
+    return frames, fps
 
-    if Path(path).suffix.lower() == ".gif":  # imageio's ffmpeg reader does not take GIFs
-        return _read_gif(path)
+
+def _read_ffmpeg(path: Path) -> tuple[np.ndarray, float]:
+    import imageio.v2 as imageio
 
     reader = imageio.get_reader(str(path), format="FFMPEG")
     try:
         fps = float(reader.get_meta_data().get("fps", 0.0))
-        return np.stack([np.asarray(f) for f in reader]), fps
+        frames = [np.asarray(f) for f in reader]
+        return (np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)), fps
     finally:
         reader.close()
 

@@ -97,3 +97,16 @@ def test_missing_image_is_one_line(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("make_video, message", [
+    (lambda d: d / "none.mp4", "video not found"),
+    (lambda d: (d / "still.png").write_bytes(b"\x89PNG not really") and d / "still.png", "cannot read video"),
+    (lambda d: (d / "text.mp4").write_text("not a video") and d / "text.mp4", "cannot read video"),
+])
+def test_an_unreadable_video_is_one_line(tmp_path, make_video, message):
+    result = subprocess.run([sys.executable, "-m", "svd_fast.interpolate", "--video", str(make_video(tmp_path)),
+                             "--out", str(tmp_path / "o.gif")], capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines

@@ -270,3 +270,22 @@ def test_out_of_range_arguments_are_one_line(model_dir, image_path, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1], err
     assert not (tmp_path / "o.gif").exists()
+
+
+def test_an_output_folder_that_cannot_be_written_fails_before_sampling(model_dir, image_path, tmp_path):
+    """--out under a regular file (a folder that cannot exist, even for root): one line naming the
+    file asked for, not a temporary, and before any sampling (no stage timings printed)."""
+    (tmp_path / "file").write_text("")
+    target = tmp_path / "file" / "o.gif"
+    out = subprocess.run([sys.executable, "-m", "svd_fast.sample", *_args(model_dir, image_path, target)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [f"error: cannot write {target}: {target.parent} is a file, not a folder"], \
+        out.stderr
+    assert "denoise" not in out.stdout and "load" not in out.stdout
+
+
+def test_missing_output_folders_are_created(model_dir, image_path, tmp_path):
+    target = tmp_path / "new" / "deeper" / "o.gif"
+    assert sample.main(_args(model_dir, image_path, target)) == 0
+    assert target.is_file() and [p.name for p in target.parent.iterdir()] == ["o.gif"]  # no write-test left
