@@ -117,6 +117,8 @@ def load_recipe(path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--recipe {path}: no such file")
+    if path.suffix != ".py":  # run_path would run any text as Python (a picture, a JSON config...)
+        raise ValueError(f"--recipe {path}: a recipe is a Python file (.py) defining recipe() -> Recipe")
     namespace = runpy.run_path(str(path))
     factory = namespace.get("recipe")
     if not callable(factory):
