@@ -398,3 +398,15 @@ def test_cli_features_from_a_module_callable(video_dirs, tmp_path, capsys):
         return np.stack([colour_statistics(v.frames[:10].astype(np.float32) / 255) for v in load_videos(folder)])
 
     assert values["other"] == pytest.approx(frechet.frechet_distance_of(features(videos), features(ref)), rel=1e-9)
+
+
+def test_png_frames_of_different_sizes_are_one_clear_error(tmp_path):
+    from PIL import Image
+
+    from svd_fast.eval.inputs import read_one
+
+    paths = [tmp_path / "clip_0000.png", tmp_path / "clip_0001.png"]
+    Image.new("RGB", (16, 16)).save(paths[0])
+    Image.new("RGB", (16, 8)).save(paths[1])
+    with pytest.raises(ValueError, match=r"cannot read video .*clip_0000.png: its PNG frames differ in size"):
+        read_one("clip", paths)

@@ -50,19 +50,17 @@ def find_videos(folder) -> dict[str, list[Path]]:
 
 
 def read_one(name: str, paths: list[Path]) -> Video:
+    """One video: a video file, or PNG frames <name>_0000.png, ... (read_video's and load_image's
+    errors name the file and the reason)."""
     from svd_fast.video_io import load_image, read_video
 
-    try:
-        if paths[0].suffix.lower() == ".png":
-            frames, fps = np.stack([np.asarray(load_image(p)) for p in paths]), 0.0
-        else:
-            frames, fps = read_video(paths[0])
-    except Exception as err:  # decoders raise many types; the user needs the file and the reason
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"cannot read video {paths[0]}: {reason}") from err
-    if frames.ndim != 4 or len(frames) == 0:
-        raise ValueError(f"cannot read video {paths[0]}: no frames")
-    return Video(name, paths[0], frames, fps)
+    if paths[0].suffix.lower() != ".png":
+        frames, fps = read_video(paths[0])
+        return Video(name, paths[0], frames, fps)
+    images = [np.asarray(load_image(p)) for p in paths]
+    if len({image.shape for image in images}) > 1:
+        raise ValueError(f"cannot read video {paths[0]}: its PNG frames differ in size")
+    return Video(name, paths[0], np.stack(images), 0.0)
 
 
 def load_videos(folder) -> list[Video]:
