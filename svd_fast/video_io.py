@@ -11,18 +11,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from svd_fast.atomic import atomic_path
+from svd_fast.atomic import atomic_path, temporary_sibling
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv"}
 OUTPUT_SUFFIXES = VIDEO_SUFFIXES | {".gif", ".png"}
 
 
-def check_output_path(path) -> Path:
-    """Fail early (before any sampling) on an output format save_video cannot write, or a folder
-    it cannot write into (created when missing, then tried with a temporary file)."""
+def _check_format(path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(f"unsupported output format {path.suffix!r} for {path}; use one of {sorted(OUTPUT_SUFFIXES)}")
+    return path
+
+
+def check_output_path(path) -> Path:
+    """Fail early (before any sampling) on an output format save_video cannot write, or a folder
+    it cannot write into (created when missing, then tried with a temporary file)."""
+    path = _check_format(path)
     if path.is_dir():
         raise ValueError(f"--out {path} is a folder: give a file name such as {path / 'video.mp4'}")
     with _named_in_errors(path):
@@ -30,9 +35,9 @@ def check_output_path(path) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
         except FileExistsError:  # mkdir's own words ("File exists") would not say what is wrong
             raise OSError(f"{path.parent} is a file, not a folder") from None
-        with atomic_path(path.with_name(f".{path.name}.write-test")) as probe:
-            probe.touch()
-        path.with_name(f".{path.name}.write-test").unlink()
+        probe = temporary_sibling(path)
+        probe.touch()
+        probe.unlink()
     return path
 
 
@@ -75,7 +80,7 @@ def save_video(frames, path, fps: float = 7.0) -> list[Path]:
     .mp4/.webm/.mov/.mkv: H.264 (VP9 for webm) through imageio-ffmpeg; .gif: animated GIF;
     .png: one file per frame, `<stem>_0000.png`, ... next to `path`.
     """
-    path = check_output_path(path)
+    path = _check_format(path)  # the folder is created and its errors named by the write itself
     frames = to_uint8(frames)
     suffix = path.suffix.lower()
     if suffix == ".png":

@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from svd_fast.atomic import atomic_path, temporary_sibling as _tmp_sibling  # noqa: F401 (atomic_path: public here too)
+from svd_fast.atomic import atomic_path, temporary_sibling  # noqa: F401 (atomic_path: public here too)
 
 # bytes per element of the safetensors dtypes
 _SAFETENSORS_ITEMSIZE = {
@@ -368,12 +368,12 @@ def atomic_folder(path, overwrite: bool = False):
     path = Path(path)
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path}: already exists (pass overwrite=True / --overwrite to replace it)")
-    tmp = _tmp_sibling(path)
+    tmp = temporary_sibling(path)
     tmp.mkdir(parents=True)
     try:
         yield tmp
         if path.exists():
-            old = _tmp_sibling(path)
+            old = temporary_sibling(path)
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old) if old.is_dir() else old.unlink()
