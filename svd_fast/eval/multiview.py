@@ -182,6 +182,7 @@ def model_card(result: dict, cfg, observations: str = "") -> str:
     trained_on = tr.get("machine") or machine
     m = ev["means"]
     d = cfg.unet.addition_time_embed_dim
+    history = f"\n- Run history: {tr['history']}" if tr.get("history") else ""
     rows = "\n".join(f"| {name} | {m[k]['psnr_db']:.2f} | {m[k]['ssim']:.3f} | {m[k]['clip_s']:.4f} |"
                      for k, name in (("multiview", "SVD-MV fine-tune (this model)"),
                                      ("i2v", "image-to-video default model, no fine-tune"),
@@ -238,12 +239,12 @@ them): the image model's embedding of them is reused unchanged. The fine-tune st
   Lambert shading, one light per object, 2x2 supersampling): object seeds 0..999,999, each sample a
   new object with elevation uniform in [{ELEVATION_RANGE[0]:g}, {ELEVATION_RANGE[1]:g}] degrees and a random first azimuth, camera at
   radius 3, 40 degree field of view. Held-out objects: seeds from {HELD_OUT_SEEDS:,} (never trained on).
-- From: `{tr['base']}` (UNet, frozen VAE and image encoder).
+- From: `{tr['base']}` (UNet, frozen VAE and image encoder).{history}
 - All UNet weights trained, {tr['steps']} steps, batch {tr['batch']}, AdamW lr {tr['lr']}, EMA {tr['ema_decay']} (shipped),
   noise {tr['noise']} (the default model's stage 3), conditioning dropout 0.1 / 0.1,
   noise augmentation ln sigma ~ N(-3, 0.5^2).
 - Loss: first logged {tr['first_loss']:.4f}, mean of the last logged {tr['last_losses_mean']:.4f}.
-- Time: {tr['timings_s'].get('train_wall', str(tr['timings_s'].get('train_s')) + ' s')} on {tr['threads']} thread(s) of {trained_on.get('cpu_model')} (shared with other jobs).
+- Time: {tr['timings_s'].get('train_wall', str(tr['timings_s'].get('train_s')) + ' s')} on {tr['threads']} thread(s) of {trained_on.get('cpu_model')}{' (shared with other jobs)' if tr.get('shared', True) else ''}.
 - Weights: fp16 safetensors, diffusers layout.
 
 ## Held-out objects

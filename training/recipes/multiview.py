@@ -91,21 +91,39 @@ def widened_unet_weights(base: Path, config) -> dict:
     return weights
 
 
+def start_unet_weights(start: Path, config) -> dict:
+    """The UNet weights (fp32) of the SVD-MV model `start`, to fine-tune further; it must have this
+    recipe's architecture (a multi-view model with the same vector width)."""
+    from svd_fast.checkpoints import load_components
+
+    parts = load_components(start, dtype=torch.float32)
+    if parts["config"].conditioning != "multiview":
+        raise ValueError(f"--start {start}: not a multi-view model (conditioning {parts['config'].conditioning!r})")
+    weights = {k: v.float().clone() for k, v in parts["unet"].state_dict().items()}
+    width = weights["add_embedding.linear_1.weight"].shape[1]
+    if width != config.unet.projection_class_embeddings_input_dim:
+        raise ValueError(f"--start {start}: vector width {width}, this recipe's is "
+                         f"{config.unet.projection_class_embeddings_input_dim}")
+    return weights
+
+
 def recipe(work: Path = REPO / "runs" / "multiview", base: Path = BASE, steps: int = STEPS, views: int = VIEWS,
-           lr: float = LR, warmup: int | None = None, export_final: bool = True) -> Recipe:
+           lr: float = LR, warmup: int | None = None, export_final: bool = True, batch: int = BATCH,
+           start: Path | None = None) -> Recipe:
     from svd_fast.checkpoints import load_components
     from svd_fast.checkpoints.io import save_safetensors
 
     config = multiview_config(load_components(base)["config"], views)
     init = work / "init_unet.safetensors"
-    if not init.is_file():
+    if not init.is_file():  # written once: a resumed run keeps its own starting point
         work.mkdir(parents=True, exist_ok=True)
-        save_safetensors(widened_unet_weights(base, config), init)
+        weights = start_unet_weights(start, config) if start else widened_unet_weights(base, config)
+        save_safetensors(weights, init)
     return Recipe(
         name="svd-mv-default", output_dir=str(work / "run"), model=config, components=str(base), init_from=str(init),
         data=DataConfig(source="multiview", num_frames=views, height=SIZE, width=SIZE, num_samples=TRAIN_OBJECTS),
         objective=ObjectiveConfig(p_mean=1.0, p_std=1.6),
-        optim=OptimConfig(lr=lr, warmup_steps=min(50, steps // 4) if warmup is None else warmup), batch_size=BATCH,
+        optim=OptimConfig(lr=lr, warmup_steps=min(50, steps // 4) if warmup is None else warmup), batch_size=batch,
         max_steps=steps, ema_decay=EMA_DECAY, checkpoint_every=100, keep_checkpoints=1, log_every=25,
         export_final=export_final,
     )
@@ -136,7 +154,8 @@ def run(args) -> dict:
     plan = phases(args.steps, args.lr)
     for i, (until, lr) in enumerate(plan):
         last = i == len(plan) - 1
-        r = recipe(work, Path(args.base), until, args.views, lr, warmup=None if i == 0 else 0, export_final=last)
+        r = recipe(work, Path(args.base), until, args.views, lr, warmup=None if i == 0 else 0, export_final=last,
+                   batch=args.batch, start=Path(args.start) if args.start else None)
         summary = train(r, resume=True)
     timings["train_s"] = round(time.perf_counter() - start, 1)
     export(Path(r.output_dir), out)
@@ -146,7 +165,7 @@ def run(args) -> dict:
     timings["eval_s"] = round(time.perf_counter() - start, 1)
     losses = [json.loads(line) for line in open(Path(r.output_dir) / "log.jsonl") if '"loss"' in line]
     training = {"base": str(Path(args.base).resolve().relative_to(REPO)) if Path(args.base).resolve().is_relative_to(REPO)
-                else str(args.base), "steps": r.max_steps, "batch": r.batch_size,
+                else str(args.base), "start": args.start, "steps": r.max_steps, "batch": r.batch_size,
                 "lr": ", ".join(f"{lr:.3g} to step {until}" for until, lr in plan),
                 "ema_decay": r.ema_decay, "views": args.views,
                 "noise": f"ln sigma ~ N({r.objective.p_mean}, {r.objective.p_std}^2)",
@@ -196,6 +215,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=STEPS)
     p.add_argument("--views", type=int, default=VIEWS)
     p.add_argument("--lr", type=float, default=LR)
+    p.add_argument("--batch", type=int, default=BATCH)
+    p.add_argument("--start", help="a multi-view model whose UNet to start from instead of the widened base UNet")
     p.add_argument("--eval-objects", type=int, default=24)
     p.add_argument("--sample-steps", type=int, default=16)
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
