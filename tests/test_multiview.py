@@ -184,6 +184,34 @@ def test_fine_tune_can_start_from_a_multiview_model_and_refuses_an_image_model()
         recipe["start_unet_weights"](recipe["BASE"], config)
 
 
+@pytest.mark.parametrize("start, message", [
+    ("{missing}", "--start {missing} is not a model folder"),
+    (str(REPO / "svd_fast" / "assets" / "default_model"), "not a multi-view model"),
+])
+def test_a_wrong_start_model_is_a_one_line_error_before_training(start, message, tmp_path):
+    missing = str(tmp_path / "no_model")
+    out = subprocess.run([sys.executable, str(REPO / "training" / "recipes" / "multiview.py"), "--out",
+                          str(tmp_path / "out"), "--workdir", str(tmp_path / "work"), "--start", start.format(missing=missing)],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("multiview.py: error: --start ") and message.format(missing=missing) in last, last
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()  # nothing written
+
+
+def test_the_recipe_exports_the_shipped_sampling_defaults():
+    """A model the recipe trains samples as the shipped one does (16 steps, guidance 1 -> 2), not with
+    the image-to-video base's defaults it is derived from."""
+    from svd_fast.checkpoints import load_components
+
+    recipe = runpy.run_path(str(REPO / "training" / "recipes" / "multiview.py"))
+    config = recipe["multiview_config"](load_components(recipe["BASE"])["config"])
+    shipped = json.loads((DEFAULT_MULTIVIEW_MODEL / "svd_fast_sampling.json").read_text())
+    for key in ("num_inference_steps", "max_guidance_scale", "fps", "motion_bucket_id", "num_frames"):
+        assert getattr(config, key) == shipped[key], key
+
+
 # ------------------------------------------------------------------------------------ loading
 @pytest.mark.parametrize("layout", ["diffusers", "sgm"])
 def test_a_multiview_model_loads_in_both_layouts(layout, tmp_path):

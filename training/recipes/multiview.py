@@ -52,6 +52,13 @@ model: at a constant 3e-4 the held-out views got noisier between steps 100 and 4
 0.850 on the first held-out objects) while the loss still fell"""
 BATCH = 2
 EMA_DECAY = 0.995
+SAMPLING = {"num_inference_steps": 16, "max_guidance_scale": 2.0}
+"""the multi-view model's own sampling defaults (guidance 1 -> 2 over the views), not the base's: v2 measured
+without guidance held-out CLIP-S 0.877 / PSNR 15.81 dB against 0.879 / 16.10 with it"""
+
+
+class StartModelError(ValueError):
+    """--start names a model this recipe cannot continue from."""
 
 
 OBSERVED = """
@@ -75,7 +82,8 @@ def multiview_config(base_config, views: int = VIEWS):
     unet = dataclasses.replace(unet, projection_class_embeddings_input_dim=4 * unet.addition_time_embed_dim,
                                num_frames=views)
     return dataclasses.replace(base_config, unet=unet, conditioning="multiview", num_frames=views, height=SIZE,
-                               width=SIZE, fps=ORBIT_FPS, motion_bucket_id=ORBIT_MOTION_BUCKET, **IMAGE_SAMPLING_OFF)
+                               width=SIZE, fps=ORBIT_FPS, motion_bucket_id=ORBIT_MOTION_BUCKET, **IMAGE_SAMPLING_OFF,
+                               **SAMPLING)
 
 
 def widened_unet_weights(base: Path, config) -> dict:
@@ -98,11 +106,11 @@ def start_unet_weights(start: Path, config) -> dict:
 
     parts = load_components(start, dtype=torch.float32)
     if parts["config"].conditioning != "multiview":
-        raise ValueError(f"--start {start}: not a multi-view model (conditioning {parts['config'].conditioning!r})")
-    weights = {k: v.float().clone() for k, v in parts["unet"].state_dict().items()}
+        raise StartModelError(f"--start {start}: not a multi-view model (conditioning {parts['config'].conditioning!r})")
+    weights = {k: v.clone() for k, v in parts["unet"].state_dict().items()}
     width = weights["add_embedding.linear_1.weight"].shape[1]
     if width != config.unet.projection_class_embeddings_input_dim:
-        raise ValueError(f"--start {start}: vector width {width}, this recipe's is "
+        raise StartModelError(f"--start {start}: vector width {width}, this recipe's is "
                          f"{config.unet.projection_class_embeddings_input_dim}")
     return weights
 
@@ -116,8 +124,8 @@ def recipe(work: Path = REPO / "runs" / "multiview", base: Path = BASE, steps: i
     config = multiview_config(load_components(base)["config"], views)
     init = work / "init_unet.safetensors"
     if not init.is_file():  # written once: a resumed run keeps its own starting point
-        work.mkdir(parents=True, exist_ok=True)
         weights = start_unet_weights(start, config) if start else widened_unet_weights(base, config)
+        work.mkdir(parents=True, exist_ok=True)
         save_safetensors(weights, init)
     return Recipe(
         name="svd-mv-default", output_dir=str(work / "run"), model=config, components=str(base), init_from=str(init),
@@ -227,8 +235,14 @@ def main(argv=None) -> int:
         p.error(f"--refresh-card: --out {args.out} is not a shipped model folder (no MODEL_CARD.md)")
     if args.refresh_card and not Path(args.base).is_dir():
         p.error(f"--refresh-card: --base {args.base} is not a model folder")
+    if args.start and not Path(args.start).is_dir():
+        p.error(f"--start {args.start} is not a model folder")
     torch.set_num_threads(args.threads)
-    print(json.dumps((refresh_card if args.refresh_card else run)(args), indent=2, default=str))
+    try:
+        result = (refresh_card if args.refresh_card else run)(args)
+    except StartModelError as error:  # raised before any training step
+        p.error(str(error))
+    print(json.dumps(result, indent=2, default=str))
     return 0
 
 
