@@ -203,7 +203,7 @@ def card_table(metrics: dict) -> list[str]:
                      f"| {m['vae_ceiling']:.2f} dB | {flow} |")
     machine = metrics["machine"]
     lines += ["", f"PSNR of the 3 in-between frames against the true frames (mean over clips), {metrics['resolution']} px, "
-              f"fp32, {metrics['steps']} Euler steps for SVD-FI and {metrics['bidirectional_steps']} for the "
+              f"fp32, {metrics['steps']} Euler step{'' if metrics['steps'] == 1 else 's'} for SVD-FI and {metrics['bidirectional_steps']} for the "
               f"bidirectional sampler; {machine['host_cpu']}, {machine['date'][:10]} (bench/interpolation.py). "
               "Clips: held-out procedural clips, camera moves over the held-out photographs, and windows of real "
               "footage never trained on (carphone, megamind), each 5 consecutive frames: the ends 4 frames apart. "

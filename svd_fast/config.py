@@ -66,6 +66,12 @@ class UNetConfig:
     frames without one the linear blend in time of the two ends,
     D = mu + c_skip (x - mu) + c_out F(c_in (x - mu), ...) (svd_fast.denoiser.latent_prior). Needs
     concatenated conditioning latents. Stored as `svd_fast_latent_prior` in unet/config.json"""
+    prior_conditioning: bool = False
+    """svd_fast's addition for SVD-FI with a latent prior (needs mask_embedding and latent_prior): the
+    UNet also sees the prior it corrects. The conditioning latent of each frame whose mask is 0 is the
+    prior's latent (unscaled) plus z_m instead of z_m alone (svd_fast.denoiser), so the network can
+    see where the prior's in-between frames are wrong (a flow interpolation's ghosts at occlusions)
+    instead of only the two ends. Stored as `svd_fast_prior_conditioning` in unet/config.json"""
 
     def __post_init__(self):
         if self.mask_embedding and self.in_channels != 2 * self.out_channels + 1:
@@ -74,6 +80,8 @@ class UNetConfig:
         if self.latent_prior < 0 or self.latent_prior > 0 and self.in_channels < 2 * self.out_channels:
             raise ValueError(f"latent_prior must be >= 0 and needs concatenated conditioning latents (in_channels >= "
                              f"2 * out_channels), got latent_prior={self.latent_prior}, in_channels={self.in_channels}")
+        if self.prior_conditioning and not (self.mask_embedding and self.latent_prior > 0):
+            raise ValueError("prior_conditioning needs mask_embedding and latent_prior > 0 (an SVD-FI model with a prior)")
         levels = len(self.block_out_channels)
         if len(self.attention_levels) != levels or len(self.num_attention_heads) != levels:
             raise ValueError(
@@ -140,6 +148,7 @@ class UNetConfig:
             numerics=numerics,
             mask_embedding=bool(cfg.get(MASK_EMBEDDING_KEY, False)),
             latent_prior=float(cfg.get(LATENT_PRIOR_KEY, 0.0)),
+            prior_conditioning=bool(cfg.get(PRIOR_CONDITIONING_KEY, False)),
         )
 
     def to_diffusers(self) -> dict:
@@ -164,6 +173,7 @@ class UNetConfig:
             **_groups_entry(self.norm_num_groups),
             **({MASK_EMBEDDING_KEY: True} if self.mask_embedding else {}),
             **({LATENT_PRIOR_KEY: self.latent_prior} if self.latent_prior else {}),
+            **({PRIOR_CONDITIONING_KEY: True} if self.prior_conditioning else {}),
         }
 
 
@@ -171,6 +181,8 @@ MASK_EMBEDDING_KEY = "svd_fast_mask_embedding"
 """unet/config.json key of UNetConfig.mask_embedding (written only when true)"""
 LATENT_PRIOR_KEY = "svd_fast_latent_prior"
 """unet/config.json key of UNetConfig.latent_prior (written only when > 0)"""
+PRIOR_CONDITIONING_KEY = "svd_fast_prior_conditioning"
+"""unet/config.json key of UNetConfig.prior_conditioning (written only when true)"""
 
 
 def _groups_entry(groups: int) -> dict:

@@ -147,10 +147,20 @@ class Denoiser:
         _, _, c_in, c_noise = v_scalings(sigma)
         c_in = c_in.reshape(-1, 1, 1, 1, 1)
         x = x.float() if prior is None else x.float() - prior
-        x_in = torch.cat([(x * c_in).to(self.dtype), cond.image_latents.to(self.dtype)], dim=2)
+        x_in = torch.cat([(x * c_in).to(self.dtype), self.conditioning_latents(cond, prior).to(self.dtype)], dim=2)
         return self.unet(
             x_in, c_noise, cond.context.to(self.dtype), cond.added_time_ids.to(self.dtype), cond.image_only_indicator
         )
+
+    def conditioning_latents(self, cond: Conditioning, prior: torch.Tensor | None) -> torch.Tensor:
+        """The latents concatenated to the noisy input: the conditioning's own, and for a model with
+        UNetConfig.prior_conditioning the prior's latents (unscaled) in the slots whose mask is 0."""
+        config = getattr(self.unet, "config", None)
+        if prior is None or not getattr(config, "prior_conditioning", False):
+            return cond.image_latents
+        mask = cond.image_latents[:, :, -1:].float()
+        slots = cond.image_latents[:, :, :-1].float() + (1 - mask) * prior / config.latent_prior
+        return torch.cat([slots, mask], dim=2)
 
     def denoised_from_output(self, x, sigma, v, prior: torch.Tensor | None = None):
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1, 1)

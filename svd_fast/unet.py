@@ -432,12 +432,13 @@ class VideoUNet(nn.Module):
 
     def masked_conditioning(self, sample: torch.Tensor) -> torch.Tensor:
         """SVD-FI input (B, T, 2C+1, h, w) = [noisy | conditioning latents | mask]: where the mask is 0
-        (a missing frame, or every frame of the unconditional branch) the conditioning latents are
-        replaced by the learned mask embedding z_m, so a caller passes zeros there."""
+        (a missing frame, or every frame of the unconditional branch) the learned mask embedding z_m
+        is added to the conditioning latents. The paper's layout passes zeros there (the slot is z_m);
+        a model with UNetConfig.prior_conditioning gets its prior's latent there (prior + z_m)."""
         lat = self.config.out_channels
         mask = sample[:, :, -1:]
         z_m = self.mask_embedding.to(sample.dtype).reshape(1, 1, -1, 1, 1)
-        cond = mask * sample[:, :, lat:-1] + (1 - mask) * z_m
+        cond = sample[:, :, lat:-1] + (1 - mask) * z_m
         return torch.cat([sample[:, :, :lat], cond, mask], dim=2)
 
     def forward(self, sample, timestep, encoder_hidden_states, added_time_ids, image_only_indicator=None):

@@ -318,6 +318,23 @@ def test_round_trip_diffusers_sgm_diffusers_is_exact(saved, tmp_path):
     assert reloaded.scheduler.config.use_karras_sigmas and reloaded.scheduler.config.sigma_max == 700.0
 
 
+def test_sgm_file_keeps_a_scheduler_that_is_not_svds(saved, tmp_path):
+    """A model that samples from another sigma_max (the shipped interpolator: 20) keeps it through the
+    sgm layout (metadata) and back to a diffusers folder; SVD's own scheduler adds no metadata."""
+    from svd_fast.checkpoints.diffusers import DEFAULT_SCHEDULER_CONFIG
+    from svd_fast.checkpoints.io import open_tensors
+
+    parts = load_components(saved[1])
+    plain, other = tmp_path / "plain.safetensors", tmp_path / "other.safetensors"
+    save_components({**parts, "scheduler_config": dict(DEFAULT_SCHEDULER_CONFIG)}, plain, layout="sgm")
+    assert sgm.SCHEDULER_METADATA not in open_tensors(plain).metadata
+    assert load_components(plain)["scheduler_config"] == DEFAULT_SCHEDULER_CONFIG
+    save_components({**parts, "scheduler_config": {**DEFAULT_SCHEDULER_CONFIG, "sigma_max": 20.0}}, other, layout="sgm")
+    assert load_components(other)["scheduler_config"]["sigma_max"] == 20.0
+    save_components(load_components(other), tmp_path / "back", layout="diffusers")
+    assert load_components(tmp_path / "back")["scheduler_config"]["sigma_max"] == 20.0
+
+
 def test_sgm_file_without_our_metadata_gets_its_config_from_shapes(tmp_path):
     """A foreign sgm file carries no config: widths, levels and layers come from shapes, heads
     assume 64 channels (as all SVD releases), the frame count comes from the name."""

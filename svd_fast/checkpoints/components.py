@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
@@ -89,7 +90,21 @@ def _sources(path: Path, layout: str, config: SVDConfig | None, numerics: str, u
     }
     if config.conditioning != "text":
         specs["image_encoder"] = (source, open_clip.read_plan, sgm.CLIP_CONSUMED, ())
-    return config, dict(diffusers_layout.DEFAULT_SCHEDULER_CONFIG), specs
+    return config, sgm_scheduler(source), specs
+
+
+def sgm_scheduler(source) -> dict:
+    """The scheduler config an sgm file carries (sgm.SCHEDULER_METADATA), else SVD's default."""
+    text = source.metadata.get(sgm.SCHEDULER_METADATA)
+    if text is None:
+        return dict(diffusers_layout.DEFAULT_SCHEDULER_CONFIG)
+    try:
+        scheduler = json.loads(text)
+    except ValueError as exc:
+        raise CheckpointError(f"{source.name}: corrupt '{sgm.SCHEDULER_METADATA}' metadata: {exc}") from exc
+    if not isinstance(scheduler, dict):
+        raise CheckpointError(f"{source.name}: '{sgm.SCHEDULER_METADATA}' metadata is not a JSON object")
+    return scheduler
 
 
 def load_components(path, dtype: torch.dtype | None = None, device=None, numerics: str = "sgm",
@@ -186,6 +201,9 @@ def save_components(components: dict, path, layout: str = "diffusers", overwrite
         raise CheckpointError(f"{path}: already exists (pass overwrite=True / --overwrite to replace it)")
     tensors = sgm.to_sgm(config, states["unet"], states["vae"], states.get("image_encoder", {}), states.get("ema_unet"))
     metadata = {sgm.CONFIG_METADATA: sgm.config_to_json(config)}
+    scheduler_config = {**diffusers_layout.DEFAULT_SCHEDULER_CONFIG, **(components.get("scheduler_config") or {})}
+    if scheduler_config != diffusers_layout.DEFAULT_SCHEDULER_CONFIG:  # only what differs from SVD's needs saying
+        metadata[sgm.SCHEDULER_METADATA] = json.dumps(scheduler_config, sort_keys=True)
     if text:
         tower = components["text_encoder"]
         tensors.update(text_tower.to_sgm({k: v for k, v in tower.state_dict().items() if not k.endswith("position_ids")}))

@@ -31,6 +31,10 @@ EMA_BUFFERS = ("model_ema.decay", "model_ema.num_updates")  # LitEma's own state
 VAE_COND_PREFIX = "conditioner.embedders.3.encoder."  # AutoencoderKLModeOnly of the cond-frame embedder
 VAE_FIRST_STAGE = "first_stage_model."
 CONFIG_METADATA = "svd_fast_config"  # safetensors metadata entry holding our SVDConfig as JSON
+SCHEDULER_METADATA = "svd_fast_scheduler"
+"""safetensors metadata entry holding the scheduler config as JSON, written when it is not SVD's
+default (a model that samples from another sigma_max, a consistency schedule): the diffusers layout
+keeps it in scheduler/scheduler_config.json"""
 
 # consumed prefixes: every tensor under them must be used, or it is reported as unexpected
 UNET_CONSUMED = (UNET_PREFIX,)

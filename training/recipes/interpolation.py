@@ -42,20 +42,26 @@ from svd_fast.train.recipe import OptimConfig, Recipe  # noqa: E402
 
 FRAMES = 5  # the paper's SVD-FI clip: two ends and 3 new frames (4x the frame rate)
 STRIDES = (1, 2)  # source frames between clip frames: ends 4 or 8 source frames apart
-SAMPLING = dict(num_frames=FRAMES, num_inference_steps=4, max_guidance_scale=1.0)
-"""the interpolator's sampling defaults: 5 frames, 4 Euler steps, no guidance (both ends pin the
-clip; guidance doubles the cost; measured in the card against guidance 2). Few steps, not 16: the
-fewer-step sample stays nearer the denoiser's mean and scores higher. With the blend prior (2026-12-03,
-v2 weights, held-out clips) 16 / 4 steps gave 23.41 / 23.97 dB procedural, 22.63 / 23.59 photo pans,
-30.82 / 32.72 real footage. For v3 on the flow prior, 1 / 2 / 4 / 8 steps on validation clips
-(procedural indices HELD_OUT + 3000.., pans over 4 training photos; 2026-12-03): 28.78 / 28.83 / 28.82 / 28.47
-and 26.38 / 26.40 / 26.06 / 25.43 dB; on the held-out clips 2 steps gave 25.57 / 30.85 / 33.93 dB against 4
-steps' 25.52 / 30.68 / 33.78 at 0.28-0.31 s per call against 0.36 s, with 1-2% less detail (Laplacian
-variance). 4 stays: with the blend prior (`prior="blend"`, for flat shapes flow cannot follow) 2 steps blur a
-moving square towards the blend (tests/test_interpolation_model.py: middle-frame peak 0.47 of the square's,
-the blend's 0.44, against 0.56 at 4 steps). Neither a start from the prior noised to sigma 0.3-3 nor the
-mean of 4 samples reached the flow prior itself (validation: procedural 28.4-29.3 dB against 29.7, pans
-25.3-26.4 against 26.7): the model's correction, not its sampling, is what costs."""
+SAMPLING = dict(num_frames=FRAMES, num_inference_steps=1, max_guidance_scale=1.0)
+"""the interpolator's sampling defaults: 5 frames, one Euler step from SCHEDULER's sigma_max, no guidance
+(both ends pin the clip; guidance doubles the cost; measured in the card against guidance 2). The
+in-between frames are scored against the true ones (PSNR), which the denoiser's mean estimate wins: a
+sample adds detail that is not the truth's. Fewer steps from a lower start stay nearer that mean.
+History: with the blend prior (2026-12-03, v2, held-out clips) 16 / 4 steps from sigma 700 gave 23.41 / 23.97 dB
+procedural, 22.63 / 23.59 photo pans, 30.82 / 32.72 real footage; for v3 on the flow prior, 1 / 2 / 4 / 8 steps
+from 700 on validation clips (procedural indices HELD_OUT + 3000.., pans over 4 training photos) 28.78 / 28.83 /
+28.82 / 28.47 and 26.38 / 26.40 / 26.06 / 25.43 dB. v4 (2026-12-04, INTERPOLATION_FLOW's finer flow, the
+validation set grown to 24 procedural clips and 12 pans over the training photos camera, hubble_deep_field,
+grass and gravel): 1 step from sigma 20 29.56 / 28.29 dB, 2 steps from 20 29.63 / 28.31 (the second step, at
+sigma_min, changes next to nothing), 3 / 4 from 20 28.01 / 26.96 and 28.11 / 26.75, 2 / 4 steps from 700
+29.35 / 28.19 and 28.58 / 27.45; one step from the prior itself noised to sigma 10 / 20 / 80 / 700: 29.46 /
+29.57 / 29.32 / 29.26 dB procedural. A flat square moving 16 px (tests/test_interpolation_model.py, blend prior)
+keeps 0.50 of its peak in the middle frame against 0.63 at 4 steps from 700 (the blend's 0.44): the mean is
+softer where the motion is ambiguous."""
+SCHEDULER = {"sigma_max": 20.0}
+"""the interpolator's scheduler (scheduler/scheduler_config.json over SVD's): the one step starts at sigma 20,
+not 700, where training put its noise levels (ln sigma ~ N(1.0, 1.2^2): sigma 700 is 4.6 standard deviations
+out) and the pure-noise start barely differs from the prior noised to 20 (SAMPLING's figures)"""
 STEPS = 5000
 AS_RUN = ("As run: steps 1-1000 on 2026-12-01 (steps 1-200 at lr 2e-4 in a first invocation, stopped after the "
           "step-200 check showed blurred in-between frames and resumed from its step-200 checkpoint with the optimizer "
@@ -64,7 +70,11 @@ AS_RUN = ("As run: steps 1-1000 on 2026-12-01 (steps 1-200 at lr 2e-4 in a first
           "without the blend prior (v1). v2 (2026-12-03): 4000 steps with the blend prior from v1's weights in one "
           "invocation (`--start` v1, `--steps 4000`, 1 thread while other jobs used the second core). v3 (2026-12-03): "
           "3000 steps with the flow prior (this recipe's default) from v2's weights in one invocation (`--start` v2, "
-          "`--steps 3000`, 2 threads).")
+          "`--steps 3000`, 2 threads). v4 (2026-12-04): 1000 steps from v3's weights with this recipe's defaults, which "
+          "now include the finer flow (svd_fast.interpolation.INTERPOLATION_FLOW) and the prior in the UNet's "
+          "conditioning slots (`--start` v3 `--steps 1000`, 12 min on 2 threads; the training line above), then 1000 "
+          "more from those weights where one sampling step from sigma 20 asks (`--start` them `--steps 1000 --lr 2e-4 "
+          "--p-mean 2.5 --p-std 0.8`, 23 min on 2 threads, partly shared with evaluations).")
 """how the shipped weights were actually trained, where it differs from one run of the recipe"""
 SAMPLE_CLIPS = (("procedural", 0), ("photo_pans", 0), ("real_footage", 0))
 """the held-out clips of sample.png (bench/interpolation.py's sets, clip index): a procedural clip, a
@@ -72,13 +82,14 @@ camera move over the held-out photo 'astronaut', a window of the real footage 'c
 DEFAULT_SHARDS = Path("/work/runs/default_model_v3b/curated/shards")
 
 
-def interpolation_config(base):
+def interpolation_config(base, prior_conditioning: bool = True):
     """The FI model config from the image-to-video base config (same UNet widths, VAE, CLIP tower),
     with a latent prior (UNetConfig.latent_prior: the UNet corrects a prior clip; the objective's
-    interpolation_prior says which, the flow interpolation of the ends or their blend)."""
+    interpolation_prior says which, the flow interpolation of the ends or their blend) that the UNet
+    also sees (UNetConfig.prior_conditioning) unless `prior_conditioning` is False."""
     c = base.unet.out_channels
     unet = dataclasses.replace(base.unet, in_channels=2 * c + 1, mask_embedding=True, num_frames=FRAMES,
-                               latent_prior=base.vae.scaling_factor)
+                               latent_prior=base.vae.scaling_factor, prior_conditioning=prior_conditioning)
     return dataclasses.replace(base, unet=unet, conditioning="interpolation", **SAMPLING, **IMAGE_SAMPLING_OFF)
 
 
@@ -101,10 +112,11 @@ def init_unet(base: Path, path: Path, start: Path | None = None) -> None:
     save_safetensors({k: v.contiguous() for k, v in weights.items()}, path)
 
 
-def fi_recipe(base: Path, shards: Path, work: Path, steps: int, start: Path | None = None, prior: str = "flow") -> Recipe:
+def fi_recipe(base: Path, shards: Path, work: Path, steps: int, start: Path | None = None, prior: str = "flow",
+              prior_conditioning: bool = True, lr: float = 5e-4, p_mean: float = 1.0, p_std: float = 1.2) -> Recipe:
     from svd_fast.checkpoints import load_components
 
-    config = interpolation_config(load_components(base)["config"])
+    config = interpolation_config(load_components(base)["config"], prior_conditioning)
     init_unet(base, work / "init_unet.safetensors", start)
     return Recipe(
         name="default-interpolator", output_dir=str(work / "run"), model=config, components=str(base),
@@ -112,9 +124,9 @@ def fi_recipe(base: Path, shards: Path, work: Path, steps: int, start: Path | No
         data=dm.curated(shards, dm.HIGH, frames=FRAMES, frame_strides=STRIDES),
         # the paper's FI noise (P_mean 1.0, P_std 1.2); a little condition dropout keeps guidance possible;
         # the prior the model learns to correct: as prior="flow" samples (default), or the blend of v1/v2
-        objective=ObjectiveConfig(p_mean=1.0, p_std=1.2, drop_image_embedding=0.05, drop_image_latent=0.05,
+        objective=ObjectiveConfig(p_mean=p_mean, p_std=p_std, drop_image_embedding=0.05, drop_image_latent=0.05,
                                   interpolation_prior=prior),
-        optim=OptimConfig(lr=5e-4, warmup_steps=50), batch_size=4, max_steps=steps, ema_decay=0.99, seed=0,
+        optim=OptimConfig(lr=lr, warmup_steps=50), batch_size=4, max_steps=steps, ema_decay=0.99, seed=0,
         log_every=25, checkpoint_every=200, keep_checkpoints=1, export_final=True,
     )
 
@@ -123,7 +135,9 @@ def export(run: Path, out: Path) -> None:
     """fp16 EMA weights in the diffusers layout (atomic replace of `out`)."""
     from svd_fast.checkpoints import load_components, save_components
 
-    save_components(load_components(run / "final", use_ema=True, dtype=torch.float16), out, overwrite=True)
+    parts = load_components(run / "final", use_ema=True, dtype=torch.float16)
+    parts["scheduler_config"] = {**parts["scheduler_config"], **SCHEDULER}
+    save_components(parts, out, overwrite=True)
 
 
 def write_sample(out: Path) -> None:
@@ -217,8 +231,19 @@ def write_card(out: Path, cfg, prior: str, metrics: dict, base: Path, training: 
         "UNet had to redraw the whole picture from the concatenated latents at high noise, and its one-step estimate "
         "from sigma 10 scored 24.7 dB on real footage whose ends barely differ (blending: 34.7 dB); with the blend "
         "prior (a 2000-step trial, 2026-12-03), 28.9. diffusers ignores the key, so only svd_fast samples this model as trained.",
+        *([
+            "- Prior conditioning (svd_fast's addition; `unet/config.json`: `svd_fast_prior_conditioning: true`): the UNet "
+            "also sees the prior it corrects. The conditioning latents of the in-between frames are the prior's latents "
+            "plus z_m, [z_s, mu_1 + z_m, mu_2 + z_m, mu_3 + z_m, z_e], where the paper's layout has z_m alone. Without "
+            "it the UNet sees only x - mu, pure noise at high sigma, and cannot tell where the flow frames ghost; v3, "
+            "trained 3000 steps that way, corrected its prior no better than leaving it alone (held-out latent MSE "
+            "0.355 against the prior's own 0.343 on procedural clips at sigma 5, 2026-12-04); v4's first 1000 steps with "
+            "it: 0.335 against 0.347 at sigma 20 (-3%; photo pans -3.5%)."
+        ] if cfg.unet.prior_conditioning else []),
         f"- Same widths, VAE and CLIP tower as the default model; {cfg.num_frames} frames at {cfg.height}x{cfg.width}; "
-        f"sampling defaults: {cfg.num_inference_steps} Euler steps, guidance {cfg.max_guidance_scale:g} (none).",
+        f"sampling defaults: {cfg.num_inference_steps} Euler step{'' if cfg.num_inference_steps == 1 else 's'} from sigma {SCHEDULER['sigma_max']:g} (`scheduler/"
+        f"scheduler_config.json`'s sigma_max; SVD's is 700), guidance {cfg.max_guidance_scale:g} (none): the denoiser's "
+        "mean estimate, which scores higher against the true frames than a many-step sample.",
         f"- Weights: fp16 safetensors, diffusers layout, {size_mb:.1f} MB.",
         "",
         "Decisions where the paper is vague: z_m is one value per latent channel broadcast over space; the end frames "
@@ -270,8 +295,10 @@ def refresh_card(out: Path, base: Path) -> dict:
     training = [line for line in card if line.startswith("- ") and " steps, batch " in line and "AdamW" in line]
     if len(training) != 1:
         raise SystemExit(f"error: {out / 'MODEL_CARD.md'} has no training line to keep ('- N steps, batch ...')")
-    cfg = dataclasses.replace(load_components(out)["config"], **SAMPLING)
+    parts = load_components(out)
+    cfg = dataclasses.replace(parts["config"], **SAMPLING)
     write_sampling_defaults(out, cfg)
+    write_json(out / "scheduler" / "scheduler_config.json", {**parts["scheduler_config"], **SCHEDULER})
     metrics = measure(fi_model=out, base_model=base)
     write_card(out, cfg, prior, metrics, base, training[0])
     write_sample(out)
@@ -322,6 +349,13 @@ def main(argv=None) -> int:
     p.add_argument("--prior", choices=("flow", "blend"), default="flow",
                    help="the prior's in-between frames in training: the clip's ends interpolated by optical flow "
                         "(as sampling's default prior='flow'), or the blend of the end latents")
+    p.add_argument("--prior-conditioning", action=argparse.BooleanOptionalAction, default=True,
+                   help="the UNet sees the prior's in-between latents in its conditioning slots (plus z_m) "
+                        "instead of z_m alone (UNetConfig.prior_conditioning)")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--p-mean", type=float, default=1.0, help="training noise: ln sigma ~ N(P_MEAN, P_STD^2) "
+                   "(the paper's FI setting 1.0, 1.2; v4's second part 2.5, 0.8: where one sampling step from sigma 20 asks)")
+    p.add_argument("--p-std", type=float, default=1.2)
     p.add_argument("--lab", action="store_true", help="short trial: 150 steps in WORKDIR/lab, loss printed, no export")
     p.add_argument("--refresh-card", action="store_true",
                    help="no training: write --out's sampling defaults, re-measure it against --base, rewrite its card")
@@ -344,7 +378,8 @@ def main(argv=None) -> int:
         print(json.dumps(metrics["results"], indent=2))
         return 0
     work.mkdir(parents=True, exist_ok=True)
-    recipe = fi_recipe(base, Path(args.shards), work, args.steps, Path(args.start) if args.start else None, args.prior)
+    recipe = fi_recipe(base, Path(args.shards), work, args.steps, Path(args.start) if args.start else None, args.prior,
+                       args.prior_conditioning, args.lr, args.p_mean, args.p_std)
     if args.lab:
         recipe = dataclasses.replace(recipe, export_final=False, checkpoint_every=10_000)
     summary, spent = dm.train_resumed(recipe, work)
