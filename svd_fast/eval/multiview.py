@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from svd_fast.train.render3d import ELEVATION_RANGE, HELD_OUT_SEEDS, random_object, render_orbit
 
 METHODS = ("multiview", "i2v", "copy")
-I2V_SAMPLING = {"max_guidance_scale": 2.0, "image_init_sigma": None, "keep_first_frame": False}
-"""the i2v baseline is sampled as SVD samples (pure noise, guidance 1 -> 2), the paper's comparison and the
+I2V_SAMPLING = {"num_inference_steps": 16, "max_guidance_scale": 2.0, "image_init_sigma": None, "keep_first_frame": False}
+"""the i2v baseline is sampled as SVD samples (pure noise, 16 steps, guidance 1 -> 2), the paper's comparison and the
 recorded evaluation's; the default model's own defaults since 2026-12-02 (start from the image, hold frame
 0) are measured in the closing note of that change, not here"""
 
@@ -86,14 +86,15 @@ def score_views(generated: torch.Tensor, truth: torch.Tensor, image_encoder) -> 
             "clip_s": float(clip_similarity(image_encoder, g, t).mean())}
 
 
-def generate(method: str, pipes: dict, orbit: dict, steps: int, seed: int) -> torch.Tensor:
-    """The V views (V, 3, H, W) in [0, 1] one method makes from the orbit's view 0."""
+def generate(method: str, pipes: dict, orbit: dict, steps: int | None, seed: int) -> torch.Tensor:
+    """The V views (V, 3, H, W) in [0, 1] one method makes from the orbit's view 0: the multi-view model
+    with `steps` sampler steps (None: its own default), the i2v baseline with I2V_SAMPLING's."""
     first = orbit["frames"][0]
     views, size = orbit["frames"].shape[0], orbit["frames"].shape[-1]
     if method == "copy":
         return first[None].repeat(views, 1, 1, 1)
     pipe = pipes[method]
-    args = dict(height=size, width=size, num_frames=views, num_inference_steps=steps,
+    args = dict(height=size, width=size, num_frames=views, num_inference_steps=steps or pipe.config.num_inference_steps,
                 max_guidance_scale=pipe.config.max_guidance_scale, generator=torch.Generator().manual_seed(seed),
                 output_type="pt")
     if method == "multiview":
@@ -102,7 +103,7 @@ def generate(method: str, pipes: dict, orbit: dict, steps: int, seed: int) -> to
                 **{**args, **I2V_SAMPLING}).frames[0].float()
 
 
-def evaluate(pipes: dict, objects: int, views: int, size: int, steps: int = 16, methods=METHODS,
+def evaluate(pipes: dict, objects: int, views: int, size: int, steps: int | None = None, methods=METHODS,
              keep_views: int = 0) -> dict:
     """Mean figures per method over `objects` held-out objects (and the per-object ones)."""
     image_encoder = next(iter(pipes.values())).image_encoder
@@ -120,7 +121,9 @@ def evaluate(pipes: dict, objects: int, views: int, size: int, steps: int = 16, 
             shown.append(row)
     means = {m: {k: float(np.mean([o[k] for o in per_object[m]])) for k in ("psnr_db", "ssim", "clip_s")}
              for m in methods}
-    return {"objects": objects, "views": views, "size": size, "steps": steps, "means": means,
+    steps = steps or pipes["multiview"].config.num_inference_steps
+    return {"objects": objects, "views": views, "size": size, "steps": steps,
+            "i2v_steps": I2V_SAMPLING["num_inference_steps"], "means": means,
             "per_object": per_object, "shown": shown}
 
 
@@ -157,7 +160,7 @@ def machine_tag() -> str:
     return "epyc" if "epyc" in model else "xeon" if "xeon" in model else re.sub(r"[^a-z0-9]+", "-", model)[:20]
 
 
-def evaluate_all(model: Path, base: Path, objects: int, steps: int = 16, views: int = 8, samples_png: Path | None = None) -> dict:
+def evaluate_all(model: Path, base: Path, objects: int, steps: int | None = None, views: int = 8, samples_png: Path | None = None) -> dict:
     """Load the multi-view model and its base (fp32), evaluate the three methods, draw a grid."""
     from svd_fast.multiview import SVDMultiViewPipeline
     from svd_fast.pipeline import SVDPipeline
@@ -210,7 +213,7 @@ python -m svd_fast.multiview --image object.png --out views.gif --elevation 15
 ```python
 from svd_fast.multiview import SVDMultiViewPipeline
 pipe = SVDMultiViewPipeline.from_pretrained("svd_fast/assets/default_multiview")
-views = pipe(image, elevation=15.0, num_inference_steps=16).frames[0]
+views = pipe(image, elevation=15.0).frames[0]
 ```
 
 Sampling defaults (`svd_fast_sampling.json`): {cfg.num_frames} views at {cfg.height}x{cfg.width}, {cfg.num_inference_steps} Euler
@@ -250,7 +253,7 @@ them): the image model's embedding of them is reused unchanged. The fine-tune st
 ## Held-out objects
 
 {ev['objects']} held-out objects, views 1..{ev['views'] - 1} (the novel ones) against the rendered views, {ev['steps']} sampler
-steps, seed = object index; CLIP-S = cosine similarity of the default model's CLIP image embeddings
+steps (the image-to-video model: {ev.get('i2v_steps', ev['steps'])}, guidance 1 -> 2, as SVD samples), seed = object index; CLIP-S = cosine similarity of the default model's CLIP image embeddings
 (the only CLIP tower available offline); LPIPS not measured (its weights are not obtainable
 offline and no installed package bundles them).
 
