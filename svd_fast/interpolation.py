@@ -104,17 +104,20 @@ FLOW_MIN_SIDE = 128
 a 64 px frame (held-out clips at 64 px, in-between PSNR: DIS at 2x 25.90 / 31.83 / 35.19 dB, at 1x
 25.65 / 31.64 / 35.14, Farneback 25.35 / 31.71 / 35.05; procedural / photo pans / real footage)"""
 
-INTERPOLATION_FLOW = dict(min_side=256, patch_size=4, finest_scale=1, refinement_iterations=10)
+INTERPOLATION_FLOW = dict(min_side=256, patch_size=4, patch_stride=1, finest_scale=1, refinement_iterations=10)
 """flow_interpolate's DIS settings: finer than optical_flow's defaults (the medium preset at 128 px,
-8 px patches), for pictures several frames apart. Chosen on validation procedural clips (indices
-HELD_OUT + 3000.., never the held-out ones; 2026-12-04, mean in-between PSNR): medium at 128 px
-32.40 dB, these 32.82, patch 4 at 128 px 32.74, finest scale 0 at 256 px 32.88 (4x the time); on the
-held-out clips 26.23 / 32.16 / 35.21 dB against 25.90 / 31.83 / 35.19 (procedural / photo pans /
-real footage). About 9 ms a pair at 64 px."""
+8 px patches every 4 px), for pictures several frames apart. Chosen on validation clips (24 procedural,
+indices HELD_OUT + 3000.., and 12 pans over 4 training photos; never the held-out ones; 2026-12-04, mean
+in-between PSNR): medium at 128 px 32.40 dB procedural; 4 px patches every 2 px at 256 px 32.82 / 29.92
+(procedural / pans), every 1 px (these) 33.41 / 29.92; finest scale 0 33.43 / 29.95 (2x the time); 6 / 8 px
+patches 32.48 / 29.54 and 33.32 / 29.60; variational alpha 5 / 40 33.13 / 29.81 and 32.52 / 29.81. On the
+held-out clips these score 26.25 / 32.41 / 35.21 dB against 25.90 / 31.83 / 35.19 for optical_flow's
+defaults (procedural / photo pans / real footage). About 11 ms a pair at 64 px."""
 
 
 def optical_flow(a: np.ndarray, b: np.ndarray, min_side: int = FLOW_MIN_SIDE, patch_size: int | None = None,
-                 finest_scale: int | None = None, refinement_iterations: int | None = None) -> np.ndarray:
+                 patch_stride: int | None = None, finest_scale: int | None = None,
+                 refinement_iterations: int | None = None) -> np.ndarray:
     """Dense flow (H, W, 2) from picture a to picture b ((H, W) uint8 grey levels) in a's pixels:
     a(p) ~ b(p + flow(p)). OpenCV's DIS (Kroeger et al. 2016, medium preset; the other arguments
     override it) on the pictures upsampled to `min_side`, the flow brought back to a's size."""
@@ -127,7 +130,9 @@ def optical_flow(a: np.ndarray, b: np.ndarray, min_side: int = FLOW_MIN_SIDE, pa
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     if patch_size is not None:
         dis.setPatchSize(patch_size)
-        dis.setPatchStride(max(1, patch_size // 2))
+        dis.setPatchStride(patch_stride or max(1, patch_size // 2))
+    elif patch_stride is not None:
+        dis.setPatchStride(patch_stride)
     if finest_scale is not None:
         dis.setFinestScale(finest_scale)
     if refinement_iterations is not None:
@@ -210,7 +215,7 @@ class SVDInterpolationPipeline(SVDPipeline):
         prior (models with a latent prior, UNetConfig.latent_prior): what the model corrects in the
         in-between frames: "flow" (default) the ends interpolated by optical flow (flow_interpolate at
         the model's size, through the VAE), "blend" the linear blend of the end latents it was trained on.
-        Held-out clips, shipped v4 (trained on the flow prior): flow 26.09 / 31.87 / 34.76 dB against
+        Held-out clips, shipped v4 (trained on the flow prior): flow 26.09 / 32.04 / 34.76 dB against
         blend 24.17 / 24.08 / 33.83 (procedural / photo pans / real footage, README Benchmarks)."""
         if last_image is None:
             raise ValueError("SVDInterpolationPipeline needs last_image (the clip's last frame)")
