@@ -130,8 +130,7 @@ def optical_flow(a: np.ndarray, b: np.ndarray, min_side: int = FLOW_MIN_SIDE, pa
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     if patch_size is not None:
         dis.setPatchSize(patch_size)
-        dis.setPatchStride(patch_stride or max(1, patch_size // 2))
-    elif patch_stride is not None:
+    if patch_stride is not None:
         dis.setPatchStride(patch_stride)
     if finest_scale is not None:
         dis.setFinestScale(finest_scale)
@@ -147,8 +146,9 @@ def flow_interpolate(first, last, num_frames: int) -> np.ndarray:
     """num_frames frames (T, H, W, 3) from `first` to `last` ((H, W, 3) arrays in [0, 1]; both ends
     included, exactly) by optical flow, no model: flow from each end to the other (optical_flow with
     INTERPOLATION_FLOW), the flow from time t to either end approximated from those two as Super
-    SloMo does (Jiang et al. 2018, eq. 4), both ends warped to t (bilinear, edges replicated) and blended (1 - t, t). Good for
-    small, smooth motion at any resolution; occlusions and large motions ghost like a blend."""
+    SloMo does (Jiang et al. 2018, eq. 4), both ends warped to t (bilinear, edges replicated) and
+    blended (1 - t, t). Good for small, smooth motion at any resolution; occlusions and large motions
+    ghost like a blend."""
     import cv2
 
     if num_frames < 2:

@@ -90,21 +90,7 @@ def _sources(path: Path, layout: str, config: SVDConfig | None, numerics: str, u
     }
     if config.conditioning != "text":
         specs["image_encoder"] = (source, open_clip.read_plan, sgm.CLIP_CONSUMED, ())
-    return config, sgm_scheduler(source), specs
-
-
-def sgm_scheduler(source) -> dict:
-    """The scheduler config an sgm file carries (sgm.SCHEDULER_METADATA), else SVD's default."""
-    text = source.metadata.get(sgm.SCHEDULER_METADATA)
-    if text is None:
-        return dict(diffusers_layout.DEFAULT_SCHEDULER_CONFIG)
-    try:
-        scheduler = json.loads(text)
-    except ValueError as exc:
-        raise CheckpointError(f"{source.name}: corrupt '{sgm.SCHEDULER_METADATA}' metadata: {exc}") from exc
-    if not isinstance(scheduler, dict):
-        raise CheckpointError(f"{source.name}: '{sgm.SCHEDULER_METADATA}' metadata is not a JSON object")
-    return scheduler
+    return config, sgm.read_scheduler(source, diffusers_layout.DEFAULT_SCHEDULER_CONFIG), specs
 
 
 def load_components(path, dtype: torch.dtype | None = None, device=None, numerics: str = "sgm",

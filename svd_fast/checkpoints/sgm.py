@@ -243,6 +243,19 @@ def config_from_json(text: str, where: str) -> SVDConfig:
         raise CheckpointError(f"{where}: corrupt '{CONFIG_METADATA}' metadata: {exc}") from exc
 
 
+def read_scheduler(source: TensorSource, default: dict) -> dict:
+    """The scheduler config the file carries (SCHEDULER_METADATA), else a copy of `default` (SVD's)."""
+    if SCHEDULER_METADATA not in source.metadata:
+        return dict(default)
+    try:
+        scheduler = json.loads(source.metadata[SCHEDULER_METADATA])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{source.name}: corrupt '{SCHEDULER_METADATA}' metadata: {exc}") from exc
+    if not isinstance(scheduler, dict):
+        raise CheckpointError(f"{source.name}: '{SCHEDULER_METADATA}' metadata is not a JSON object")
+    return scheduler
+
+
 # ------------------------------------------------------------------------- config from the shapes
 
 
