@@ -210,7 +210,7 @@ def card_table(metrics: dict) -> list[str]:
               "VAE ceiling: the true in-between frames through the model's VAE (encode, decode), the best a "
               "latent model with this VAE can reach on its own (SVD-FI's pin_ends adds the ends' VAE errors back, "
               "and with the flow prior the VAE's error on the flow frames, so it can pass the ceiling). Optical-flow warp: "
-              "DIS flow between the ends, both ends warped to each in-between time and blended "
+              "fused DIS flow between the ends (grey and each colour channel), both ends warped to each in-between time and blended "
               "(svd_fast.interpolation.flow_interpolate; no model, for scale)."]
     return lines
 

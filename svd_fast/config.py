@@ -336,6 +336,9 @@ class SVDConfig:
     """hold frame 0 to the image during sampling (SVDPipeline.__call__)"""
     render: str = "frames"
     """'frames': the model's frames; 'warp': the input image moved by their camera motion (svd_fast.motion_render)"""
+    prior_noise: float = 1.0
+    """models with a latent prior (UNetConfig.latent_prior): the sampler starts at the prior plus this times
+    the initial noise (0: at the prior itself, a deterministic estimate)"""
     conditioning: str = "image"
     """one of CONDITIONINGS; checkpoints that do not say are 'image' models"""
 
@@ -348,6 +351,8 @@ class SVDConfig:
                                              or self.render != "frames"):
             raise ValueError(f"image_init_sigma, keep_first_frame and render are image-model sampling defaults; a "
                              f"{self.conditioning!r} model cannot have them (pass {IMAGE_SAMPLING_OFF} when deriving it)")
+        if not self.prior_noise >= 0 or self.prior_noise != 1 and not self.unet.latent_prior:
+            raise ValueError(f"prior_noise must be >= 0 and is for models with a latent prior only, got {self.prior_noise}")
 
     @classmethod
     def from_name(cls, name: str) -> "SVDConfig":

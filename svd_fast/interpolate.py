@@ -50,6 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prior", choices=["flow", "blend"],
                    help="SVD-FI models with a latent prior: what the model corrects between the ends, optical "
                         "flow (default; the shipped interpolator is trained on it) or the linear blend of the end latents")
+    p.add_argument("--prior-noise", type=float,
+                   help="SVD-FI models with a latent prior: the initial noise around the prior, times this (default: "
+                        "the model's; the shipped interpolator's is 0: no initial noise, seeds differ only through the ends' "
+                        "noise augmentation; 1 for samples)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if (args.video is None) == (args.first is None or args.last is None):
@@ -58,8 +62,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--factor must be >= 2, got {args.factor}")
     if args.frames is not None and args.frames < 2:
         p.error(f"--frames must be >= 2 (both ends), got {args.frames}")
+    if args.prior_noise is not None and not args.prior_noise >= 0:
+        p.error(f"--prior-noise must be >= 0, got {args.prior_noise}")
     model_only = [flag for flag, value in (("--model", args.model), ("--steps", args.steps), ("--motion-bucket",
-                  args.motion_bucket), ("--max-cfg", args.max_cfg), ("--prior", args.prior)) if value is not None]
+                  args.motion_bucket), ("--max-cfg", args.max_cfg), ("--prior", args.prior), ("--prior-noise", args.prior_noise))
+                  if value is not None]
     if args.method == "flow" and model_only:
         p.error(f"--method flow uses no model: drop {', '.join(model_only)}")
     return args
@@ -137,6 +144,10 @@ def main(argv=None) -> int:
         if not fi or not pipe.unet.config.latent_prior:
             raise ValueError(f"--prior: {model} has no latent prior (only SVD-FI models trained with one take it)")
         call_args["prior"] = args.prior
+    if args.prior_noise is not None:
+        if not fi or not pipe.unet.config.latent_prior:
+            raise ValueError(f"--prior-noise: {model} has no latent prior (only SVD-FI models trained with one take it)")
+        call_args["prior_noise"] = args.prior_noise
     check_memory(frames, height, width)
 
     def motion(a, b) -> float:

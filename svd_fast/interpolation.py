@@ -238,7 +238,8 @@ class SVDInterpolationPipeline(SVDPipeline):
                  noise_aug_strength: float = 0.02, decode_chunk_size: int | None = None, num_videos_per_prompt: int = 1,
                  generator=None, latents=None, output_type: str = "pil", callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs=("latents",), sampler: str | None = None, sigmas=None,
-                 eta: float = 1.0, pin_ends: bool = True, prior: str | None = None, return_dict: bool = True):
+                 eta: float = 1.0, pin_ends: bool = True, prior: str | None = None, prior_noise: float | None = None,
+                 return_dict: bool = True):
         """num_frames frames from `image` (first) to `last_image` (last), both ends included. Arguments
         as SVDPipeline's (diffusers' names); those left None take the model's sampling defaults
         (SVDConfig: size, frames, steps, fps, motion bucket, guidance). Random numbers: the first
@@ -255,9 +256,12 @@ class SVDInterpolationPipeline(SVDPipeline):
         prior (models with a latent prior, UNetConfig.latent_prior): what the model corrects in the
         in-between frames: "flow" (default) the ends interpolated by optical flow (flow_interpolate at
         the model's size, through the VAE), "blend" the linear blend of the end latents it was trained on.
-        Held-out clips, shipped v4 (trained on the grey-level flow prior): flow 26.09 / 32.04 / 34.76 dB against
-        blend 24.17 / 24.08 / 33.83 (procedural / photo pans / real footage, README Benchmarks); with
-        fused_flow's prior 27.45 dB procedural."""
+        Held-out clips, shipped v5: flow 27.82 / 32.90 / 34.97 dB against blend 24.24 / 24.11 / 34.18
+        (procedural / photo pans / real footage, README Benchmarks).
+
+        prior_noise (models with a latent prior): the initial noise around the prior, times this
+        (SVDPipeline.__call__); None takes the model's sampling default (SVDConfig.prior_noise; the
+        shipped interpolator's is 0: it starts at the prior itself)."""
         if last_image is None:
             raise ValueError("SVDInterpolationPipeline needs last_image (the clip's last frame)")
         if prior not in (None, "flow", "blend"):
@@ -283,7 +287,7 @@ class SVDInterpolationPipeline(SVDPipeline):
             num_videos_per_prompt=num_videos_per_prompt, generator=generator, latents=latents,
             output_type="latent" if pin else output_type, callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, sampler=sampler, sigmas=sigmas,
-            eta=eta, return_dict=True)
+            eta=eta, prior_noise=cfg.prior_noise if prior_noise is None else prior_noise, return_dict=True)
         if pin:  # decoded here: the corrections below need the decoder's frames before any clamping
             start = time.perf_counter()
             video = (self.decode(out.frames, decode_chunk_size or num_frames) + 1) / 2

@@ -270,6 +270,7 @@ class SVDPipeline:
         image_init_sigma: float | None = None,
         keep_first_frame: bool = False,
         render: str = "frames",
+        prior_noise: float = 1.0,
         return_dict: bool = True,
     ):
         """Sample a video from a conditioning image (PIL, array or tensor; a list or batch of them).
@@ -297,6 +298,9 @@ class SVDPipeline:
         their optical flow to frame 0, smoothed over time): the model's motion with the input's
         pixels, for models that redraw their later frames instead of moving them (image models,
         without last_image).
+        `prior_noise` (models with a latent prior, UNetConfig.latent_prior): the sampler starts at the
+        prior mu plus this times the initial noise; 0 starts at mu itself, a deterministic estimate
+        (SVD-FI's default, SVDConfig.prior_noise).
         """
         if self.config.conditioning != self.conditioning:  # e.g. an SVD-FI model called as image-to-video
             raise ValueError(f"this model's conditioning is {self.config.conditioning!r}: sample it with "
@@ -344,6 +348,13 @@ class SVDPipeline:
 
         consistency = sampler == "consistency"
         denoiser = Denoiser(self.unet, boundary_sigma=self.consistency.boundary_sigma if consistency else None)
+        prior = denoiser.prior(cond)
+        if prior is None and prior_noise != 1:
+            raise ValueError(f"prior_noise={prior_noise} needs a model with a latent prior; this one starts from pure noise")
+        if prior is not None:  # noise around the prior the model corrects (svd_fast.denoiser), not around 0
+            if not prior_noise >= 0:
+                raise ValueError(f"prior_noise must be >= 0, got {prior_noise}")
+            x = (prior + prior_noise * x.float()).to(self.dtype)
 
         def guided(cond):
             if max_guidance_scale > 1:
