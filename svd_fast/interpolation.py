@@ -32,9 +32,9 @@ interpolator is trained on that prior, svd_fast.train.interpolation) or the line
 the two end latents (`prior="blend"`, what v1/v2 were trained on). With the flow prior the decoded
 clip also gets back what the VAE loses of each prior frame (pin_ends), so where the model leaves the
 prior alone the output is the flow interpolation itself, not its VAE round trip. A model without a
-prior samples as the paper's. With UNetConfig.prior_conditioning (the shipped v4) the UNet also sees
-that prior: the missing frames' conditioning slots hold the prior's latents plus z_m instead of z_m
-alone (svd_fast.denoiser.Denoiser.conditioning_latents), so it can see where the flow frames ghost.
+prior samples as the paper's. With UNetConfig.prior_conditioning (the shipped interpolator, since v4)
+the UNet also sees that prior: the missing frames' conditioning slots hold the prior's latents plus z_m
+instead of z_m alone (svd_fast.denoiser.Denoiser.conditioning_latents), so it can see where the flow frames ghost.
 """
 from __future__ import annotations
 

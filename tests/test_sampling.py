@@ -93,7 +93,8 @@ def test_bad_step_count():
 
 def test_latent_prior_of_an_image_model_is_its_conditioning_latent_in_every_frame():
     """UNetConfig.latent_prior on an image-to-video model: mu = scale x the image's VAE mean in every
-    frame, the UNet fed c_in (x - mu), and one Euler step to sigma 0 returns mu + c_skip (x - mu) + c_out v."""
+    frame, the sampler started at x = mu + the scaled initial noise, the UNet fed c_in (x - mu), and one
+    Euler step to sigma 0 returns mu + c_skip (x - mu) + c_out v."""
     import dataclasses
 
     from svd_fast import conditioner
@@ -117,7 +118,7 @@ def test_latent_prior_of_an_image_model_is_its_conditioning_latent_in_every_fram
                max_guidance_scale=1.0, output_type="latent").frames.float()
     z = pipe.vae.encode(conditioner.preprocess_image(image, 64, 64))[0]
     mu = 0.9 * z.expand(1, 3, *z.shape)
-    x = latents * (sigma**2 + 1) ** 0.5
+    x = mu + latents * (sigma**2 + 1) ** 0.5
     c_skip, c_out, c_in = 1 / (sigma**2 + 1), -sigma / (sigma**2 + 1) ** 0.5, 1 / (sigma**2 + 1) ** 0.5
     torch.testing.assert_close(seen[0][:, :, :4], c_in * (x - mu), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out, mu + c_skip * (x - mu) + c_out * (0.5 * c_in * (x - mu) - 0.1), rtol=1e-4, atol=1e-4)
