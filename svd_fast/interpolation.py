@@ -157,18 +157,16 @@ grey alone 33.41 / 29.92 dB (procedural / pans); grey, R, G, B with 5 / 9 / 13 /
 35.21 dB with grey alone, 27.97 / 33.12 / 35.21 fused (procedural / photo pans / real footage)"""
 
 
-def _flow_picture(image: np.ndarray, channel: str) -> np.ndarray:
-    """One FLOW_CHANNELS picture (H, W) uint8 of an (H, W, 3) image in [0, 1]."""
+def _flow_pictures(image: np.ndarray) -> list[np.ndarray]:
+    """The FLOW_CHANNELS pictures (H, W) uint8 of an (H, W, 3) image in [0, 1], in that order."""
     import cv2
 
     pixels = (image * 255).round().astype(np.uint8)
-    if channel == "grey":
-        return cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
-    return np.ascontiguousarray(pixels[..., ("red", "green", "blue").index(channel)])
+    return [cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)] + [np.ascontiguousarray(pixels[..., c]) for c in range(3)]
 
 
-def _warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """image sampled at p + flow(p) (bilinear, edges replicated)."""
+def warp_by_flow(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """image (H, W, C) float32 sampled at p + flow(p) (bilinear, edges replicated)."""
     import cv2
 
     h, w = flow.shape[:2]
@@ -184,9 +182,9 @@ def fused_flow(a: np.ndarray, b: np.ndarray, **dis_settings) -> np.ndarray:
     with a winner-take-all choice."""
     import cv2
 
-    candidates = [optical_flow(_flow_picture(a, c), _flow_picture(b, c), **dis_settings) for c in FLOW_CHANNELS]
+    candidates = [optical_flow(x, y, **dis_settings) for x, y in zip(_flow_pictures(a), _flow_pictures(b))]
     box = max(3, round(min(a.shape[:2]) * FUSION_WINDOW) | 1)
-    errors = np.stack([cv2.blur(np.abs(a - _warp(b, f)).sum(-1), (box, box)) for f in candidates])
+    errors = np.stack([cv2.blur(np.abs(a - warp_by_flow(b, f)).sum(-1), (box, box)) for f in candidates])
     best = errors.argmin(0)
     return np.take_along_axis(np.stack(candidates), best[None, ..., None], 0)[0]
 
@@ -209,7 +207,7 @@ def flow_interpolate(first, last, num_frames: int) -> np.ndarray:
         t = k / (num_frames - 1)
         to_first = -(1 - t) * t * f01 + t * t * f10
         to_last = (1 - t) ** 2 * f01 - t * (1 - t) * f10
-        frames.append(np.clip((1 - t) * _warp(first, to_first) + t * _warp(last, to_last), 0, 1))
+        frames.append(np.clip((1 - t) * warp_by_flow(first, to_first) + t * warp_by_flow(last, to_last), 0, 1))
     return np.stack(frames + [last])
 
 

@@ -101,15 +101,14 @@ def transfer_detail(frame: torch.Tensor, reference: torch.Tensor, sigma: float) 
     where the content it belongs to has moved; the frame's colour, shapes and motion are kept."""
     import cv2
 
-    from svd_fast.interpolation import FLOW
+    from svd_fast.interpolation import FLOW, warp_by_flow
 
     if frame.shape != reference.shape:
         raise ValueError(f"transfer_detail: frame {tuple(frame.shape)} and reference {tuple(reference.shape)} differ")
     ours, theirs = (t.permute(1, 2, 0).float().cpu().numpy() for t in (frame, reference))
     grey = [cv2.cvtColor((np.clip(a, 0, 1) * 255).round().astype(np.uint8), cv2.COLOR_RGB2GRAY) for a in (ours, theirs)]
     flow = cv2.calcOpticalFlowFarneback(grey[0], grey[1], None, **FLOW)
-    ys, xs = np.mgrid[0:ours.shape[0], 0:ours.shape[1]].astype(np.float32)
-    warped = cv2.remap(theirs, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    warped = warp_by_flow(theirs, flow)
     out = cv2.GaussianBlur(ours, (0, 0), sigma) + warped - cv2.GaussianBlur(warped, (0, 0), sigma)
     return torch.from_numpy(np.clip(out, 0, 1)).permute(2, 0, 1).to(frame.dtype)
 
