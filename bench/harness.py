@@ -140,9 +140,11 @@ def machine_info() -> dict:
     }
 
 
-def matmul_peak_tflops(dtype=torch.bfloat16, n: int = 2048, repeat: int = 5) -> float:
-    """Measured dense matmul throughput of this device in `dtype` (the denominator for utilisation)."""
+def matmul_peak_tflops(dtype=torch.bfloat16, n: int | None = None, repeat: int = 5) -> float:
+    """Measured dense matmul throughput of this device in `dtype` (the denominator for utilisation).
+    n: the square size; 2048 on a CPU, 8192 on a GPU (smaller products leave a GPU's units idle)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    n = n or (8192 if device == "cuda" else 2048)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = min(time_repeats(lambda: a @ b, repeat, warmup=2))

@@ -29,7 +29,7 @@ import torch
 # Python puts this script's folder first on sys.path, where bench/kernels.py would shadow the
 # `kernels` library that transformers and diffusers probe for: the repository root replaces it.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
-from bench.harness import PeakMemory, machine_info, matmul_peak_tflops, summary, time_repeats, write_json  # noqa: E402
+from bench.harness import PeakMemory, machine_info, matmul_peak_tflops, summary, sync, time_repeats, write_json  # noqa: E402
 
 from svd_fast.config import SVDConfig  # noqa: E402
 
@@ -46,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", choices=["auto", *sorted(DTYPES)])
     p.add_argument("--baseline-dtypes", help="comma-separated dtypes to time diffusers in (default: --dtype's)")
     p.add_argument("--compile", action="store_true", help="torch.compile both sides")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay our UNet step from CUDA graphs (default: as svd_fast does, on with CUDA)")
     p.add_argument("--steps", type=int, default=3, help="denoising steps per pipeline call")
     p.add_argument("--no-cfg", action="store_true", help="UNet batch 1 (no classifier-free guidance)")
     p.add_argument("--baseline", default="diffusers", choices=["diffusers", "none"])
@@ -122,15 +124,26 @@ def baseline_dtypes(args, dtype) -> list[str]:
     return [{v: k for k, v in DTYPES.items()}[dtype]]
 
 
-def compile_sides(ours, theirs, args) -> None:
-    """svd_fast's compile path for ours; torch.compile(pipe.unet) for diffusers, as its docs do."""
-    if not args.compile:
-        return
-    from svd_fast.accel import accelerate
+def accelerate_sides(ours, theirs, args) -> None:
+    """Ours as svd_fast runs it (CUDA graphs on with CUDA unless --no-cuda-graphs; --compile through
+    svd_fast.accelerate); diffusers eager, or torch.compile(pipe.unet) with --compile, as its docs do."""
+    graphs = args.cuda_graphs if args.cuda_graphs is not None else str(args.device).startswith("cuda")
+    if args.compile or graphs:
+        from svd_fast.accel import accelerate
 
-    accelerate(ours, compile=True)
-    for pipe in theirs.values():
-        pipe.unet = torch.compile(pipe.unet, fullgraph=True)
+        accelerate(ours, compile=args.compile, cuda_graphs=graphs)
+    if args.compile:
+        for pipe in theirs.values():
+            pipe.unet = torch.compile(pipe.unet, fullgraph=True)
+
+
+def eager_unet(pipe):
+    """The eager UNet behind CUDA-graph replay and torch.compile (FLOPs and op classes are counted on it)."""
+    from svd_fast.accel.compile import uncompile
+    from svd_fast.accel.graphs import GraphedModule
+
+    unet = pipe.unet.module if isinstance(pipe.unet, GraphedModule) else pipe.unet
+    return uncompile(unet)
 
 
 def unet_inputs(config: SVDConfig, args, device, dtype):
@@ -163,21 +176,27 @@ def bench_unet(ours, theirs, args, peak_tflops):
     for name, pipe in theirs.items():
         inputs[name] = unet_inputs(cfg, args, pipe.device, pipe.unet.dtype)
         sides[name] = (lambda p, i: lambda: p.unet(*i, return_dict=False)[0])(pipe, inputs[name])
+    # The eager module runs each call's ops; compiled code and graph replays hide them from counters.
+    eager = {name: not args.compile and (name != "ours" or eager_unet(ours) is ours.unet) for name in sides}
     flops, memory, first_call, times, classes = {}, {}, {}, {name: [] for name in sides}, {}
     with torch.inference_mode():
         for name, run in sides.items():
-            start = time.perf_counter()
-            run()  # compiles when --compile
-            first_call[name] = time.perf_counter() - start
-            flops[name] = count_flops(run) if not args.compile else None
+            with PeakMemory() as first_mem:  # compiles with --compile, captures with CUDA graphs
+                start = time.perf_counter()
+                run()
+                sync()
+                first_call[name] = time.perf_counter() - start
+            flops[name] = count_flops(run) if eager[name] else None
             with PeakMemory() as mem:  # a further call: the peak above the resting level
                 time_repeats(run, 1, warmup=max(args.warmup - 1, 0))
-            memory[name] = mem.peak_bytes
-            if not args.compile:
+            memory[name] = max(mem.peak_bytes, first_mem.peak_bytes)
+            if eager[name] and ours.device.type == "cpu":  # the profiler's CPU self times: GPU work is async
                 classes[name] = op_classes(run)
         for _ in range(args.repeat):
             for name, run in sides.items():
                 times[name] += time_repeats(run, 1, warmup=0)
+        # Same weights, same inputs: how far each baseline's output is from ours (relative L2).
+        outputs = {name: run().float() for name, run in sides.items()}
     results = {}
     for name in sides:
         stats = summary(times[name])
@@ -190,8 +209,12 @@ def bench_unet(ours, theirs, args, peak_tflops):
             "fraction_of_peak": rate / peak_tflops[name],
             "frames_per_s": cfg.num_frames * inputs[name][0].shape[0] / stats["median_s"],
             "peak_memory_bytes": memory[name],
+            "first_call_s": first_call[name],
             "compile_s": max(first_call[name] - stats["median_s"], 0.0) if args.compile else None,
         }
+        if name != "ours":
+            diff = (outputs[name] - outputs["ours"]).norm() / outputs[name].norm()
+            results[name]["output_rel_diff_vs_ours"] = diff.item()
         if name == "ours":  # resident beside the weights, so not in the peak above them
             results[name]["winograd_weight_bytes"] = winograd_weight_bytes()
         if name in classes:
@@ -213,10 +236,8 @@ def winograd_weight_bytes() -> int:
 
 
 def flops_of_eager(ours, theirs, name, inputs) -> int:
-    """FLOPs of the eager model behind a compiled side (counting through a compiled graph sees none)."""
-    from svd_fast.accel.compile import uncompile
-
-    model = uncompile(ours.unet) if name == "ours" else theirs[name].unet._orig_mod
+    """FLOPs of the eager model behind a compiled or graphed side (counters see no ops in either)."""
+    model = eager_unet(ours) if name == "ours" else getattr(theirs[name].unet, "_orig_mod", theirs[name].unet)
     if name == "ours":
         return count_flops(lambda: model(*inputs))
     return count_flops(lambda: model(*inputs, return_dict=False))
@@ -281,7 +302,7 @@ def bench_pipeline(ours, theirs, args, peak_tflops):
     def run_ours(steps=args.steps):
         return ours(image, generator=torch.Generator().manual_seed(0), num_inference_steps=steps, **common)
 
-    results["ours"] = _pipeline_stats(run_ours, args, lambda out: out.timings)
+    results["ours"], video_ours = _pipeline_stats(run_ours, args, lambda out: (out.timings, out.frames))
     results["ours"]["winograd_weight_bytes"] = winograd_weight_bytes()
     if args.compile:
         from svd_fast.accel import compile_seconds
@@ -293,33 +314,47 @@ def bench_pipeline(ours, theirs, args, peak_tflops):
         def run_theirs(steps=args.steps, timer=timer):
             return timer.run(image, generator=torch.Generator().manual_seed(0), num_inference_steps=steps, **common)
 
-        results[name] = _pipeline_stats(run_theirs, args, lambda stages: stages)
+        results[name], video = _pipeline_stats(run_theirs, args, lambda out: (out, out.pop("frames")))
+        results[name]["video_psnr_vs_ours_db"] = video_psnr(video, video_ours)  # same weights and seed
     if args.profile:
         profile(run_ours, args.profile)
     return results
 
 
-def _pipeline_stats(run, args, timings_of):
+def video_psnr(a, b) -> float:
+    """PSNR in dB of two videos with values in [0, 1] (inf when identical)."""
+    import numpy as np
+
+    mse = float(np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1 / mse)
+
+
+def _pipeline_stats(run, args, timings_and_frames):
+    """Stage statistics over the timed calls, and the last call's frames."""
     stage_runs, totals = [], []
     with torch.inference_mode():
-        start = time.perf_counter()
-        run(steps=2)  # warm-up (and compilation) on a short schedule: every stage runs, in the same shapes
-        first_call = time.perf_counter() - start
+        with PeakMemory() as first_mem:  # warm-up (compilation, graph capture) on a short schedule: every
+            start = time.perf_counter()  # stage runs, in the same shapes
+            run(steps=2)
+            sync()
+            first_call = time.perf_counter() - start
         with PeakMemory() as mem:
             for _ in range(args.repeat):
                 start = time.perf_counter()
                 out = run()
+                sync()
                 totals.append(time.perf_counter() - start)
-                stage_runs.append(timings_of(out))
+                timings, frames = timings_and_frames(out)
+                stage_runs.append(timings)
     steps = [s for r in stage_runs for s in r["unet_steps"]]
     return {
         "total": summary(totals),
         "image_encode": summary([r["image_encode"] for r in stage_runs]),
         "unet_step": summary(steps),
         "vae_decode": summary([r["vae_decode"] for r in stage_runs]),
-        "peak_memory_bytes": mem.peak_bytes,
+        "peak_memory_bytes": max(mem.peak_bytes, first_mem.peak_bytes),
         "warmup_call_s": first_call,
-    }
+    }, frames
 
 
 class _DiffusersStageTimer:
@@ -334,9 +369,11 @@ class _DiffusersStageTimer:
         pipe.unet.forward = self._timed(pipe.unet.forward, "unet")
 
     def _timed(self, fn, name):
-        def wrapper(*a, **kw):
+        def wrapper(*a, **kw):  # synchronised as svd_fast's stage timings are (CUDA runs asynchronously)
+            sync()
             start = time.perf_counter()
             out = fn(*a, **kw)
+            sync()
             self.timings.setdefault(name, []).append(time.perf_counter() - start)
             return out
 
@@ -344,9 +381,10 @@ class _DiffusersStageTimer:
 
     def run(self, *args, **kwargs):
         self.timings = {}
-        self.pipe(*args, **kwargs)
+        frames = self.pipe(*args, **kwargs).frames
         t = self.timings
         return {
+            "frames": frames,
             "image_encode": sum(t.get("_encode_image", [])) + sum(t.get("_encode_vae_image", [])),
             "unet_steps": t.get("unet", []),
             "vae_decode": sum(t.get("decode_latents", [])),
@@ -396,6 +434,10 @@ def print_block(report):
         if "tflops_per_s" in r:
             extra = (f" | {r['flops'] / 1e12:.3f} TFLOP, {r['tflops_per_s']:.3f} TFLOP/s "
                      f"({100 * r['fraction_of_peak']:.0f}% of peak), {r['frames_per_s']:.2f} frames/s")
+        if r.get("output_rel_diff_vs_ours") is not None:
+            extra += f" | output vs ours: relative L2 {r['output_rel_diff_vs_ours']:.2e}"
+        if r.get("video_psnr_vs_ours_db") is not None:
+            extra += f" | video vs ours: PSNR {r['video_psnr_vs_ours_db']:.1f} dB"
         if r.get("compile_s") is not None:
             extra += f" | compile {r['compile_s']:.1f}s"
         if r.get("winograd_weight_bytes"):
@@ -423,7 +465,7 @@ def main(argv=None):
 
     dtype, dtype_reason = resolve_dtype(args.dtype, args.device)
     ours, theirs, load = build_pipelines(args, dtype)
-    compile_sides(ours, theirs, args)
+    accelerate_sides(ours, theirs, args)
     peak_by_dtype = {}
     for name in {dtype_name(dtype), *baseline_dtypes(args, dtype)}:
         d = DTYPES[name]

@@ -30,6 +30,14 @@ PIPELINES = {"image": "SVDPipeline", "interpolation": "SVDInterpolationPipeline"
              "multiview": "SVDMultiViewPipeline"}
 
 
+def stage_clock(device: torch.device) -> float:
+    """Seconds for the stage timings: CUDA work is asynchronous, so the device is synchronised first
+    (once per sampling step: microseconds against a step's tens of milliseconds)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 @dataclass
 class SVDPipelineOutput:
     """frames: list of lists of PIL images, an array (B, T, H, W, 3) or a tensor (B, T, 3, H, W)."""
@@ -314,14 +322,15 @@ class SVDPipeline:
             raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
         timings: dict = {}
         device = self.device
+        clock = functools.partial(stage_clock, device)
 
-        start = time.perf_counter()
+        start = clock()
         conditioning = functools.partial(self._conditioning, height=height, width=width, num_frames=num_frames, fps=fps,
                                          motion_bucket_id=motion_bucket_id, noise_aug_strength=noise_aug_strength,
                                          generator=generator, num_videos_per_prompt=num_videos_per_prompt)
         cond = conditioning(image, image_embeddings=image_embeddings)
         last_cond = conditioning(last_image) if last_image is not None else None
-        timings["image_encode"] = time.perf_counter() - start
+        timings["image_encode"] = clock() - start
         batch = cond.image_latents.shape[0]
         if image_init_sigma is not None and sigmas is not None:
             raise ValueError("give either sigmas or image_init_sigma (it sets the schedule's start), not both")
@@ -368,7 +377,7 @@ class SVDPipeline:
         steps = len(sigma_schedule) - 1
         bar = tqdm(total=steps, desc="denoise", disable=not self.progress, leave=False)
         step_times: list[float] = []
-        step_start = [time.perf_counter()]
+        step_start = [clock()]
         feature_cache = getattr(self.unet, "feature_cache", None)  # svd_fast.accel.feature_cache follows the run
         if feature_cache is not None:
             feature_cache.start_run(steps)
@@ -376,7 +385,7 @@ class SVDPipeline:
         def on_step(i, x_next, denoised):
             if keep_first_frame:
                 x_next[:, 0] = (still + sigma_schedule[i + 1] * noise[:, 0]).to(x_next.dtype)
-            step_times.append(time.perf_counter() - step_start[0])
+            step_times.append(clock() - step_start[0])
             bar.update()
             if feature_cache is not None:
                 feature_cache.at_step(i + 1)
@@ -385,7 +394,7 @@ class SVDPipeline:
                 out = callback_on_step_end(self, i, sigma_schedule[i], {k: values[k] for k in callback_on_step_end_tensor_inputs})
                 if out and "latents" in out:
                     x_next.copy_(out["latents"])
-            step_start[0] = time.perf_counter()
+            step_start[0] = clock()
 
         run = SAMPLERS[sampler]
         if consistency:  # its re-noising draws come after the initial latents, from the same generator(s)
@@ -400,13 +409,13 @@ class SVDPipeline:
         else:
             if device.type == "cpu":
                 release_free_memory()  # the UNet steps' freed heap, before the decoder's peak (accel/memory.py)
-            start = time.perf_counter()
+            start = clock()
             video = self.decode(x.to(self.dtype), decode_chunk_size)
-            timings["vae_decode"] = time.perf_counter() - start
+            timings["vae_decode"] = clock() - start
             if render == "warp":
-                start = time.perf_counter()
+                start = clock()
                 video = self.render_from_image(video, image, num_videos_per_prompt)
-                timings["render"] = time.perf_counter() - start
+                timings["render"] = clock() - start
             frames = postprocess_video(video, output_type)
         if not return_dict:
             return frames

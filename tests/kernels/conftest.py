@@ -2,6 +2,8 @@
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # no GPU: Triton kernels run in the interpreter
+# Deterministic mode (below) refuses cuBLAS matmuls on a GPU unless cuBLAS keeps a fixed workspace.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import pytest
 import torch

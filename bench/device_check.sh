@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The GPU checks and benchmarks, as one run on a lent CUDA machine (no network there):
+#   bash bench/device_check.sh [OUT] [STEPS]
+# OUT (default $OUT, else ./outputs/device): logs and JSON results. STEPS: which steps to run, a
+# comma-separated subset of tests,unet,pipeline,kernels,quantize (default all, in that order:
+# correctness first, so a short lease still answers whether the kernels are right).
+# Wheels of packages the machine lacks (diffusers for the baseline, torchao for int8/fp8) are read
+# from .whl/ when present; svd_fast runs from this checkout (svd_fast/kernels is linked to kernels/
+# as the installed package maps it). Every step has its own time limit and a failed step does not
+# stop the next; each step's summary goes to $OUT/log.txt and the end of stdout.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-${OUT:-outputs/device}}
+steps=${2:-tests,unet,pipeline,kernels,quantize}
+mkdir -p "$out"
+log="$out/log.txt"
+py=${PYTHON:-python3}
+say() { echo "$*" | tee -a "$log"; }
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/svd_fast_site .whl/*.whl \
+    && export PYTHONPATH=/tmp/svd_fast_site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if ! "$py" -c "import svd_fast.kernels" 2>/dev/null; then
+  ln -sfn ../kernels svd_fast/kernels  # in-tree import of the package layout setup.py installs
+fi
+export TRITON_INTERPRET=0 PYTHONUNBUFFERED=1
+
+say "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1)"
+say "   $("$py" -c 'import torch, triton, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "triton", triton.__version__, "cuda", torch.version.cuda)' 2>&1)"
+say "   $("$py" -c 'import diffusers, transformers; print("diffusers", diffusers.__version__, "transformers", transformers.__version__)' 2>&1)"
+say "   $("$py" -c 'import torchao; print("torchao", torchao.__version__)' 2>&1 | tail -n 1)"
+
+run_step() {  # name, time limit (s), command...
+  local name=$1 limit=$2
+  shift 2
+  [[ ",$steps," == *",$name,"* ]] || return 0
+  say "== $name (limit ${limit}s) from $(date -u +%T)"
+  local start=$SECONDS
+  timeout -k 10 "$limit" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  say "   rc=$rc after $((SECONDS - start))s"
+  tail -n "${TAIL:-12}" "$out/$name.log" | sed 's/^/   | /' | tee -a "$log"
+}
+
+shape=(--config svd --frames 14 --height 576 --width 1024)
+# The GPU-dependent tests: Triton kernels on the device (the same tests run interpreted on CPU CI),
+# CUDA graphs, fp16 auto dtype, int8/fp8 linears. The native kernels are CPU-only and not built here.
+TAIL=25 run_step tests 240 "$py" -m pytest -q -p no:cacheprovider -n 8 -k "not native" \
+  tests/kernels tests/accel/test_graphs.py tests/accel/test_dtypes.py tests/test_quantize.py \
+  --junitxml="$out/tests.xml"
+run_step unet 150 "$py" bench/run.py "${shape[@]}" --mode unet --dtype fp16 --baseline-dtypes fp16,bf16 \
+  --repeat 10 --json "$out/unet.json"
+run_step pipeline 240 "$py" bench/run.py "${shape[@]}" --mode pipeline --dtype fp16 --steps 25 --repeat 2 \
+  --json "$out/pipeline.json"
+run_step kernels 90 "$py" bench/kernels.py --op all --shape svd --impl triton --dtype fp16,bf16 --repeat 20 \
+  --json "$out/kernels.json"
+run_step quantize 150 "$py" bench/quantize.py "${shape[@]}" --device cuda --variants fp32,bf16,int8,fp8 \
+  --repeat 5 --json "$out/quantize.json"
+say "== done $(date -u +%T)"
