@@ -46,15 +46,16 @@ run_step() {  # name, time limit (s), command...
 shape=(--config svd --frames 14 --height 576 --width 1024)
 # The GPU-dependent tests: Triton kernels on the device (the same tests run interpreted on CPU CI),
 # CUDA graphs, fp16 auto dtype, int8/fp8 linears. The native kernels are CPU-only and not built here.
-TAIL=25 run_step tests 240 "$py" -m pytest -q -p no:cacheprovider -n 8 -k "not native" \
-  tests/kernels tests/accel/test_graphs.py tests/accel/test_dtypes.py tests/test_quantize.py \
+# TEST_PATHS narrows them (a re-run of what failed).
+read -r -a test_paths <<<"${TEST_PATHS:-tests/kernels tests/accel/test_graphs.py tests/accel/test_dtypes.py tests/test_quantize.py}"
+TAIL=25 run_step tests 240 "$py" -m pytest -q -p no:cacheprovider -n "${WORKERS:-8}" -k "not native" "${test_paths[@]}" \
   --junitxml="$out/tests.xml"
 run_step unet 150 "$py" bench/run.py "${shape[@]}" --mode unet --dtype fp16 --baseline-dtypes fp16,bf16 \
   --repeat 10 --json "$out/unet.json"
-run_step pipeline 240 "$py" bench/run.py "${shape[@]}" --mode pipeline --dtype fp16 --steps 25 --repeat 2 \
+run_step pipeline 200 "$py" bench/run.py "${shape[@]}" --mode pipeline --dtype fp16 --steps 25 --repeat 2 \
   --json "$out/pipeline.json"
 run_step kernels 90 "$py" bench/kernels.py --op all --shape svd --impl triton --dtype fp16,bf16 --repeat 20 \
   --json "$out/kernels.json"
-run_step quantize 150 "$py" bench/quantize.py "${shape[@]}" --device cuda --variants fp32,bf16,int8,fp8 \
+run_step quantize ${QUANTIZE_LIMIT:-150} "$py" bench/quantize.py "${shape[@]}" --device cuda --variants fp32,bf16,int8,fp8 \
   --repeat 5 --json "$out/quantize.json"
 say "== done $(date -u +%T)"

@@ -534,6 +534,8 @@ class TunedOp:
         options = self.options.get(device.type)
         if options is None or len(options) == 1:
             fn = self.fallback if options is None else self.candidates[device.type][0][1]
+            if options is not None:
+                self._memo_names[key] = self.static(device.type)  # the only candidate: nothing to time
             self._memo[key] = fn
             return fn
         with _lock:

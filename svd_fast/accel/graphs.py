@@ -91,8 +91,17 @@ class CudaGraphCapture:
                     run()
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                outputs = run()
+            generator = torch.cuda.default_generators[torch.cuda.current_device()]
+            before = generator.clone_state()
+            try:
+                with torch.cuda.graph(graph, pool=pool):
+                    outputs = run()
+            except BaseException:
+                # A failed capture never reaches capture_end's epilogue, so the device's default
+                # generator would still believe it is capturing and refuse every later random draw
+                # ("Offset increment outside graph capture"): give it back its state from before.
+                generator.graphsafe_set_state(before)
+                raise
         # a replay may still be running when the graph is dropped: let it finish first
         return Captured(outputs, graph.replay, pool, graph, release=lambda: torch.cuda.synchronize(device))
 

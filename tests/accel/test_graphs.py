@@ -300,9 +300,11 @@ def test_moved_weights_drop_the_graphs_and_in_place_updates_do_not():
         module.linear.weight.mul_(2)  # in place: same memory, replays read the new values
         torch.testing.assert_close(graphed(x), module(x), **EXACT)
         assert graphed.stats["weight_resets"] == 0 and graphed.stats["captures"] == 1
+        old_weight = module.linear.weight.data  # kept alive, so the new storage cannot reuse its address
         module.double().float()  # new storage behind the wrapper's back
         torch.testing.assert_close(graphed(x), module(x), **EXACT)
         assert graphed.stats["weight_resets"] == 1 and graphed.stats["captures"] == 2
+        del old_weight
         graphed.to(torch.float32)  # through the wrapper: dropped at once
         assert graphed.stats["entries"] == 0
 

@@ -92,6 +92,9 @@ def test_triton_backend_without_gpu_or_interpreter_falls_back(monkeypatch):
 
 def test_triton_backend_in_the_interpreter_runs_triton_ops(monkeypatch):
     pytest.importorskip("triton")
+    if torch.cuda.is_available():  # seen on an H200: later tests in the process then failed inside Triton
+        pytest.skip("with a GPU the Triton tests run the compiled kernels; switching this process to the "
+                    "interpreter would leave later-imported kernel modules interpreted")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     kernels.set_backend("triton")
     x = torch.randn(4, 6, 2, 2)
