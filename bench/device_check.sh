@@ -48,7 +48,7 @@ shape=(--config svd --frames 14 --height 576 --width 1024)
 # CUDA graphs, fp16 auto dtype, int8/fp8 linears. The native kernels are CPU-only and not built here.
 # TEST_PATHS narrows them (a re-run of what failed).
 read -r -a test_paths <<<"${TEST_PATHS:-tests/kernels tests/accel/test_graphs.py tests/accel/test_dtypes.py tests/test_quantize.py}"
-TAIL=25 run_step tests 240 "$py" -m pytest -q -p no:cacheprovider -n "${WORKERS:-8}" -k "not native" "${test_paths[@]}" \
+TAIL=25 run_step tests ${TESTS_LIMIT:-240} "$py" -m pytest -q -p no:cacheprovider -n "${WORKERS:-8}" -k "not native" "${test_paths[@]}" \
   --junitxml="$out/tests.xml"
 run_step unet 150 "$py" bench/run.py "${shape[@]}" --mode unet --dtype fp16 --baseline-dtypes fp16,bf16 \
   --repeat 10 --json "$out/unet.json"
