@@ -4,7 +4,8 @@ Backends:
   "reference"  plain PyTorch (kernels/reference.py), the ground truth;
   "triton"     the Triton kernels (CUDA tensors; CPU tensors only under TRITON_INTERPRET=1);
   "native"     the C++ CPU kernels of svd_fast._C (CPU tensors);
-  "auto"       (default) per op, device and call signature, the fastest implementation available,
+  "auto"       (default) per op, device and call signature, the fastest implementation available
+               (on CUDA also PyTorch's own GroupNorm in the input dtype, kernels/torch_ops.py),
                timed on this machine at the first call and cached on disk (kernels/tuning.py);
                AUTO_CHOICES is the starting order. `python -m svd_fast.kernels --list` shows both.
 `set_backend(name)` switches; the environment variable SVD_FAST_BACKEND sets the starting choice.
@@ -80,8 +81,12 @@ AUTO_CHOICES = {
                    "with 640-2560 input channels, par at 320 channels and at 64x64 (Xeon, AVX-512 VNNI)"),
         ("reference", "oneDNN's direct convolution"),
     ],
-    ("group_norm", "cuda"): [("triton", "fused split-reduction GroupNorm + SiLU, both layouts in place: "
-                                       "0.8-3.1x the unfused PyTorch ops on an H200 (timed per shape)")],
+    ("group_norm", "cuda"): [
+        ("triton", "fused split-reduction GroupNorm + SiLU, both layouts in place: 0.8-3.1x PyTorch's GroupNorm "
+                   "+ SiLU in the input dtype on an H200 (timed per shape)"),
+        ("torch", "PyTorch's GroupNorm + SiLU in the input dtype, as diffusers runs them: 1.3-1.5x the reference's "
+                  "fp32 copy on an H200, and faster than the Triton kernel at the deepest level"),
+    ],
     ("temporal_attention", "cuda"): [("triton", "one program per (clip, position, head) on the (B*T, S, C) layout: "
                                                "7.3-12x the permute + SDPA path on an H200")],
     ("temporal_conv", "cuda"): [("reference", "cuDNN conv3d: the Triton implicit GEMM is 0.23-0.43x of it on an H200")],
@@ -178,8 +183,9 @@ def _resolve_triton(ref: dict) -> tuple[dict, dict]:
 
 
 # Implementations "auto" considers per device: native wrappers hand non-CPU tensors to the reference,
-# and interpreted Triton is far slower than PyTorch.
-AUTO_CANDIDATES = {"cpu": ("reference", "native"), "cuda": ("reference", "triton", "flash")}
+# and interpreted Triton is far slower than PyTorch. "torch" (kernels/torch_ops.py: PyTorch's own ops in
+# the input dtype, as diffusers runs them) is a candidate on CUDA, where it was measured to win shapes.
+AUTO_CANDIDATES = {"cpu": ("reference", "native"), "cuda": ("reference", "triton", "flash", "torch")}
 
 
 def _auto_candidates(op: str, device: str, available: dict) -> list[tuple[str, object]]:
@@ -201,7 +207,9 @@ def _resolve_auto(ref: dict) -> tuple[dict, dict]:
 
     from . import tuning
 
-    available = {"reference": ref, "native": _load_native()}
+    from . import torch_ops
+
+    available = {"reference": ref, "native": _load_native(), "torch": {"group_norm": torch_ops.group_norm}}
     if torch.cuda.is_available():
         available["triton"], available["flash"] = _load_triton(), _load_flash()
     measured = tuning.tuning_enabled()

@@ -1,7 +1,8 @@
 """GroupNorm (+ SiLU) kernels, native C++ and Triton, against the plain-PyTorch reference."""
 import pytest
 import torch
-from kernel_test_utils import IMPLEMENTATIONS, check_against_reference, device_for, implementation, leaves
+from kernel_test_utils import (IMPLEMENTATIONS, assert_close_to_fp32, check_against_reference, device_for,
+                               implementation, leaves)
 
 from svd_fast.kernels import reference
 
@@ -93,3 +94,34 @@ def test_float64_goes_to_the_reference(impl):
     x = torch.randn(4, 6, 3, 3, dtype=torch.float64)
     expected = reference.group_norm(x, 3, None, None, 1e-5, True, 2)
     torch.testing.assert_close(fn(x.to(device_for(impl)), 3, None, None, 1e-5, True, 2).cpu(), expected)
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_torch_in_dtype_candidate_matches_reference(dtype, layout, case):
+    """auto's "torch" candidate on CUDA (PyTorch's GroupNorm in the input dtype, as diffusers runs it):
+    the fp32 reference's function within the same tolerances, on the GPU when there is one."""
+    from svd_fast.kernels import torch_ops
+
+    shape, groups, frames, silu, affine = CASES[case]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, w, b = _inputs(shape, affine, layout, dtype, device)
+    with torch.no_grad():
+        out = torch_ops.group_norm(x, groups, w, b, 1e-5, silu, frames)
+        on_cpu = [None if t is None else t.detach().cpu() for t in (x, w, b)]
+        expected = reference.group_norm(*(None if t is None else t.float() for t in on_cpu[:1]), groups,
+                                        *(None if t is None else t.float() for t in on_cpu[1:]), 1e-5, silu, frames)
+        same_dtype = reference.group_norm(on_cpu[0], groups, *on_cpu[1:], 1e-5, silu, frames)
+    assert out.dtype == dtype and out.shape == x.shape
+    assert_close_to_fp32(out.cpu(), expected, None if dtype == torch.float32 else same_dtype, *TOLERANCES[dtype], "output")
+
+
+def test_auto_times_torch_group_norm_on_cuda_only():
+    from svd_fast import kernels
+    from svd_fast.kernels import torch_ops
+
+    available = {"reference": dict(reference.OPS), "torch": {"group_norm": torch_ops.group_norm}}
+    on_cuda = [name for name, _ in kernels._auto_candidates("group_norm", "cuda", available)]
+    on_cpu = [name for name, _ in kernels._auto_candidates("group_norm", "cpu", available)]
+    assert on_cuda == ["torch", "reference"] and on_cpu == ["reference"]
