@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks, as one run on a lent CUDA machine (no network there):
 #   bash bench/device_check.sh [OUT] [STEPS]
-# OUT (default $OUT, else ./outputs/device): logs and JSON results. STEPS: which steps to run, a
-# comma-separated subset of tests,unet,pipeline,kernels,quantize (default all, in that order:
-# correctness first, so a short lease still answers whether the kernels are right).
+# OUT (default $OUT, else ./outputs/device): log.txt (each step's summary) and results.tar.gz (every
+# step's log and JSON, re-packed after each step: the device tool returns at most 8 files). STEPS: which steps to run, a
+# comma-separated subset of tests,unet,pipeline,kernels,cli,quantize,compile (default all, in that
+# order: correctness first, so a short lease still answers whether the kernels are right; compile last,
+# its max-autotune takes minutes). The checkout that travels must stay under the device tool's 64 MiB:
+# the shipped models under svd_fast/assets are ~120 MB, so untrack and ignore all but default_model
+# (the cli step's model) for the call, and restore the index afterwards.
 # Wheels of packages the machine lacks (diffusers for the baseline, torchao for int8/fp8) are read
 # from .whl/ when present; svd_fast runs from this checkout (svd_fast/kernels is linked to kernels/
 # as the installed package maps it). Every step has its own time limit and a failed step does not
@@ -12,6 +16,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-outputs/device}}
 steps=${2:-tests,unet,pipeline,kernels,quantize}
+work=$(mktemp -d)  # every step's full log and results; packed into $out after each step
 mkdir -p "$out"
 log="$out/log.txt"
 py=${PYTHON:-python3}
@@ -37,10 +42,11 @@ run_step() {  # name, time limit (s), command...
   [[ ",$steps," == *",$name,"* ]] || return 0
   say "== $name (limit ${limit}s) from $(date -u +%T)"
   local start=$SECONDS
-  timeout -k 10 "$limit" "$@" >"$out/$name.log" 2>&1
+  timeout -k 10 "$limit" "$@" >"$work/$name.log" 2>&1
   local rc=$?
   say "   rc=$rc after $((SECONDS - start))s"
-  tail -n "${TAIL:-12}" "$out/$name.log" | sed 's/^/   | /' | tee -a "$log"
+  tail -n "${TAIL:-12}" "$work/$name.log" | sed 's/^/   | /' | tee -a "$log"
+  tar -czf "$out/results.tar.gz.part" -C "$work" . && mv "$out/results.tar.gz.part" "$out/results.tar.gz"
 }
 
 shape=(--config svd --frames 14 --height 576 --width 1024)
@@ -49,13 +55,17 @@ shape=(--config svd --frames 14 --height 576 --width 1024)
 # TEST_PATHS narrows them (a re-run of what failed).
 read -r -a test_paths <<<"${TEST_PATHS:-tests/kernels tests/accel/test_graphs.py tests/accel/test_dtypes.py tests/test_quantize.py}"
 TAIL=25 run_step tests ${TESTS_LIMIT:-240} "$py" -m pytest -q -p no:cacheprovider -n "${WORKERS:-8}" -k "not native" "${test_paths[@]}" \
-  --junitxml="$out/tests.xml"
-run_step unet 150 "$py" bench/run.py "${shape[@]}" --mode unet --dtype fp16 --baseline-dtypes fp16,bf16 \
-  --repeat 10 --json "$out/unet.json"
-run_step pipeline 200 "$py" bench/run.py "${shape[@]}" --mode pipeline --dtype fp16 --steps 25 --repeat 2 \
-  --json "$out/pipeline.json"
+  --junitxml="$work/tests.xml"
+run_step unet 150 "$py" bench/run.py "${shape[@]}" --mode unet --dtype fp16 --baseline-dtypes fp16,bf16 --drop-in \
+  --repeat 10 --json "$work/unet.json"
+run_step pipeline 240 "$py" bench/run.py "${shape[@]}" --mode pipeline --dtype fp16 --steps 25 --repeat 2 --drop-in \
+  --json "$work/pipeline.json"
 run_step kernels 90 "$py" bench/kernels.py --op all --shape svd --impl triton --dtype fp16,bf16 --repeat 20 \
-  --json "$out/kernels.json"
+  --json "$work/kernels.json"
+# The user's path on the GPU: the CLI on the embedded default model (CUDA graphs on by default).
+run_step cli 90 "$py" -m svd_fast.sample --image assets/example.png --out "$work/cli.gif" --seed 0
 run_step quantize ${QUANTIZE_LIMIT:-150} "$py" bench/quantize.py "${shape[@]}" --device cuda --variants fp32,bf16,int8,fp8 \
-  --repeat 5 --json "$out/quantize.json"
+  --repeat 5 --json "$work/quantize.json"
+run_step compile 540 "$py" bench/run.py "${shape[@]}" --mode unet --dtype fp16 --compile --repeat 10 \
+  --json "$work/unet_compiled.json"
 say "== done $(date -u +%T)"

@@ -15,6 +15,13 @@ and the rest (torch.profiler self times of an eager call) for the TFLOP/s of eac
 --compile compiles both sides: ours through svd_fast.accelerate(compile=True) (inductor,
 freezing on CPU), diffusers' UNet as its docs recommend (torch.compile(pipe.unet)); the first
 call's extra time is reported as compile time (cold or warm: see inductor_cache in the JSON).
+--drop-in adds a side: diffusers' own pipeline accelerated by svd_fast.accelerate (what a diffusers
+user gets from one line), with its speed-up over the same pipeline without it.
+Ours runs as svd_fast runs by default: on CUDA the UNet step replays from a CUDA graph
+(--no-cuda-graphs for eager). Stage times are synchronised on CUDA on both sides; outputs are compared
+(UNet: relative L2 of each baseline's output from ours; pipeline: video PSNR, same weights and seed);
+peak memory is reported for the timed calls and, separately, for the first call (one-time caches,
+CUDA-graph capture). bench/device_check.sh runs these at 576x1024 on a GPU with the GPU tests.
 """
 from __future__ import annotations
 
@@ -51,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=3, help="denoising steps per pipeline call")
     p.add_argument("--no-cfg", action="store_true", help="UNet batch 1 (no classifier-free guidance)")
     p.add_argument("--baseline", default="diffusers", choices=["diffusers", "none"])
+    p.add_argument("--drop-in", action="store_true",
+                   help="also time diffusers' pipeline accelerated by svd_fast.accelerate (the drop-in), in ours' dtype")
     p.add_argument("--backend", help="svd_fast kernel backend (default: SVD_FAST_BACKEND or auto)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
@@ -111,6 +120,10 @@ def build_pipelines(args, dtype):
             pipe.set_progress_bar_config(disable=True)
             theirs[f"diffusers_{name}"] = pipe
             load["diffusers_s"] = time.perf_counter() - start
+        if args.drop_in:  # accelerated in accelerate_sides, after any compile of the plain baselines
+            pipe = to_diffusers_pipeline(ours)
+            pipe.set_progress_bar_config(disable=True)
+            theirs[drop_in_name(dtype)] = pipe
     return ours, theirs, load
 
 
@@ -124,16 +137,26 @@ def baseline_dtypes(args, dtype) -> list[str]:
     return [{v: k for k, v in DTYPES.items()}[dtype]]
 
 
+DROP_IN = "+svd_fast"  # name suffix of the side that is diffusers' pipeline through svd_fast.accelerate
+
+
+def drop_in_name(dtype) -> str:
+    return "diffusers_" + {v: k for k, v in DTYPES.items()}[dtype] + DROP_IN
+
+
 def accelerate_sides(ours, theirs, args) -> None:
     """Ours as svd_fast runs it (CUDA graphs on with CUDA unless --no-cuda-graphs; --compile through
-    svd_fast.accelerate); diffusers eager, or torch.compile(pipe.unet) with --compile, as its docs do."""
+    svd_fast.accelerate); diffusers eager, or torch.compile(pipe.unet) with --compile, as its docs do;
+    the drop-in side: diffusers' pipeline through svd_fast.accelerate with ours' settings."""
+    from svd_fast.accel import accelerate
+
     graphs = args.cuda_graphs if args.cuda_graphs is not None else str(args.device).startswith("cuda")
     if args.compile or graphs:
-        from svd_fast.accel import accelerate
-
         accelerate(ours, compile=args.compile, cuda_graphs=graphs)
-    if args.compile:
-        for pipe in theirs.values():
+    for name, pipe in theirs.items():
+        if name.endswith(DROP_IN):
+            accelerate(pipe, compile=args.compile, cuda_graphs=graphs)
+        elif args.compile:
             pipe.unet = torch.compile(pipe.unet, fullgraph=True)
 
 
@@ -177,7 +200,8 @@ def bench_unet(ours, theirs, args, peak_tflops):
         inputs[name] = unet_inputs(cfg, args, pipe.device, pipe.unet.dtype)
         sides[name] = (lambda p, i: lambda: p.unet(*i, return_dict=False)[0])(pipe, inputs[name])
     # The eager module runs each call's ops; compiled code and graph replays hide them from counters.
-    eager = {name: not args.compile and (name != "ours" or eager_unet(ours) is ours.unet) for name in sides}
+    eager = {name: not args.compile and (name != "ours" or eager_unet(ours) is ours.unet) and not name.endswith(DROP_IN)
+             for name in sides}
     flops, memory, first_call, times, classes = {}, {}, {}, {name: [] for name in sides}, {}
     with torch.inference_mode():
         for name, run in sides.items():
@@ -189,7 +213,7 @@ def bench_unet(ours, theirs, args, peak_tflops):
             flops[name] = count_flops(run) if eager[name] else None
             with PeakMemory() as mem:  # a further call: the peak above the resting level
                 time_repeats(run, 1, warmup=max(args.warmup - 1, 0))
-            memory[name] = max(mem.peak_bytes, first_mem.peak_bytes)
+            memory[name] = (mem.peak_bytes, first_mem.peak_bytes)
             if eager[name] and ours.device.type == "cpu":  # the profiler's CPU self times: GPU work is async
                 classes[name] = op_classes(run)
         for _ in range(args.repeat):
@@ -200,7 +224,9 @@ def bench_unet(ours, theirs, args, peak_tflops):
     results = {}
     for name in sides:
         stats = summary(times[name])
-        n_flops = flops[name] or flops_of_eager(ours, theirs, name, inputs[name])
+        # the drop-in side runs ours' UNet (same weights): ours' count
+        n_flops = flops[name] or flops_of_eager(ours, theirs, "ours" if name.endswith(DROP_IN) else name, inputs["ours"]
+                                                if name.endswith(DROP_IN) else inputs[name])
         rate = n_flops / stats["median_s"] / 1e12
         results[name] = {
             "unet_step": stats,
@@ -208,7 +234,10 @@ def bench_unet(ours, theirs, args, peak_tflops):
             "tflops_per_s": rate,
             "fraction_of_peak": rate / peak_tflops[name],
             "frames_per_s": cfg.num_frames * inputs[name][0].shape[0] / stats["median_s"],
-            "peak_memory_bytes": memory[name],
+            # above the resting level: in the timed calls, and in the first (one-time caches: Winograd
+            # weights on CPU; CUDA-graph capture, whose pool stays reserved for the replays)
+            "peak_memory_bytes": memory[name][0],
+            "first_call_peak_memory_bytes": memory[name][1],
             "first_call_s": first_call[name],
             "compile_s": max(first_call[name] - stats["median_s"], 0.0) if args.compile else None,
         }
@@ -352,7 +381,8 @@ def _pipeline_stats(run, args, timings_and_frames):
         "image_encode": summary([r["image_encode"] for r in stage_runs]),
         "unet_step": summary(steps),
         "vae_decode": summary([r["vae_decode"] for r in stage_runs]),
-        "peak_memory_bytes": max(mem.peak_bytes, first_mem.peak_bytes),
+        "peak_memory_bytes": mem.peak_bytes,
+        "first_call_peak_memory_bytes": first_mem.peak_bytes,
         "warmup_call_s": first_call,
     }, frames
 
@@ -405,7 +435,7 @@ def profile(fn, path):
 def speedups(results, keys) -> dict:
     """diffusers/ours median time per key against diffusers' fastest dtype (the one with the lowest
     median for the first key: unet_step or total), plus the ratios against every baseline."""
-    baselines = [name for name in results if name.startswith("diffusers")]
+    baselines = [name for name in results if name.startswith("diffusers") and not name.endswith(DROP_IN)]
     if not baselines:
         return {}
     best = min(baselines, key=lambda name: results[name][keys[0]]["median_s"])
@@ -415,6 +445,11 @@ def speedups(results, keys) -> dict:
         out[f"{key}_per_baseline"] = {
             name: results[name][key]["median_s"] / results["ours"][key]["median_s"] for name in baselines
         }
+    for name in results:  # the drop-in against the same pipeline without it
+        plain = name.removesuffix(DROP_IN)
+        if name.endswith(DROP_IN) and plain in results:
+            out["drop_in"] = {"side": name, **{key: results[plain][key]["median_s"] / results[name][key]["median_s"]
+                                               for key in keys}}
     return out
 
 
@@ -442,14 +477,20 @@ def print_block(report):
             extra += f" | compile {r['compile_s']:.1f}s"
         if r.get("winograd_weight_bytes"):
             extra += f" | Winograd weights {r['winograd_weight_bytes'] / gib:.2f} GiB"
-        print(f"  {side:15s} median/min: {line}{extra} | peak memory +{r['peak_memory_bytes'] / gib:.2f} GiB")
+        print(f"  {side:15s} median/min: {line}{extra} | peak memory +{r['peak_memory_bytes'] / gib:.2f} GiB "
+              f"(first call +{r['first_call_peak_memory_bytes'] / gib:.2f})")
         for cls, c in r.get("op_classes", {}).items():
             rate = f"{c['tflops_per_s']:.3f} TFLOP/s ({100 * c['fraction_of_peak']:.0f}% of peak)" if c["flops"] else ""
             print(f"      {cls:9s} {100 * c['share_of_time']:4.0f}% of time {rate}")
     if report["speedup"]:
         sp = report["speedup"]
         print(f"  speedup (diffusers/ours, median, vs the fastest baseline {sp['baseline']}): " +
-              ", ".join(f"{k} {v:.2f}x" for k, v in sp.items() if k != "baseline" and not k.endswith("per_baseline")))
+              ", ".join(f"{k} {v:.2f}x" for k, v in sp.items() if k not in ("baseline", "drop_in")
+                        and not k.endswith("per_baseline")))
+        if "drop_in" in sp:
+            d = sp["drop_in"]
+            print(f"  drop-in (diffusers' pipeline / the same through svd_fast.accelerate, {d['side']}): " +
+                  ", ".join(f"{k} {v:.2f}x" for k, v in d.items() if k != "side"))
 
 
 def main(argv=None):
@@ -470,7 +511,8 @@ def main(argv=None):
     for name in {dtype_name(dtype), *baseline_dtypes(args, dtype)}:
         d = DTYPES[name]
         peak_by_dtype[name] = matmul_peak_tflops(d if d != torch.float16 or torch.cuda.is_available() else torch.bfloat16)
-    peaks = {"ours": peak_by_dtype[dtype_name(dtype)], **{k: peak_by_dtype[k.split("_", 1)[1]] for k in theirs}}
+    peaks = {"ours": peak_by_dtype[dtype_name(dtype)],
+             **{k: peak_by_dtype[k.removesuffix(DROP_IN).split("_", 1)[1]] for k in theirs}}
     bench = bench_unet if args.mode == "unet" else bench_pipeline
     results = bench(ours, theirs, args, peaks)
     keys = ["unet_step"] if args.mode == "unet" else ["total", "image_encode", "unet_step", "vae_decode"]
