@@ -18,20 +18,25 @@ def group_norm(x, num_groups, weight, bias, eps, silu=False, num_frames=None):
     num_frames=T: N = B*T and statistics pool over the T frames of each clip (the temporal
     ResBlock's norm, which sgm runs on a (B, C, T, H, W) tensor).
     """
-    dtype = x.dtype
-    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # fp32 (or fp64) statistics
+    compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype  # fp32 (or fp64) statistics
+    return group_norm_computed_in(compute, x, num_groups, weight, bias, eps, silu, num_frames)
+
+
+def group_norm_computed_in(compute_dtype, x, num_groups, weight, bias, eps, silu=False, num_frames=None):
+    """group_norm with its arithmetic on x cast to compute_dtype; the result in x's dtype."""
+    xf = x.to(compute_dtype)
     if num_frames is not None:
         n, c = x.shape[:2]
         # (B*T, C, S) -> (B, C, T, S): one GroupNorm sample per clip.
         xf = xf.reshape(n // num_frames, num_frames, c, -1).transpose(1, 2)
-    w = None if weight is None else weight.to(xf.dtype)
-    b = None if bias is None else bias.to(xf.dtype)
+    w = None if weight is None else weight.to(compute_dtype)
+    b = None if bias is None else bias.to(compute_dtype)
     y = F.group_norm(xf, num_groups, w, b, eps)
     if silu:
         y = F.silu(y)
     if num_frames is not None:
         y = y.transpose(1, 2).reshape(x.shape)
-    return y.to(dtype)
+    return y.to(x.dtype)
 
 
 def temporal_conv(x, weight, bias, num_frames):

@@ -9,20 +9,9 @@ among the candidates, auto is never slower than what diffusers runs for this op.
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
+from .reference import group_norm_computed_in
 
 
 def group_norm(x, num_groups, weight, bias, eps, silu=False, num_frames=None):
     """GroupNorm (+ SiLU) of x (N, C, *spatial) in x's dtype; arguments as reference.group_norm."""
-    y = x
-    if num_frames is not None:  # (B*T, C, S) -> (B, C, T, S): one GroupNorm sample per clip
-        n, c = x.shape[:2]
-        y = y.reshape(n // num_frames, num_frames, c, -1).transpose(1, 2)
-    w = None if weight is None else weight.to(x.dtype)
-    b = None if bias is None else bias.to(x.dtype)
-    y = F.group_norm(y, num_groups, w, b, eps)
-    if silu:
-        y = F.silu(y)
-    if num_frames is not None:
-        y = y.transpose(1, 2).reshape(x.shape)
-    return y
+    return group_norm_computed_in(x.dtype, x, num_groups, weight, bias, eps, silu, num_frames)
