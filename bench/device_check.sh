@@ -7,7 +7,10 @@
 # order: correctness first, so a short lease still answers whether the kernels are right; compile last,
 # its max-autotune takes minutes). The checkout that travels must stay under the device tool's 64 MiB:
 # the shipped models under svd_fast/assets are ~120 MB, so untrack and ignore all but default_model
-# (the cli step's model) for the call, and restore the index afterwards.
+# (the cli step's model) for the call, and restore the index afterwards. All steps take about 20
+# minutes with their limits, more than one call may run (10 minutes) and a lease gives (15): split
+# them, e.g. `tests,unet,kernels` then `pipeline,cli,quantize`; `compile` alone, when time is left.
+# First run on an H200, 2026-12-04: tests 204 s, unet 65 s, kernels 15 s, pipeline 113 s.
 # Wheels of packages the machine lacks (diffusers for the baseline, torchao for int8/fp8) are read
 # from .whl/ when present; svd_fast runs from this checkout (svd_fast/kernels is linked to kernels/
 # as the installed package maps it). Every step has its own time limit and a failed step does not

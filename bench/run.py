@@ -273,20 +273,22 @@ def flops_of_eager(ours, theirs, name, inputs) -> int:
 
 
 # per class: (profiler event keys, matched by substring, self time) and (FlopCounterMode op names, by prefix).
-# Winograd convs count their direct convolution's FLOPs (kernels/native/ops.py) and their GEMMs' time.
-WINOGRAD = "winograd_conv3x3"
+# Winograd convs count their direct convolution's FLOPs (kernels/native/ops.py) and their GEMMs' time;
+# the native temporal conv (shifted GEMMs) counts conv3d's FLOPs and its GEMMs' time.
+NATIVE_CONVS = ("winograd_conv3x3", "temporal_conv_fwd")
 OP_CLASSES = {
-    "conv": (("convolution", WINOGRAD), ("convolution", "svd_fast_native.winograd_conv3x3")),
+    "conv": (("convolution", *NATIVE_CONVS),
+             ("convolution", "svd_fast_native.winograd_conv3x3", "svd_fast_native.temporal_conv_fwd")),
     "gemm": (("aten::addmm", "aten::mm", "aten::bmm", "linear_pointwise", "mkl_linear"), ("addmm", "mm", "bmm")),
     "attention": (("scaled_dot_product", "temporal_attention"), ("_scaled_dot_product",)),
 }
 
 
 def _class_key(event) -> str:
-    """The event's name, or the enclosing Winograd conv's for the GEMMs that conv runs."""
+    """The event's name, or the enclosing native conv's for the GEMMs that conv runs."""
     parent = event.cpu_parent
     while parent is not None:
-        if WINOGRAD in parent.name:
+        if any(name in parent.name for name in NATIVE_CONVS):
             return parent.name
         parent = parent.cpu_parent
     return event.name

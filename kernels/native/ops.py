@@ -105,6 +105,13 @@ def _direct_conv3x3_flops(x_shape, out_channels: int) -> int:
     return 2 * 9 * n * h * w * c * out_channels
 
 
+@torch.utils.flop_counter.register_flop_formula(torch.ops.svd_fast_native.temporal_conv_fwd)
+def _temporal_conv_flops(x_shape, w_shape, bias_shape=None, *args, out_shape=None, **kwargs) -> int:
+    """conv3d's count for the same (K, 1, 1) convolution: 2 * K * Cin * Cout per output pixel."""
+    n, c, h, w = x_shape
+    return 2 * w_shape[2] * n * h * w * c * w_shape[0]
+
+
 @torch.utils.flop_counter.register_flop_formula(torch.ops.svd_fast_native.winograd_conv3x3_fwd)
 def _winograd_conv3x3_flops(x_shape, u_shape, bias_shape=None, *args, out_shape=None, **kwargs) -> int:
     return _direct_conv3x3_flops(x_shape, u_shape[2])

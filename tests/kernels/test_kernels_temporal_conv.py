@@ -80,3 +80,20 @@ def test_triton_weight_gradient_split_over_programs(monkeypatch):
     expected.backward(grad)
     torch.testing.assert_close(w.grad.cpu(), wr.grad, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(b.grad.cpu(), br.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_native_flops_are_conv3d_flops():
+    """FlopCounterMode counts the native conv as conv3d's (K, 1, 1) convolution, so benchmarks compare
+    equal work (bench/run.py's TFLOP/s and op classes)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    fn = implementation("native", "temporal_conv")
+    x = torch.randn(2 * 5, 24, 3, 4).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(16, 24, 3, 1, 1), torch.randn(16)
+    counts = []
+    for op in (fn, reference.temporal_conv):
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            op(x, w, b, 5)
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] == 2 * 3 * 24 * 16 * (2 * 5 * 3 * 4)
