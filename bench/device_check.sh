@@ -3,7 +3,7 @@
 #   bash bench/device_check.sh [OUT] [STEPS]
 # OUT (default $OUT, else ./outputs/device): log.txt (each step's summary) and results.tar.gz (every
 # step's log and JSON, re-packed after each step: the device tool returns at most 8 files). STEPS: which steps to run, a
-# comma-separated subset of tests,unet,pipeline,kernels,cli,quantize,compile (default all, in that
+# comma-separated subset of tests,unet,pipeline,vae_chunks,kernels,cli,quantize,compile (default all, in that
 # order: correctness first, so a short lease still answers whether the kernels are right; compile last,
 # its max-autotune takes minutes). The checkout that travels must stay under the device tool's 64 MiB:
 # the shipped models under svd_fast/assets are ~120 MB, so untrack and ignore all but default_model
@@ -18,7 +18,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-outputs/device}}
-steps=${2:-tests,unet,pipeline,kernels,quantize}
+steps=${2:-tests,unet,pipeline,vae_chunks,kernels,cli,quantize,compile}
 work=$(mktemp -d)  # every step's full log and results; packed into $out after each step
 mkdir -p "$out"
 log="$out/log.txt"
@@ -63,6 +63,10 @@ run_step unet 150 "$py" bench/run.py "${shape[@]}" --mode unet --dtype fp16 --ba
   --repeat 10 --json "$work/unet.json"
 run_step pipeline 240 "$py" bench/run.py "${shape[@]}" --mode pipeline --dtype fp16 --steps 25 --repeat 2 --drop-in \
   --json "$work/pipeline.json"
+# The VAE decode lost to diffusers' on the first H200 run (0.86x): its per-frame layers run one frame
+# at a time at 576x1024 (32 MiB chunks); the same pipeline with 1 GiB chunks says what that costs.
+run_step vae_chunks 200 "$py" bench/run.py "${shape[@]}" --mode pipeline --dtype fp16 --steps 2 --repeat 3 \
+  --vae-frame-chunk-mb 1024 --json "$work/pipeline_vae_chunks_1g.json"
 run_step kernels 90 "$py" bench/kernels.py --op all --shape svd --impl triton --dtype fp16,bf16 --repeat 20 \
   --json "$work/kernels.json"
 # The user's path on the GPU: the CLI on the embedded default model (CUDA graphs on by default).

@@ -61,6 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--drop-in", action="store_true",
                    help="also time diffusers' pipeline accelerated by svd_fast.accelerate (the drop-in), in ours' dtype")
     p.add_argument("--backend", help="svd_fast kernel backend (default: SVD_FAST_BACKEND or auto)")
+    p.add_argument("--vae-frame-chunk-mb", type=int,
+                   help="input MiB per chunk of frames in the VAE's per-frame layers (svd_fast.vae.FRAME_CHUNK_BYTES, "
+                        "default 32: a memory/speed trade-off to measure per device)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
@@ -500,6 +503,10 @@ def main(argv=None):
     torch.set_flush_denormal(True)  # random weights can produce denormals, which are slow on CPU
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.vae_frame_chunk_mb:
+        import svd_fast.vae
+
+        svd_fast.vae.FRAME_CHUNK_BYTES = args.vae_frame_chunk_mb << 20
     if args.backend:
         from svd_fast.kernels import set_backend
 
