@@ -190,3 +190,28 @@ def test_gradients_match_diffusers():
             assert p.grad is None and expected.abs().max() < 1e-6, name
             continue
         torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_feed_forward_in_token_chunks_equals_the_whole(monkeypatch, with_residual):
+    """On a CPU, inference runs the GEGLU feed-forward in token chunks (unet.FF_CHUNK_BYTES): the same
+    function as one pass over all tokens (independent rows), in the input's shape; autograd runs it whole."""
+    import svd_fast.unet as unet_module
+
+    ff = randomize_(unet_module.FeedForward(24, mult=2), std=0.3)
+    x = torch.randn(3, 37, 24)  # 111 token rows: chunks of 16 rows leave a short last one
+    residual = torch.randn(3, 37, 24) if with_residual else None
+    with torch.no_grad():
+        whole = ff(x, residual)
+        monkeypatch.setattr(unet_module, "FF_CHUNK_BYTES", 16 * 96 * 4)  # 16 rows of the 96-wide projection
+        calls = []
+        ff.net[0].proj.register_forward_hook(lambda m, inp, out: calls.append(inp[0].numel() // 24))
+        chunked = ff(x, residual)
+    assert len(calls) > 1 and sum(calls) == 111 and max(calls) <= 16
+    assert chunked.shape == whole.shape == (3, 37, 24)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    expected = ff._forward(x.reshape(111, 24), None if residual is None else residual.reshape(111, 24)).reshape(3, 37, 24)
+    torch.testing.assert_close(whole, expected.detach(), atol=1e-5, rtol=1e-5)
+    calls.clear()
+    out = ff(x.requires_grad_(), residual)  # autograd: one pass (training keeps its graph whole)
+    assert calls == [111] and out.requires_grad
