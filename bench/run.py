@@ -144,7 +144,9 @@ DROP_IN = "+svd_fast"  # name suffix of the side that is diffusers' pipeline thr
 
 
 def drop_in_name(dtype) -> str:
-    return "diffusers_" + {v: k for k, v in DTYPES.items()}[dtype] + DROP_IN
+    from svd_fast.accel.dtypes import dtype_name
+
+    return f"diffusers_{dtype_name(dtype)}{DROP_IN}"
 
 
 def accelerate_sides(ours, theirs, args) -> None:
@@ -202,9 +204,9 @@ def bench_unet(ours, theirs, args, peak_tflops):
     for name, pipe in theirs.items():
         inputs[name] = unet_inputs(cfg, args, pipe.device, pipe.unet.dtype)
         sides[name] = (lambda p, i: lambda: p.unet(*i, return_dict=False)[0])(pipe, inputs[name])
-    # The eager module runs each call's ops; compiled code and graph replays hide them from counters.
-    eager = {name: not args.compile and (name != "ours" or eager_unet(ours) is ours.unet) and not name.endswith(DROP_IN)
-             for name in sides}
+    # Counters see the ops of an eager module only: compiled code, graph replays (ours, the drop-in) hide them.
+    eager = {name: not args.compile and not name.endswith(DROP_IN) for name in sides}
+    eager["ours"] = not args.compile and eager_unet(ours) is ours.unet
     flops, memory, first_call, times, classes = {}, {}, {}, {name: [] for name in sides}, {}
     with torch.inference_mode():
         for name, run in sides.items():
@@ -227,9 +229,8 @@ def bench_unet(ours, theirs, args, peak_tflops):
     results = {}
     for name in sides:
         stats = summary(times[name])
-        # the drop-in side runs ours' UNet (same weights): ours' count
-        n_flops = flops[name] or flops_of_eager(ours, theirs, "ours" if name.endswith(DROP_IN) else name, inputs["ours"]
-                                                if name.endswith(DROP_IN) else inputs[name])
+        counted = "ours" if name.endswith(DROP_IN) else name  # the drop-in runs ours' UNet, same weights
+        n_flops = flops[name] or flops_of_eager(ours, theirs, counted, inputs[counted])
         rate = n_flops / stats["median_s"] / 1e12
         results[name] = {
             "unet_step": stats,

@@ -205,9 +205,7 @@ def _resolve_auto(ref: dict) -> tuple[dict, dict]:
     """Each op: a tuning dispatcher over the candidates of each device; choices report the starting one."""
     import torch
 
-    from . import tuning
-
-    from . import torch_ops
+    from . import torch_ops, tuning
 
     available = {"reference": ref, "native": _load_native(), "torch": {"group_norm": torch_ops.group_norm}}
     if torch.cuda.is_available():

@@ -187,16 +187,12 @@ class FeedForward(nn.Module):
         chunk = max(1, FF_CHUNK_BYTES // (self.net[0].proj.out_features * x.element_size()))
         if chunk >= rows or x.device.type != "cpu" or torch.is_grad_enabled():
             return self._forward(x, residual)
-        chunk = -(-rows // -(-rows // chunk))  # equal chunks
-        # Token chunks: each row's output depends on that row alone (the GEMMs may block, and so
-        # round, differently: measured within one bf16 ulp of the whole-tensor UNet output).
-        x_rows = x.reshape(rows, x.shape[-1])
-        res_rows = None if residual is None else residual.reshape(rows, residual.shape[-1])
-        out = torch.empty(rows, self.net[2].out_features, dtype=x.dtype, device=x.device)
-        for start in range(0, rows, chunk):
-            end = min(start + chunk, rows)
-            out[start:end] = self._forward(x_rows[start:end], None if res_rows is None else res_rows[start:end])
-        return out.reshape(*x.shape[:-1], self.net[2].out_features)
+        # Equal token chunks of at most `chunk` rows: each row's output depends on that row alone (the
+        # GEMMs may block, and so round, differently: measured within one bf16 ulp of the whole UNet output).
+        pieces = -(-rows // chunk)
+        xs = x.reshape(rows, -1).tensor_split(pieces)
+        rs = [None] * pieces if residual is None else residual.reshape(rows, -1).tensor_split(pieces)
+        return torch.cat([self._forward(a, r) for a, r in zip(xs, rs)]).reshape(*x.shape[:-1], -1)
 
     def _forward(self, x, residual):
         h = layers.geglu(self.net[0].proj(x))
