@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from svd_fast import conditioner
+from svd_fast import camera_start, conditioner
 from svd_fast.accel.memory import release_free_memory
 from svd_fast.config import RENDERS, SVDConfig
 from svd_fast.consistency import ConsistencySchedule, default_sampler, is_consistency_scheduler
@@ -233,6 +233,14 @@ class SVDPipeline:
         pixels = conditioner.preprocess_image(image, height, width).to(self.device, self.dtype)
         return self.vae.encode(pixels).float() * self.vae.config.scaling_factor
 
+    def moved_latents(self, image, move, num_frames: int, height: int, width: int) -> torch.Tensor:
+        """Scaled VAE mean latents (B, T, C, h, w), fp32, of the image moved by k steps of the camera
+        `move` in frame k (svd_fast.camera_start.moved_frames); frame 0 is still_latents'."""
+        pixels = conditioner.preprocess_image(image, height, width).to(self.device, self.dtype)
+        frames = camera_start.moved_frames(pixels, move, num_frames)
+        latents = self.vae.encode(frames.flatten(0, 1)).float() * self.vae.config.scaling_factor
+        return latents.unflatten(0, frames.shape[:2])
+
     def decode(self, latents, decode_chunk_size: int):
         """Frames (B, T, 3, H, W) in [-1, 1], fp32, from sampler latents (B, T, 4, h, w).
 
@@ -279,6 +287,7 @@ class SVDPipeline:
         keep_first_frame: bool = False,
         render: str = "frames",
         prior_noise: float = 1.0,
+        camera=None,
         return_dict: bool = True,
     ):
         """Sample a video from a conditioning image (PIL, array or tensor; a list or batch of them).
@@ -306,6 +315,10 @@ class SVDPipeline:
         their optical flow to frame 0, smoothed over time): the model's motion with the input's
         pixels, for models that redraw their later frames instead of moving them (image models,
         without last_image).
+        `camera` (image models, without last_image): a camera move ('zoom_in', 'pan_left:0.02', a
+        svd_fast.camera_start.CameraMove or a list of them): frame k starts from the image moved by k
+        steps of it, noised to `image_init_sigma` (default camera_start.START_SIGMA), training-free
+        camera control as CamTrol does (svd_fast.camera_start).
         `prior_noise` (models with a latent prior, UNetConfig.latent_prior): the sampler starts at the
         prior mu plus this times the initial noise; 0 starts at mu itself, a deterministic estimate
         (SVD-FI's default, SVDConfig.prior_noise).
@@ -334,6 +347,13 @@ class SVDPipeline:
         batch = cond.image_latents.shape[0]
         if image_init_sigma is not None and sigmas is not None:
             raise ValueError("give either sigmas or image_init_sigma (it sets the schedule's start), not both")
+        move = None
+        if camera is not None:
+            if self.conditioning != "image" or last_image is not None or sigmas is not None:
+                raise ValueError("camera needs an image model's pipeline, without last_image and sigmas "
+                                 "(image_init_sigma sets its start)")
+            move = camera_start.as_move(camera)
+            image_init_sigma = camera_start.START_SIGMA if image_init_sigma is None else image_init_sigma
         sigma_schedule = self._sigmas(num_inference_steps, sigmas, sampler, start=image_init_sigma).to(device)
         f = self.vae.config.downsample_factor
         shape = (batch, num_frames, self.vae.config.latent_channels, height // f, width // f)
@@ -348,7 +368,10 @@ class SVDPipeline:
                 raise ValueError("image_init_sigma and keep_first_frame need an image model's pipeline "
                                  "(image_init_sigma: without last_image)")
             still = self.still_latents(image, height, width).repeat_interleave(num_videos_per_prompt, dim=0)
-        if image_init_sigma is not None:
+        if move is not None:
+            moved = self.moved_latents(image, move, num_frames, height, width).repeat_interleave(num_videos_per_prompt, dim=0)
+            x = (moved + sigma_schedule[0] * noise).to(self.dtype)
+        elif image_init_sigma is not None:
             x = (still[:, None] + sigma_schedule[0] * noise).to(self.dtype)
         else:
             x = latents.to(device) * init_noise_scale(sigma_schedule)

@@ -4,7 +4,7 @@
         [--window W] [--overlap O] [--no-colour-anchor] [--no-detail-anchor]
         [--seed S] [--fps F] [--motion-bucket M] [--dtype auto|bf16|fp16|fp32] [--decode-chunk N]
         [--sampler euler|heun|dpmpp_2m|consistency] [--eta E] [--compile] [--cuda-graphs | --no-cuda-graphs]
-        [--quantize int8|fp8] [--cache-interval N] [--lora PATH[:SCALE] ...]
+        [--quantize int8|fp8] [--cache-interval N] [--lora PATH[:SCALE] ...] [--camera MOVE[:SPEED] ...]
 
     python -m svd_fast.sample --prompt "TEXT" --out OUT.mp4 [--negative-prompt TEXT] [--guidance-scale G]
         [--model PATH] [--frames N] [--steps N] [--seed S] [--fps F] [--motion-bucket M] ...
@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from svd_fast import camera_start
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model"
 DEFAULT_T2V_MODEL = Path(__file__).resolve().parent / "assets" / "default_t2v"
@@ -87,6 +89,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache-interval", type=int,
                    help="feature caching: run the UNet's deep blocks every N steps (and the first and last), "
                         "reuse them between (approximate; 1 = exact; not with --compile)")
+    p.add_argument("--camera", action="append", default=[], metavar="MOVE[:SPEED]",
+                   help="camera move, training-free (svd_fast.camera_start): zoom_in|zoom_out[:ZOOM per frame, "
+                        "default 1.05] or pan_left|pan_right|pan_up|pan_down[:fraction of the frame per frame, default "
+                        "0.025]; every frame starts from the moved image noised to --image-init-sigma (default 3); "
+                        "repeat to combine")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                    help="LoRA adapter (svd_fast or diffusers/PEFT safetensors) applied at SCALE (default 1); "
                         "repeat to combine several (their effects add up)")
@@ -149,7 +156,7 @@ def check_inputs(args) -> None:
             raise ValueError("--prompt is empty: describe the video (the empty prompt is guidance's unconditional)")
         for flag, value in (("--window", args.window), ("--min-cfg", args.min_cfg != 1.0 or None),
                             ("--max-cfg", args.max_cfg), ("--noise-aug", args.noise_aug != 0.02 or None),
-                            ("--render", args.render)):
+                            ("--render", args.render), ("--camera", args.camera or None)):
             if value is not None:
                 raise ValueError(f"{flag} is an image-to-video flag; with --prompt use --guidance-scale")
     elif args.negative_prompt is not None or args.guidance_scale is not None:
@@ -177,6 +184,8 @@ def check_arguments(args) -> None:
         raise ValueError(f"--eta must be between 0 and 1, got {args.eta}")
     for spec in getattr(args, "lora", []):
         parse_lora(spec)
+    for spec in getattr(args, "camera", []):
+        camera_start.parse_move(spec)
 
 
 def image_init_sigma(args, pipe, render: str) -> float | None:
@@ -187,6 +196,8 @@ def image_init_sigma(args, pipe, render: str) -> float | None:
     pan LoRAs' direction right in 12 of 12 videos from pure noise, at chance from sigma 3)."""
     if args.image_init_sigma is not None:
         return args.image_init_sigma or None
+    if args.camera:
+        return None  # the camera's moved frames start at camera_start.START_SIGMA
     default = pipe.default_image_init_sigma(args.sampler, render)
     if default is not None and args.lora:
         print(f"with LoRA adapters sampling starts from pure noise, not the model's default start at sigma "
@@ -264,8 +275,10 @@ def main(argv=None) -> int:
     )
     check_memory(min(frames, window), common["height"], common["width"])
     if frames > window:
+        if args.camera:
+            raise ValueError("--camera moves one window of frames; a long video (--frames > --window) cannot take it")
         return _long_video(pipe, image, frames, window, args, common, load_time, fps)
-    result = pipe(image, num_frames=frames, output_type="np", render=render, **common)
+    result = pipe(image, num_frames=frames, output_type="np", render=render, camera=args.camera or None, **common)
     start = time.perf_counter()
     written = save_video(result.frames[0], args.out, fps=fps)
     write_time = time.perf_counter() - start
