@@ -248,6 +248,33 @@ def test_bundled_lora_from_the_select(server, browser, tmp_path, monkeypatch):
     assert float(browser.find_element("id", "image_init_sigma").get_attribute("value")) == (pipe.default_image_init_sigma() or 0)
 
 
+def test_camera_move_from_the_select(server, browser, tmp_path):
+    """The page's camera select reaches the pipeline: the frames are pipe(camera='zoom_in')'s."""
+    from selenium.webdriver.support.ui import Select
+
+    open_page(browser, server)
+    Select(browser.find_element("id", "camera")).select_by_value("zoom_in")
+    fill(browser, seed=SEED, steps=STEPS)
+    generate(browser, EXAMPLE)
+    wait_for_video(browser)
+    frames = server.engine.defaults().frames
+    expected = reference_frames(frames, camera="zoom_in")
+    assert_frames_download(browser, expected)
+    assert np.abs(expected.astype(int) - reference_frames(frames)).max() > 10  # the move made a difference
+
+
+def test_camera_moves_are_checked(server):
+    """A camera request is checked when it comes in; one with more frames than the window fails its job in one line."""
+    status, answer = post_job(server, EXAMPLE.read_bytes(), camera="dolly")
+    assert status == 400 and "camera move must be one of" in answer["error"]
+    status, job = post_job(server, EXAMPLE.read_bytes(), camera="zoom_in", frames=server.engine.defaults().frames + 3,
+                           steps=2)
+    assert status == 202
+    wait_for(lambda: job_status(server, job["id"])["state"] in ("done", "error"), "the job")
+    done = job_status(server, job["id"])
+    assert done["state"] == "error" and "a camera move makes one window" in done["error"], done
+
+
 @pytest.mark.parametrize("case", ["not_an_image", "huge_image", "zero_frames", "guidance_out_of_range",
                                   "no_image", "missing_lora", "invalid_lora"])
 def test_bad_input_shows_one_line_and_server_goes_on(server, browser, tmp_path, case):

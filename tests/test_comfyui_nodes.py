@@ -142,6 +142,21 @@ def test_sampler_keeps_the_image_when_asked(loaded, reference):
     assert (frames - direct(reference, image)).abs().max() > 0.05  # not the pure-noise video
 
 
+def test_sampler_camera_input_reaches_the_pipeline(loaded, reference):
+    """The optional camera string (comma-separated moves) is pipe(camera=[...])."""
+    image = load_image(EXAMPLE)
+    (frames,) = execute("SVDFastSampler", pipeline=loaded, image=comfy_image(image), camera="zoom_in, pan_left:0.02",
+                        **SMALL)
+    want = reference(image, num_frames=SMALL["frames"], num_inference_steps=SMALL["steps"], fps=SMALL["fps"],
+                     motion_bucket_id=SMALL["motion_bucket_id"], max_guidance_scale=SMALL["max_cfg"],
+                     height=64, width=64, camera=["zoom_in", "pan_left:0.02"],
+                     generator=torch.Generator().manual_seed(SMALL["seed"]), output_type="np").frames[0]
+    torch.testing.assert_close(frames, torch.from_numpy(want), rtol=0, atol=1e-6)
+    assert (frames - direct(reference, image)).abs().max() > 0.05
+    with pytest.raises(ValueError, match="camera move must be one of"):
+        execute("SVDFastSampler", pipeline=loaded, image=comfy_image(image), camera="dolly", **SMALL)
+
+
 def test_out_of_range_inputs_are_refused_like_comfyui(loaded):
     image = comfy_image(load_image(EXAMPLE))
     for bad, message in ((dict(frames=0), "frames: value 0 smaller than min of 1"),

@@ -63,12 +63,22 @@ class Settings:
     """1: hold frame 0 to the image"""
     warp_render: int = 0
     """1: the input image moved by the camera motion of the model's frames (render 'warp'); one window only"""
+    camera: str = ""
+    """camera moves without training, comma-separated (svd_fast.camera_start: 'zoom_in', 'pan_left:0.02', ...);
+    empty: none. Its frames start at image_init_sigma, or at camera_start.START_SIGMA when that is 0"""
 
     def checked(self) -> "Settings":
+        from svd_fast.camera_start import as_move
+
         for name in ("frames", "steps", "seed", "fps", "motion_bucket", "min_guidance", "max_guidance", "noise_aug",
                      "image_init_sigma", "keep_first_frame", "warp_render"):
             check_range(name, getattr(self, name))
+        if self.camera_moves():
+            as_move(self.camera_moves())
         return self
+
+    def camera_moves(self) -> list[str]:
+        return [part.strip() for part in self.camera.split(",") if part.strip()]
 
     def call_args(self, height: int, width: int) -> dict:
         return dict(num_frames=self.frames, num_inference_steps=self.steps, fps=self.fps,
@@ -76,7 +86,7 @@ class Settings:
                     max_guidance_scale=self.max_guidance, noise_aug_strength=self.noise_aug, height=height,
                     width=width, generator=torch.Generator("cpu").manual_seed(self.seed), output_type="np",
                     image_init_sigma=self.image_init_sigma or None, keep_first_frame=bool(self.keep_first_frame),
-                    render="warp" if self.warp_render else "frames")
+                    render="warp" if self.warp_render else "frames", camera=self.camera_moves() or None)
 
 
 @dataclass(frozen=True)
@@ -181,6 +191,9 @@ class Engine:
                 return tensors
 
             call = settings.call_args(cfg.height, cfg.width)
+            if call["camera"] and (last_image is not None or settings.frames > cfg.num_frames):
+                raise ValueError("a camera move makes one window from one image: not with more frames than the "
+                                 f"model's {cfg.num_frames} or with a last image")
             if last_image is not None or settings.frames > cfg.num_frames:
                 # The warp render moves one window from the input image: a long video or the frames
                 # between two images render frames (as the sample CLI), a long one from the frames' start.

@@ -40,7 +40,7 @@ def parse_request(query: dict[str, str], body: bytes, uploads: Path, engine: Eng
 
     defaults = engine.defaults()
     settings = Settings(**{name: _number(query, name, getattr(defaults, name), kind)
-                           for name, kind in SETTINGS_KINDS.items()}).checked()
+                           for name, kind in SETTINGS_KINDS.items()}, camera=query.get("camera", "")).checked()
     speed = Speed(query.get("speed", "exact"), _number(query, "cache_interval", Speed.cache_interval, int)).checked()
     loras = _loras(query)
     if not body:

@@ -66,6 +66,9 @@ SPEED_INPUTS = {"speed_mode": (list(SPEED_MODES), {"default": "exact"}),
 # SVDPipeline's image_init_sigma (0 = from pure noise) and keep_first_frame; off as in SVD.
 KEEP_IMAGE_INPUTS = {"image_init_sigma": _float("image_init_sigma", 0.0, 0.5),
                      "keep_first_frame": ("BOOLEAN", {"default": False})}
+CAMERA_INPUT = {"camera": ("STRING", {"default": "", "tooltip": "camera moves without training, comma-separated: "
+                                      "zoom_in, zoom_out, pan_left, pan_right, pan_up, pan_down, each with an "
+                                      "optional :SPEED (svd_fast.camera_start); empty: none"})}
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -99,10 +102,10 @@ def comfy_progress():
 
 def _sample(pipeline: SVDFastPipeline, first, last, frames, seed, steps, fps, motion_bucket_id, min_cfg, max_cfg,
             augmentation_level, speed_mode, cache_interval, image_init_sigma=0.0,
-            keep_first_frame=False) -> tuple[torch.Tensor]:
+            keep_first_frame=False, camera="") -> tuple[torch.Tensor]:
     settings = Settings(frames=frames, steps=steps, seed=seed, fps=fps, motion_bucket=motion_bucket_id,
                         min_guidance=min_cfg, max_guidance=max_cfg, noise_aug=augmentation_level,
-                        image_init_sigma=image_init_sigma, keep_first_frame=int(keep_first_frame))
+                        image_init_sigma=image_init_sigma, keep_first_frame=int(keep_first_frame), camera=camera)
     result = pipeline.engine.sample(to_pil(first), settings, Speed(speed_mode, cache_interval), pipeline.loras,
                                     last_image=None if last is None else to_pil(last), on_progress=comfy_progress())
     return (to_image_batch(result.frames),)
@@ -134,7 +137,7 @@ class SVDFastSampler:
         from svd_fast.config import SVDConfig
 
         return {"required": {"pipeline": (PIPELINE,), "image": ("IMAGE",), **_sampling_inputs(SVDConfig.num_frames)},
-                "optional": {**SPEED_INPUTS, **KEEP_IMAGE_INPUTS}}
+                "optional": {**SPEED_INPUTS, **KEEP_IMAGE_INPUTS, **CAMERA_INPUT}}
 
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("frames",)
@@ -143,9 +146,9 @@ class SVDFastSampler:
 
     def sample(self, pipeline, image, seed, steps, frames, fps, motion_bucket_id, min_cfg, max_cfg,
                augmentation_level, speed_mode="exact", cache_interval=Speed.cache_interval, image_init_sigma=0.0,
-               keep_first_frame=False):
+               keep_first_frame=False, camera=""):
         return _sample(pipeline, image, None, frames, seed, steps, fps, motion_bucket_id, min_cfg, max_cfg,
-                       augmentation_level, speed_mode, cache_interval, image_init_sigma, keep_first_frame)
+                       augmentation_level, speed_mode, cache_interval, image_init_sigma, keep_first_frame, camera)
 
 
 class SVDFastInterpolate:
