@@ -1,10 +1,12 @@
 """Camera control by the start of sampling (svd_fast.camera_start) on the default model: does the video
 follow the move? Issue 15's figures on the held-out photos (never trained on), for every move and speed.
 
-    .venv/bin/python bench/camera_start.py [--seeds 0 1 2] [--render warp frames] [--out bench/results/...json]
+    .venv/bin/python bench/camera_start.py [--seeds 0 1 2] [--render warp frames] [--camera-from image noise]
+        [--moves zoom_in:1.05 ...] [--out bench/results/...json]
 
 For each held-out photo and seed the default model samples with its own defaults (8 Euler steps, no
-guidance, frame 0 held; the CLI's) once without a camera (the base) and once per move; figures per move
+guidance, frame 0 held; the CLI's) once without a camera (the base) and once per move and start
+(camera_from 'image': the moved input at sigma 3; 'noise': pure noise moving with the camera); figures per move
 and render (svd_fast.train.camera_motion's): sign agreement of the mean flow along a pan or of the
 divergence for a zoom, that mean (signed so the move's direction is positive) against the base's, and
 the first frame's PSNR against the input (the base's in brackets).
@@ -51,6 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--moves", nargs="+", default=list(MOVES))
     p.add_argument("--render", nargs="+", default=["warp", "frames"], choices=["warp", "frames"])
+    p.add_argument("--camera-from", nargs="+", default=["image"], choices=["image", "noise"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="JSON path (default: bench/results/camera-start-<machine>-<date>.json)")
     args = p.parse_args(argv)
@@ -63,18 +66,20 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     results = {}
     for render in args.render:
-        def sample(image, seed, camera=None):
+        def sample(image, seed, camera=None, camera_from="image"):
             video = pipe(image, height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, fps=cfg.fps,
                          motion_bucket_id=cfg.motion_bucket_id, generator=torch.Generator().manual_seed(seed),
-                         output_type="np", render=render, camera=camera, **sampling).frames[0]
+                         output_type="np", render=render, camera=camera, camera_from=camera_from, **sampling).frames[0]
             return {**flow_figures(video), "psnr": first_frame_psnr(video, image.permute(1, 2, 0).numpy())}
 
         base = {(name, seed): sample(image, seed) for name, image in photos.items() for seed in args.seeds}
-        for move in args.moves:
+        for start_from, move in ((f, m) for f in args.camera_from for m in args.moves):
             motion = move.split(":")[0]
-            rows = [(sample(image, seed, move), base[name, seed]) for name, image in photos.items() for seed in args.seeds]
-            results[f"{render} {move}"] = {
-                "render": render, "move": move,
+            rows = [(sample(image, seed, move, start_from), base[name, seed]) for name, image in photos.items()
+                    for seed in args.seeds]
+            key = f"{render} {move}" + ("" if start_from == "image" else " from noise")
+            results[key] = {
+                "render": render, "move": move, "camera_from": start_from,
                 "sign_agreement": float(np.mean([along(r, motion) > 0 for r, _ in rows])),
                 "mean_along": float(np.mean([along(r, motion) for r, _ in rows])),
                 "base_mean_along": float(np.mean([along(b, motion) for _, b in rows])),
@@ -82,7 +87,7 @@ def main(argv=None) -> int:
                 "first_frame_psnr": float(np.mean([min(r["psnr"], 100.0) for r, _ in rows])),
                 "base_first_frame_psnr": float(np.mean([min(b["psnr"], 100.0) for _, b in rows])),
             }
-            print(json.dumps(results[f"{render} {move}"]), flush=True)
+            print(json.dumps(results[key]), flush=True)
     out = Path(args.out) if args.out else (
         REPO / "bench" / "results" / f"camera-start-default-model-{machine_tag()}-{time.strftime('%Y-%m-%d')}.json")
     write_json(out, {"what": "svd_fast.camera_start on the default model, held-out photos", "model": args.model,

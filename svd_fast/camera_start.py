@@ -112,3 +112,43 @@ def moved_frames(images: torch.Tensor, move: CameraMove, num_frames: int) -> tor
     moved = moved.reshape(b, num_frames, c, h, w).clamp(images.min(), images.max())  # bicubic overshoots at edges
     moved[:, 0] = images.float()  # the identity, exactly (bicubic at the pixel centres reproduces it up to rounding)
     return moved.to(images.dtype)
+
+
+NOISE_RESOLUTION = 8
+"""warped_noise's fine cells per latent pixel and side"""
+
+
+def warped_noise(move: CameraMove, num_frames: int, channels: int, height: int, width: int,
+                 generator: torch.Generator | None = None, resolution: int = NOISE_RESOLUTION) -> torch.Tensor:
+    """(T, C, h, w) Gaussian noise that moves with the camera: an iid N(0, 1) field of `resolution`^2
+    cells per latent pixel is laid over frame 0's picture; frame k's pixel is the sum of the cells
+    that `move` carries into it after k frames (cell centres, mapped as moved_frames maps points),
+    divided by the square root of their count. Every frame is iid N(0, 1) (disjoint cells), and
+    frames share cells where they see the same part of the picture (the integral noise of Chang et
+    al. 2024, "How I Warped Your Noise", on a finite grid; Go-with-the-Flow (Burgert et al. 2025)
+    controls motion with such noise)."""
+    views = []  # frame k's view in frame 0's coordinates (latent pixels from the centre): p0 = (p - k pan) / z^k
+    for k in range(num_frames):
+        z = move.zoom**k
+        views.append(((-width / 2 - k * move.pan_x * width) / z, (width / 2 - k * move.pan_x * width) / z,
+                      (-height / 2 - k * move.pan_y * height) / z, (height / 2 - k * move.pan_y * height) / z))
+    x0, x1 = min(v[0] for v in views), max(v[1] for v in views)
+    y0, y1 = min(v[2] for v in views), max(v[3] for v in views)
+    cols, rows = math.ceil((x1 - x0) * resolution), math.ceil((y1 - y0) * resolution)
+    draw_on = generator.device if generator is not None else None  # a CUDA generator draws on its device
+    fine = torch.randn((channels, rows, cols), generator=generator, device=draw_on).cpu()
+    xs = x0 + (torch.arange(cols, dtype=torch.float64) + 0.5) / resolution  # cell centres
+    ys = y0 + (torch.arange(rows, dtype=torch.float64) + 0.5) / resolution
+    frames = []
+    for k in range(num_frames):
+        z = move.zoom**k
+        px = torch.floor(z * xs + k * move.pan_x * width + width / 2).long()
+        py = torch.floor(z * ys + k * move.pan_y * height + height / 2).long()
+        inside = ((py >= 0) & (py < height))[:, None] & ((px >= 0) & (px < width))[None, :]
+        pixel = (py[:, None] * width + px[None, :])[inside]
+        sums = torch.zeros(channels, height * width).index_add_(1, pixel, fine[:, inside])
+        count = torch.zeros(height * width, dtype=torch.float64).index_add_(0, pixel, torch.ones(len(pixel), dtype=torch.float64))
+        if count.min() == 0:
+            raise ValueError(f"warped_noise: frame {k} magnifies a latent pixel below one cell; raise the resolution")
+        frames.append((sums / count.sqrt().float()).reshape(channels, height, width))
+    return torch.stack(frames)

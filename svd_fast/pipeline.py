@@ -288,6 +288,7 @@ class SVDPipeline:
         render: str = "frames",
         prior_noise: float = 1.0,
         camera=None,
+        camera_from: str = "image",
         return_dict: bool = True,
     ):
         """Sample a video from a conditioning image (PIL, array or tensor; a list or batch of them).
@@ -318,7 +319,8 @@ class SVDPipeline:
         `camera` (image models, without last_image): a camera move ('zoom_in', 'pan_left:0.02', a
         svd_fast.camera_start.CameraMove or a list of them): frame k starts from the image moved by k
         steps of it, noised to `image_init_sigma` (default camera_start.START_SIGMA), training-free
-        camera control as CamTrol does (svd_fast.camera_start).
+        camera control as CamTrol does (svd_fast.camera_start). `camera_from='noise'` instead samples
+        from pure noise that moves with the camera (camera_start.warped_noise), as Go-with-the-Flow.
         `prior_noise` (models with a latent prior, UNetConfig.latent_prior): the sampler starts at the
         prior mu plus this times the initial noise; 0 starts at mu itself, a deterministic estimate
         (SVD-FI's default, SVDConfig.prior_noise).
@@ -348,15 +350,26 @@ class SVDPipeline:
         if image_init_sigma is not None and sigmas is not None:
             raise ValueError("give either sigmas or image_init_sigma (it sets the schedule's start), not both")
         move = None
+        if camera_from not in ("image", "noise"):
+            raise ValueError(f"camera_from must be 'image' or 'noise', got {camera_from!r}")
         if camera is not None:
             if self.conditioning != "image" or last_image is not None or sigmas is not None:
                 raise ValueError("camera needs an image model's pipeline, without last_image and sigmas "
                                  "(image_init_sigma sets its start)")
             move = camera_start.as_move(camera)
-            image_init_sigma = camera_start.START_SIGMA if image_init_sigma is None else image_init_sigma
+            if camera_from == "noise" and (image_init_sigma is not None or latents is not None):
+                raise ValueError("camera_from='noise' samples from its own pure noise: not with image_init_sigma or latents")
+            if camera_from == "image":
+                image_init_sigma = camera_start.START_SIGMA if image_init_sigma is None else image_init_sigma
         sigma_schedule = self._sigmas(num_inference_steps, sigmas, sampler, start=image_init_sigma).to(device)
         f = self.vae.config.downsample_factor
         shape = (batch, num_frames, self.vae.config.latent_channels, height // f, width // f)
+        if move is not None and camera_from == "noise":
+            generators = list(generator) if isinstance(generator, (list, tuple)) else [generator] * batch
+            if len(generators) != batch:
+                raise ValueError(f"got {len(generators)} generators for a batch of {batch}")
+            latents = torch.stack([camera_start.warped_noise(move, *shape[1:], generator=g) for g in generators])
+            latents = latents.to(device, self.dtype)
         if latents is None:
             latents = randn(shape, generator, device, self.dtype)
         elif tuple(latents.shape) != shape:
@@ -368,7 +381,7 @@ class SVDPipeline:
                 raise ValueError("image_init_sigma and keep_first_frame need an image model's pipeline "
                                  "(image_init_sigma: without last_image)")
             still = self.still_latents(image, height, width).repeat_interleave(num_videos_per_prompt, dim=0)
-        if move is not None:
+        if move is not None and camera_from == "image":
             moved = self.moved_latents(image, move, num_frames, height, width).repeat_interleave(num_videos_per_prompt, dim=0)
             x = (moved + sigma_schedule[0] * noise).to(self.dtype)
         elif image_init_sigma is not None:

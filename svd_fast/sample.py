@@ -94,6 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "default 1.05] or pan_left|pan_right|pan_up|pan_down[:fraction of the frame per frame, default "
                         "0.025]; every frame starts from the moved image noised to --image-init-sigma (default 3); "
                         "repeat to combine")
+    p.add_argument("--camera-from", choices=["image", "noise"], default="image",
+                   help="image: the moved input noised to sigma 3 starts every frame (default); noise: pure noise "
+                        "that moves with the camera (svd_fast.camera_start.warped_noise)")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                    help="LoRA adapter (svd_fast or diffusers/PEFT safetensors) applied at SCALE (default 1); "
                         "repeat to combine several (their effects add up)")
@@ -278,7 +281,8 @@ def main(argv=None) -> int:
         if args.camera:
             raise ValueError("--camera moves one window of frames; a long video (--frames > --window) cannot take it")
         return _long_video(pipe, image, frames, window, args, common, load_time, fps)
-    result = pipe(image, num_frames=frames, output_type="np", render=render, camera=args.camera or None, **common)
+    result = pipe(image, num_frames=frames, output_type="np", render=render, camera=args.camera or None,
+                  camera_from=args.camera_from, **common)
     start = time.perf_counter()
     written = save_video(result.frames[0], args.out, fps=fps)
     write_time = time.perf_counter() - start

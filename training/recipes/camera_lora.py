@@ -84,6 +84,11 @@ start's 3) and measured with it (`--camera zoom_in:1.05 --keep-first-frame --sam
 --max-guidance 1`, 12 pairs, 2026-12-04, Xeon with AMX) gave divergence +0.038 / +0.037 / +0.036 at
 scales 0.5 / 1 / 1.5 against +0.039 for the base with the same start (sign 1.00 for both): the start
 makes the zoom, the adapter adds nothing, so no zoom LoRA ships.
+Nor did noise that moves with the camera (camera_start.warped_noise, Go-with-the-Flow's way of
+controlling motion, where a fine-tune teaches the model to follow the noise): from pure noise the base
+model already zooms with it (divergence +0.015, sign 12 of 12, against -0.006 with plain noise), and a
+zoom_in LoRA trained on 1.05x clips with their noise warped the same way (800 steps, all_linear_conv,
+lr 1e-3) lowered that to +0.012 / +0.008 / +0.007 at scales 0.5 / 1 / 1.5 (2026-12-04).
 
 1. clips: a crop window moving over each training photograph of the default model (its held-out
    photos excluded), labels exact (svd_fast.train.camera_motion), at the model's size and frames;
