@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from svd_fast import camera_start
 from svd_fast.pipeline import randn
 from svd_fast.sampling import init_noise_scale
 
@@ -133,7 +134,9 @@ def sample_long_video(pipe, image, num_frames: int, *, window: int | None = None
 
     call_args go to every pipe call (fps, motion_bucket_id, guidance, noise_aug_strength, sampler,
     ...). colour_anchor / detail_anchor: see the module docstring. on_chunk(chunk, total_chunks),
-    when given, is called after each chunk.
+    when given, is called after each chunk. `camera` (svd_fast.camera_start's moves, the image start
+    only) carries on over the chunks: each chunk's frame j starts from its conditioning frame moved j
+    times, noised to image_init_sigma (default camera_start.START_SIGMA).
     """
     from svd_fast import conditioner
 
@@ -146,6 +149,12 @@ def sample_long_video(pipe, image, num_frames: int, *, window: int | None = None
     keep_first_frame = call_args.pop("keep_first_frame", False)
     if call_args.pop("render", "frames") != "frames":
         raise ValueError("a long video renders frames: render='warp' moves one window from the input image")
+    move = call_args.pop("camera", None)
+    if call_args.pop("camera_from", "image") != "image" and move is not None:
+        raise ValueError("a long video's camera starts each chunk from its conditioning frame: camera_from='image' only")
+    if move is not None:
+        move = camera_start.as_move(move)
+        image_init_sigma = camera_start.START_SIGMA if image_init_sigma is None else image_init_sigma
     sigmas = pipe._sigmas(num_inference_steps, None, sampler, start=image_init_sigma).to(pipe.device)
     embeddings = conditioner.encode_image(pipe.image_encoder, image)  # the appearance anchor
     reference = ((conditioner.preprocess_image(image, height, width)[0] + 1) / 2).clamp(0, 1)
@@ -157,7 +166,10 @@ def sample_long_video(pipe, image, num_frames: int, *, window: int | None = None
         noise = randn(shape, generator, pipe.device, torch.float32)
         needs_still = image_init_sigma is not None or (keep_first_frame and not chunk.held)
         still = pipe.still_latents(condition, height, width) if needs_still else None
-        x = noise * init_noise_scale(sigmas) if image_init_sigma is None else still[:, None] + sigmas[0] * noise
+        if move is not None:
+            x = pipe.moved_latents(condition, move, window, height, width) + sigmas[0] * noise
+        else:
+            x = noise * init_noise_scale(sigmas) if image_init_sigma is None else still[:, None] + sigmas[0] * noise
         held = previous[:, -chunk.held:].float() if chunk.held else still[:, None] if keep_first_frame else None
         if held is not None:
             x[:, : held.shape[1]] = held + sigmas[0] * noise[:, : held.shape[1]]

@@ -93,7 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="camera move, training-free (svd_fast.camera_start): zoom_in|zoom_out[:ZOOM per frame, "
                         "default 1.05] or pan_left|pan_right|pan_up|pan_down[:fraction of the frame per frame, default "
                         "0.025]; every frame starts from the moved image noised to --image-init-sigma (default 3); "
-                        "repeat to combine")
+                        "repeat to combine; a long video carries it on over its chunks")
     p.add_argument("--camera-from", choices=["image", "noise"], default="image",
                    help="image: the moved input noised to sigma 3 starts every frame (default); noise: pure noise "
                         "that moves with the camera (svd_fast.camera_start.warped_noise)")
@@ -277,12 +277,11 @@ def main(argv=None) -> int:
         keep_first_frame=cfg.keep_first_frame if args.keep_first_frame is None else args.keep_first_frame,
     )
     check_memory(min(frames, window), common["height"], common["width"])
+    if args.camera:
+        common.update(camera=args.camera, camera_from=args.camera_from)
     if frames > window:
-        if args.camera:
-            raise ValueError("--camera moves one window of frames; a long video (--frames > --window) cannot take it")
         return _long_video(pipe, image, frames, window, args, common, load_time, fps)
-    result = pipe(image, num_frames=frames, output_type="np", render=render, camera=args.camera or None,
-                  camera_from=args.camera_from, **common)
+    result = pipe(image, num_frames=frames, output_type="np", render=render, **common)
     start = time.perf_counter()
     written = save_video(result.frames[0], args.out, fps=fps)
     write_time = time.perf_counter() - start

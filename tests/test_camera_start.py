@@ -227,6 +227,26 @@ def test_a_multiview_model_refuses_a_camera():
         views(_image(), generator=torch.Generator().manual_seed(0), output_type="latent", camera="zoom_in", **KW)
 
 
+def test_long_video_chunks_start_from_their_conditioning_frame_moved(pipe):
+    """With a camera every chunk's frame j starts from its own conditioning frame moved j times: from
+    sigma 0.003 the new frames are those moved latents (up to the noise), not the still frame's."""
+    from svd_fast.long_video import sample_long_video
+    from tests.test_long_video import Recorder
+
+    recorder = Recorder(pipe)
+    sample_long_video(recorder, _image(), 7, window=3, overlap=1, generator=torch.Generator().manual_seed(0),
+                      image_init_sigma=0.003, keep_first_frame=True, camera="zoom_in:1.3",
+                      **{k: v for k, v in KW.items() if k != "num_frames"})
+    assert len(recorder.calls) == 3
+    for index, call in enumerate(recorder.calls):
+        with torch.no_grad():
+            moved = pipe.moved_latents(call["image"], CameraMove(zoom=1.3), 3, 64, 64)
+            still = pipe.still_latents(call["image"], 64, 64)
+        new = call["latents"][:, 1:].float()  # frame 0 is held (the input, or the previous chunk's frame)
+        to_moved, to_still = (new - moved[:, 1:]).abs().max(), (new - still[:, None]).abs().mean()
+        assert to_moved < 0.02 and to_still > 5 * (new - moved[:, 1:]).abs().mean(), (index, to_moved, to_still)
+
+
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("camera") / "m"
@@ -257,7 +277,7 @@ def test_cli_camera_is_the_pipelines_camera(saved_model, tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--camera", "zoom_in:0.5"], "the zoom per frame must be > 1"),
-    (["--camera", "zoom_in", "--frames", "6", "--window", "3"], "--camera moves one window of frames"),
+    (["--camera", "zoom_in", "--camera-from", "noise", "--frames", "6", "--window", "3"], "camera_from='image' only"),
 ])
 def test_cli_bad_camera_is_one_line(saved_model, tmp_path, capsys, extra, message):
     image_path = tmp_path / "in.png"

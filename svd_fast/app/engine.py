@@ -191,9 +191,8 @@ class Engine:
                 return tensors
 
             call = settings.call_args(cfg.height, cfg.width)
-            if call["camera"] and (last_image is not None or settings.frames > cfg.num_frames):
-                raise ValueError("a camera move makes one window from one image: not with more frames than the "
-                                 f"model's {cfg.num_frames} or with a last image")
+            if call["camera"] and last_image is not None:
+                raise ValueError("a camera move starts from one image: not with a last image")
             if last_image is not None or settings.frames > cfg.num_frames:
                 # The warp render moves one window from the input image: a long video or the frames
                 # between two images render frames (as the sample CLI), a long one from the frames' start.
