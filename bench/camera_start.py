@@ -3,6 +3,7 @@ follow the move? Issue 15's figures on the held-out photos (never trained on), f
 
     .venv/bin/python bench/camera_start.py [--seeds 0 1 2] [--render warp frames] [--camera-from image noise]
         [--moves zoom_in:1.05 ...] [--out bench/results/...json]
+    .venv/bin/python bench/camera_start.py --long [--seeds 0 1] [--moves zoom_in zoom_out]
 
 For each held-out photo and seed the default model samples with its own defaults (8 Euler steps, no
 guidance, frame 0 held; the CLI's) once without a camera (the base) and once per move and start
@@ -10,6 +11,8 @@ guidance, frame 0 held; the CLI's) once without a camera (the base) and once per
 and render (svd_fast.train.camera_motion's): sign agreement of the mean flow along a pan or of the
 divergence for a zoom, that mean (signed so the move's direction is positive) against the base's, and
 the first frame's PSNR against the input (the base's in brackets).
+--long: long videos of 4 windows (svd_fast.long_video, the image start carried over the chunks), the mean
+divergence of each chunk's frames and the share of videos whose chunk diverges the move's way.
 """
 from __future__ import annotations
 
@@ -38,6 +41,34 @@ def along(figures: dict, motion: str) -> float:
     return ZOOM_SIGN[motion] * figures["divergence"]
 
 
+def long_videos(pipe, photos: dict, seeds, moves, sampling: dict) -> dict:
+    """Per move (and without a camera): each chunk's mean divergence over the videos, and the share of
+    videos whose chunk diverges the move's way, for long videos of 4 windows (overlap 1)."""
+    from svd_fast.long_video import chunk_plan, sample_long_video
+    from svd_fast.train.video_metrics import mean_divergence
+
+    cfg = pipe.config
+    frames = 4 * cfg.num_frames
+    plan = chunk_plan(frames, cfg.num_frames, 1)
+    results = {}
+    for move in [None, *moves]:
+        per_video = []
+        for image in photos.values():
+            for seed in seeds:
+                video = sample_long_video(pipe, image, frames, window=cfg.num_frames, height=cfg.height, width=cfg.width,
+                                          generator=torch.Generator().manual_seed(seed), fps=cfg.fps,
+                                          motion_bucket_id=cfg.motion_bucket_id, image_init_sigma=cfg.image_init_sigma,
+                                          camera=move, **sampling)
+                per_video.append([mean_divergence(video[c.start:c.start + cfg.num_frames]) for c in plan])
+        per_video = np.array(per_video)
+        sign = -1 if move and move.startswith("zoom_out") else 1
+        results[move or "none"] = {"frames": frames, "chunks": len(plan),
+                                   "mean_divergence_per_chunk": per_video.mean(0).round(5).tolist(),
+                                   "right_sign_share_per_chunk": (sign * per_video > 0).mean(0).round(3).tolist()}
+        print(move, json.dumps(results[move or "none"]), flush=True)
+    return results
+
+
 def main(argv=None) -> int:
     from default_model import held_out_photos
 
@@ -55,6 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--render", nargs="+", default=["warp", "frames"], choices=["warp", "frames"])
     p.add_argument("--camera-from", nargs="+", default=["image"], choices=["image", "noise"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--long", action="store_true", help="long videos of 4 windows instead: divergence per chunk")
     p.add_argument("--out", help="JSON path (default: bench/results/camera-start-<machine>-<date>.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -65,7 +97,10 @@ def main(argv=None) -> int:
     photos = held_out_photos(cfg.height)
     start = time.perf_counter()
     results = {}
-    for render in args.render:
+    if args.long:
+        results = long_videos(pipe, photos, args.seeds, args.moves, sampling)
+        args.render = ["frames"]
+    for render in [] if args.long else args.render:
         def sample(image, seed, camera=None, camera_from="image"):
             video = pipe(image, height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, fps=cfg.fps,
                          motion_bucket_id=cfg.motion_bucket_id, generator=torch.Generator().manual_seed(seed),
@@ -88,8 +123,9 @@ def main(argv=None) -> int:
                 "base_first_frame_psnr": float(np.mean([min(b["psnr"], 100.0) for _, b in rows])),
             }
             print(json.dumps(results[key]), flush=True)
+    kind = "camera-start-long" if args.long else "camera-start"
     out = Path(args.out) if args.out else (
-        REPO / "bench" / "results" / f"camera-start-default-model-{machine_tag()}-{time.strftime('%Y-%m-%d')}.json")
+        REPO / "bench" / "results" / f"{kind}-default-model-{machine_tag()}-{time.strftime('%Y-%m-%d')}.json")
     write_json(out, {"what": "svd_fast.camera_start on the default model, held-out photos", "model": args.model,
                      "images": list(photos), "seeds": args.seeds, "sampling": sampling,
                      "note": "first-frame PSNR capped at 100 dB (the warp render returns the input itself: inf)",
