@@ -5,6 +5,7 @@
         [--seed S] [--fps F] [--motion-bucket M] [--dtype auto|bf16|fp16|fp32] [--decode-chunk N]
         [--sampler euler|heun|dpmpp_2m|consistency] [--eta E] [--compile] [--cuda-graphs | --no-cuda-graphs]
         [--quantize int8|fp8] [--cache-interval N] [--lora PATH[:SCALE] ...] [--camera MOVE[:SPEED] ...]
+        [--camera-from image|noise]
 
     python -m svd_fast.sample --prompt "TEXT" --out OUT.mp4 [--negative-prompt TEXT] [--guidance-scale G]
         [--model PATH] [--frames N] [--steps N] [--seed S] [--fps F] [--motion-bucket M] ...
