@@ -266,9 +266,6 @@ def test_camera_move_from_the_select(server, browser, tmp_path):
 def test_camera_moves_are_checked_and_carry_on_in_long_videos(server):
     """A bad camera request is refused when it comes in; with more frames than the window the move
     goes on over the chunks as the sample CLI's long video does (svd_fast.long_video)."""
-    from svd_fast.long_video import sample_long_video
-    from svd_fast.video_io import load_image, to_uint8
-
     status, answer = post_job(server, EXAMPLE.read_bytes(), camera="dolly")
     assert status == 400 and "camera move must be one of" in answer["error"]
     cfg = server.engine.pipe.config
@@ -278,15 +275,7 @@ def test_camera_moves_are_checked_and_carry_on_in_long_videos(server):
     wait_for(lambda: job_status(server, job["id"])["state"] in ("done", "error"), "the job")
     done = job_status(server, job["id"])
     assert done["state"] == "done" and done["timings"]["chunks"] == 2, done
-    archive = zipfile.ZipFile(io.BytesIO(fetch(server.url + done["frames"].lstrip("/"))))
-    pngs = np.stack([np.asarray(Image.open(archive.open(name))) for name in sorted(archive.namelist())])
-    direct = sample_long_video(reference_pipe(), load_image(EXAMPLE), frames, window=cfg.num_frames, height=cfg.height,
-                               width=cfg.width, num_inference_steps=2, generator=torch.Generator().manual_seed(SEED),
-                               fps=cfg.fps, motion_bucket_id=cfg.motion_bucket_id, min_guidance_scale=1.0,
-                               max_guidance_scale=cfg.max_guidance_scale, noise_aug_strength=0.02,
-                               image_init_sigma=cfg.image_init_sigma, keep_first_frame=cfg.keep_first_frame,
-                               camera=["zoom_in"])
-    assert np.abs(pngs.astype(int) - to_uint8(direct)).max() <= 1
+    assert np.abs(downloaded_frames(server, done).astype(int) - long_reference(frames, camera=["zoom_in"])).max() <= 1
 
 
 @pytest.mark.parametrize("case", ["not_an_image", "huge_image", "zero_frames", "guidance_out_of_range",
@@ -391,9 +380,6 @@ def test_start_noise_and_first_frame_hold_come_from_the_request(server):
 def test_more_frames_than_the_window_make_the_clis_long_video(server):
     """A request for more frames than the model makes at once gets svd_fast.long_video's anchored
     chunks, as `python -m svd_fast.sample --frames N` does, not one oversized window."""
-    from svd_fast.long_video import sample_long_video
-    from svd_fast.video_io import load_image, to_uint8
-
     cfg = server.engine.pipe.config
     frames = cfg.num_frames + 5  # two chunks with overlap 1
     status, job = post_job(server, EXAMPLE.read_bytes(), frames=frames, steps=2, seed=SEED)
@@ -401,15 +387,30 @@ def test_more_frames_than_the_window_make_the_clis_long_video(server):
     wait_for(lambda: job_status(server, job["id"])["state"] == "done", "the long job")
     done = job_status(server, job["id"])
     assert done["timings"]["chunks"] == 2 and done["timings"]["per_step"] == []
-    archive = zipfile.ZipFile(io.BytesIO(fetch(server.url + done["frames"].lstrip("/"))))
-    pngs = np.stack([np.asarray(Image.open(archive.open(name))) for name in sorted(archive.namelist())])
-    direct = sample_long_video(reference_pipe(), load_image(EXAMPLE), frames, window=cfg.num_frames, height=cfg.height,
-                               width=cfg.width, num_inference_steps=2, generator=torch.Generator().manual_seed(SEED),
-                               fps=cfg.fps, motion_bucket_id=cfg.motion_bucket_id, min_guidance_scale=1.0,
-                               max_guidance_scale=cfg.max_guidance_scale, noise_aug_strength=0.02,
-                               image_init_sigma=cfg.image_init_sigma, keep_first_frame=cfg.keep_first_frame)
+    pngs = downloaded_frames(server, done)
     assert pngs.shape == (frames, cfg.height, cfg.width, 3)
-    assert np.abs(pngs.astype(int) - to_uint8(direct)).max() <= 1
+    assert np.abs(pngs.astype(int) - long_reference(frames)).max() <= 1
+
+
+def downloaded_frames(server, done: dict) -> np.ndarray:
+    """uint8 (T, H, W, 3) from a finished job's lossless frames download."""
+    archive = zipfile.ZipFile(io.BytesIO(fetch(server.url + done["frames"].lstrip("/"))))
+    return np.stack([np.asarray(Image.open(archive.open(name))) for name in sorted(archive.namelist())])
+
+
+def long_reference(frames: int, **extra) -> np.ndarray:
+    """uint8 frames of svd_fast.long_video for the example image with the page's defaults and 2 steps."""
+    from svd_fast.long_video import sample_long_video
+    from svd_fast.video_io import load_image, to_uint8
+
+    pipe = reference_pipe()
+    cfg = pipe.config
+    video = sample_long_video(pipe, load_image(EXAMPLE), frames, window=cfg.num_frames, height=cfg.height,
+                              width=cfg.width, num_inference_steps=2, generator=torch.Generator().manual_seed(SEED),
+                              fps=cfg.fps, motion_bucket_id=cfg.motion_bucket_id, min_guidance_scale=1.0,
+                              max_guidance_scale=cfg.max_guidance_scale, noise_aug_strength=0.02,
+                              image_init_sigma=cfg.image_init_sigma, keep_first_frame=cfg.keep_first_frame, **extra)
+    return to_uint8(video)
 
 
 def test_upload_limit_refused_before_reading(server):

@@ -273,18 +273,3 @@ def test_cli_camera_is_the_pipelines_camera(saved_model, tmp_path):
                    max_guidance_scale=1.0, generator=torch.Generator().manual_seed(5), output_type="np",
                    image_init_sigma=3.0).frames[0]
     assert np.abs(video - (still * 255).round()).max() > 5  # the camera made a difference
-
-
-@pytest.mark.parametrize("extra, message", [
-    (["--camera", "zoom_in:0.5"], "the zoom per frame must be > 1"),
-    (["--camera", "zoom_in", "--camera-from", "noise", "--frames", "6", "--window", "3"], "camera_from='image' only"),
-])
-def test_cli_bad_camera_is_one_line(saved_model, tmp_path, capsys, extra, message):
-    image_path = tmp_path / "in.png"
-    _image().save(image_path)
-    out = tmp_path / "o.gif"
-    assert sample.cli(["--model", str(saved_model), "--image", str(image_path), "--out", str(out), "--dtype", "fp32",
-                       *extra]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: ") and message in err[-1], err
-    assert not out.exists()

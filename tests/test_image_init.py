@@ -272,6 +272,8 @@ def test_cli_uses_the_models_defaults_and_flags_turn_them_off(holding_model, tmp
     (["--image-init-sigma", "5000"], "image_init_sigma must be in (0.002, 700.0], got 5000.0"),
     (["--image-init-sigma", "3", "--sampler", "consistency", "--steps", "30"],
      "consistency sampling takes 1 to 14 steps (the grid points at or below sigma 3), got 30"),
+    (["--camera", "zoom_in:0.5"], "the zoom per frame must be > 1"),  # svd_fast.camera_start's moves
+    (["--camera", "zoom_in", "--camera-from", "noise", "--frames", "6", "--window", "3"], "camera_from='image' only"),
 ])
 def test_cli_bad_values_are_one_line(holding_model, tmp_path, capsys, extra, message):
     image_path = tmp_path / "in.png"
