@@ -1,8 +1,6 @@
 """Camera control by the start of sampling (svd_fast.camera_start): the moved frames against closed
 forms (a blob's centre under zoom and pan, integer pans as shifted arrays), the pipeline against a
 written-out Euler loop from those frames, move parsing, and the CLI."""
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -14,14 +12,7 @@ from svd_fast.denoiser import Conditioning, Denoiser
 from svd_fast.pipeline import SVDPipeline
 from svd_fast.sampling import get_sigmas_karras
 
-KW = dict(height=64, width=64, num_frames=3, num_inference_steps=3, max_guidance_scale=1.0)
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    p = SVDPipeline.from_config("tiny", seed=0)
-    p.set_progress_bar_config(disable=True)
-    return p
+from tests.test_image_init import KW, pipe  # noqa: F401  (the tiny pipeline fixture and its call arguments)
 
 
 def _blob(size, offset, sigma=1.5):
@@ -212,39 +203,6 @@ def test_bad_camera_calls_raise_clear_errors(pipe, kwargs, match):
     kwargs = {"camera": "zoom_in", **kwargs}
     with pytest.raises(ValueError, match=match):
         pipe(_image(), generator=torch.Generator().manual_seed(0), output_type="latent", **KW, **kwargs)
-
-
-def test_a_multiview_model_refuses_a_camera():
-    from svd_fast.config import SVDConfig
-    from svd_fast.multiview import SVDMultiViewPipeline
-
-    tiny = SVDConfig.from_name("tiny")
-    config = dataclasses.replace(tiny, conditioning="multiview", unet=dataclasses.replace(
-        tiny.unet, projection_class_embeddings_input_dim=4 * tiny.unet.addition_time_embed_dim))
-    views = SVDMultiViewPipeline.from_config(config)
-    views.set_progress_bar_config(disable=True)
-    with pytest.raises(ValueError, match="camera needs an image model"):
-        views(_image(), generator=torch.Generator().manual_seed(0), output_type="latent", camera="zoom_in", **KW)
-
-
-def test_long_video_chunks_start_from_their_conditioning_frame_moved(pipe):
-    """With a camera every chunk's frame j starts from its own conditioning frame moved j times: from
-    sigma 0.003 the new frames are those moved latents (up to the noise), not the still frame's."""
-    from svd_fast.long_video import sample_long_video
-    from tests.test_long_video import Recorder
-
-    recorder = Recorder(pipe)
-    sample_long_video(recorder, _image(), 7, window=3, overlap=1, generator=torch.Generator().manual_seed(0),
-                      image_init_sigma=0.003, keep_first_frame=True, camera="zoom_in:1.3",
-                      **{k: v for k, v in KW.items() if k != "num_frames"})
-    assert len(recorder.calls) == 3
-    for index, call in enumerate(recorder.calls):
-        with torch.no_grad():
-            moved = pipe.moved_latents(call["image"], CameraMove(zoom=1.3), 3, 64, 64)
-            still = pipe.still_latents(call["image"], 64, 64)
-        new = call["latents"][:, 1:].float()  # frame 0 is held (the input, or the previous chunk's frame)
-        to_moved, to_still = (new - moved[:, 1:]).abs().max(), (new - still[:, None]).abs().mean()
-        assert to_moved < 0.02 and to_still > 5 * (new - moved[:, 1:]).abs().mean(), (index, to_moved, to_still)
 
 
 @pytest.fixture(scope="module")

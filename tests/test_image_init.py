@@ -165,9 +165,10 @@ def test_bad_combinations_raise_clear_errors(pipe, kwargs, match):
         _latents(pipe, **kwargs)
 
 
-@pytest.mark.parametrize("option", [dict(keep_first_frame=True), dict(image_init_sigma=2.0)])
+@pytest.mark.parametrize("option", [dict(keep_first_frame=True), dict(image_init_sigma=2.0), dict(camera="zoom_in")])
 def test_a_multiview_model_refuses_them(option):
-    """A multi-view model's frame 0 is not the input view's copy: both options are refused."""
+    """A multi-view model's frame 0 is not the input view's copy: these options (and a camera start,
+    svd_fast.camera_start) are refused."""
     from svd_fast.config import SVDConfig
     from svd_fast.multiview import SVDMultiViewPipeline
 
@@ -176,7 +177,7 @@ def test_a_multiview_model_refuses_them(option):
         tiny.unet, projection_class_embeddings_input_dim=4 * tiny.unet.addition_time_embed_dim))
     views = SVDMultiViewPipeline.from_config(config)
     views.set_progress_bar_config(disable=True)
-    with pytest.raises(ValueError, match="need an image model"):
+    with pytest.raises(ValueError, match="needs? an image model"):
         views(_image(), generator=torch.Generator().manual_seed(0), output_type="latent", **KW, **option)
 
 
