@@ -32,15 +32,6 @@ MOVES = ("zoom_in:1.03", "zoom_in:1.05", "zoom_in:1.07", "zoom_out:1.03", "zoom_
          "pan_left:0.015", "pan_left:0.025", "pan_left:0.035", "pan_right:0.025", "pan_up:0.025", "pan_down:0.025")
 
 
-def along(figures: dict, motion: str) -> float:
-    from svd_fast.train.camera_motion import PAN_FLOW, ZOOM_SIGN
-
-    if motion in PAN_FLOW:
-        dx, dy = PAN_FLOW[motion]
-        return dx * figures["flow_x"] + dy * figures["flow_y"]
-    return ZOOM_SIGN[motion] * figures["divergence"]
-
-
 def long_videos(pipe, photos: dict, seeds, moves, sampling: dict) -> dict:
     """Per move (and without a camera): each chunk's mean divergence over the videos, and the share of
     videos whose chunk diverges the move's way, for long videos of 4 windows (overlap 1)."""
@@ -76,7 +67,7 @@ def main(argv=None) -> int:
     from svd_fast.checkpoints.io import write_json
     from svd_fast.pipeline import SVDPipeline
     from svd_fast.sample import DEFAULT_MODEL
-    from svd_fast.train.camera_motion import flow_figures
+    from svd_fast.train.camera_motion import along_motion as along, flow_figures
     from svd_fast.train.video_metrics import first_frame_psnr
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

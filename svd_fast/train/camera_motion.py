@@ -27,9 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from svd_fast.camera_start import PAN_DIRECTIONS
+
 MOTIONS = ("pan_left", "pan_right", "pan_up", "pan_down", "zoom_in", "zoom_out", "static")
-PAN_FLOW = {"pan_left": (1, 0), "pan_right": (-1, 0), "pan_up": (0, 1), "pan_down": (0, -1)}
-"""direction of the content's flow (x, y) in the frame when the camera pans that way"""
+PAN_FLOW = PAN_DIRECTIONS
+"""direction of the content's flow (x, y) in the frame when the camera pans that way (the sampler's
+camera moves, svd_fast.camera_start, use the same convention)"""
 ZOOM_SIGN = {"zoom_in": 1, "zoom_out": -1}
 """sign of the flow divergence"""
 
@@ -162,10 +165,7 @@ def measure_motion(pipe, lora_path, images: dict, seeds, scales, motion: str | N
         return pipe(image, generator=torch.Generator().manual_seed(seed), output_type="np", **sample_args).frames[0]
 
     def along(figures):
-        if motion in PAN_FLOW:
-            dx, dy = PAN_FLOW[motion]
-            return dx * figures["flow_x"] + dy * figures["flow_y"]
-        return ZOOM_SIGN.get(motion, 0) * figures["divergence"]
+        return along_motion(figures, motion)
 
     base = {}
     for name, image in images.items():
@@ -187,6 +187,15 @@ def measure_motion(pipe, lora_path, images: dict, seeds, scales, motion: str | N
     finally:
         pipe.delete_adapters([adapter])
     return {"motion": motion, "pairs": len(base), "seeds": list(seeds), "images": list(images), "scales": results}
+
+
+def along_motion(figures: dict, motion: str) -> float:
+    """flow_figures' motion along `motion`: the mean flow along a pan (px/frame) or the divergence of a
+    zoom, signed so that the motion's own direction is positive (0 for static)."""
+    if motion in PAN_FLOW:
+        dx, dy = PAN_FLOW[motion]
+        return dx * figures["flow_x"] + dy * figures["flow_y"]
+    return ZOOM_SIGN.get(motion, 0) * figures["divergence"]
 
 
 def _summarise(rows: list[dict], along) -> dict:
