@@ -15,6 +15,10 @@ while this start gives it the zoom's layout directly.
     python -m svd_fast.sample --image IMG.png --camera zoom_in [--camera pan_left:0.02] --out OUT.gif
     pipe(image, camera="zoom_in:1.05")            # or a CameraMove
 
+Or from pure noise that moves with the camera (warped_noise, `camera_from="noise"`), the only way for
+text-to-video models, whose pipeline by default takes the move from the prompt's camera words
+(move_from_text).
+
 Moves: `zoom_in[:Z]` / `zoom_out[:Z]` (magnification per frame, Z > 1, default DEFAULT_ZOOM),
 `pan_left|pan_right|pan_up|pan_down[:P]` (the camera turns that way, so the picture moves the other
 way by P of the frame's width or height per frame, default DEFAULT_PAN). Several compose: the zooms
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +84,42 @@ def parse_move(spec: str) -> CameraMove:
         raise ValueError(f"camera move {spec!r}: the pan per frame is a fraction of the frame, in (0, 1)")
     dx, dy = PAN_DIRECTIONS[name]
     return CameraMove(pan_x=dx * speed, pan_y=dy * speed)
+
+
+CAMERA_WORDS = {"camera pans left": "pan_left", "camera pans right": "pan_right", "camera tilts up": "pan_up",
+                "camera tilts down": "pan_down", "camera zooms in": "zoom_in", "camera zooms out": "zoom_out"}
+"""the curation captioner's camera phrases (svd_fast.curate.captions.describe_motion) and the moves they name"""
+_WORDS = re.compile("|".join(CAMERA_WORDS), re.IGNORECASE)
+
+
+def move_from_text(text: str) -> CameraMove | None:
+    """The camera move a prompt names in the captioner's words ("camera pans left", "camera zooms in",
+    ...; several compose), at parse_move's default speeds; None for "static camera" or no such words.
+    A speed written after them ("at 0.30 scale/s") is not used: the text-to-video model follows
+    moving noise at a fraction of its speed and not at all when it is slow (0.01 of the frame per frame:
+    svd_fast/assets/default_t2v/MODEL_CARD.md), so the defaults are the speeds it shows."""
+    moves = [parse_move(CAMERA_WORDS[words.lower()]) for words in _WORDS.findall(text)]
+    return as_move(moves) if moves else None
+
+
+def camera_noise(moves, shape, generator=None) -> torch.Tensor:
+    """(B, T, C, h, w) starting noise for a batch: element b moves with moves[b] (warped_noise) or,
+    where that is None, is iid Gaussian; drawn element by element in batch order from `generator`
+    (one for the batch, or a list of one per element)."""
+    batch, num_frames, channels, height, width = shape
+    if len(moves) != batch:
+        raise ValueError(f"got {len(moves)} camera moves for a batch of {batch}")
+    generators = list(generator) if isinstance(generator, (list, tuple)) else [generator] * batch
+    if len(generators) != batch:
+        raise ValueError(f"got {len(generators)} generators for a batch of {batch}")
+    parts = []
+    for move, g in zip(moves, generators):
+        if move is None:
+            parts.append(torch.randn((num_frames, channels, height, width), generator=g,
+                                     device=g.device if g is not None else None).cpu())
+        else:
+            parts.append(warped_noise(move, num_frames, channels, height, width, generator=g))
+    return torch.stack(parts)
 
 
 def as_move(camera) -> CameraMove:

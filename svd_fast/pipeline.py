@@ -365,11 +365,7 @@ class SVDPipeline:
         f = self.vae.config.downsample_factor
         shape = (batch, num_frames, self.vae.config.latent_channels, height // f, width // f)
         if move is not None and camera_from == "noise":
-            generators = list(generator) if isinstance(generator, (list, tuple)) else [generator] * batch
-            if len(generators) != batch:
-                raise ValueError(f"got {len(generators)} generators for a batch of {batch}")
-            latents = torch.stack([camera_start.warped_noise(move, *shape[1:], generator=g) for g in generators])
-            latents = latents.to(device, self.dtype)
+            latents = camera_start.camera_noise([move] * batch, shape, generator).to(device, self.dtype)
         if latents is None:
             latents = randn(shape, generator, device, self.dtype)
         elif tuple(latents.shape) != shape:

@@ -8,7 +8,12 @@
         [--camera-from image|noise]
 
     python -m svd_fast.sample --prompt "TEXT" --out OUT.mp4 [--negative-prompt TEXT] [--guidance-scale G]
-        [--model PATH] [--frames N] [--steps N] [--seed S] [--fps F] [--motion-bucket M] ...
+        [--camera MOVE[:SPEED] ... | --camera none] [--model PATH] [--frames N] [--steps N] [--seed S] [--fps F]
+        [--motion-bucket M] ...
+
+With --prompt the camera moves as the prompt's camera words say ("camera pans left", "camera zooms
+in", ...) through noise that moves with it; --camera sets the move instead, --camera none leaves the
+noise plain.
 
 Without --model the embedded default model (svd_fast/assets/default_model) is used, and with
 --prompt the embedded default text-to-video model (svd_fast/assets/default_t2v).
@@ -94,10 +99,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="camera move, training-free (svd_fast.camera_start): zoom_in|zoom_out[:ZOOM per frame, "
                         "default 1.05] or pan_left|pan_right|pan_up|pan_down[:fraction of the frame per frame, default "
                         "0.025]; every frame starts from the moved image noised to --image-init-sigma (default 3); "
-                        "repeat to combine; a long video carries it on over its chunks")
-    p.add_argument("--camera-from", choices=["image", "noise"], default="image",
+                        "repeat to combine; a long video carries it on over its chunks. With --prompt: pure noise "
+                        "moving that way instead of the prompt's camera words ('none': plain noise)")
+    p.add_argument("--camera-from", choices=["image", "noise"],
                    help="image: the moved input noised to sigma 3 starts every frame (default); noise: pure noise "
-                        "that moves with the camera (svd_fast.camera_start.warped_noise)")
+                        "that moves with the camera (svd_fast.camera_start.warped_noise; --prompt's only way)")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                    help="LoRA adapter (svd_fast or diffusers/PEFT safetensors) applied at SCALE (default 1); "
                         "repeat to combine several (their effects add up)")
@@ -160,9 +166,11 @@ def check_inputs(args) -> None:
             raise ValueError("--prompt is empty: describe the video (the empty prompt is guidance's unconditional)")
         for flag, value in (("--window", args.window), ("--min-cfg", args.min_cfg != 1.0 or None),
                             ("--max-cfg", args.max_cfg), ("--noise-aug", args.noise_aug != 0.02 or None),
-                            ("--render", args.render), ("--camera", args.camera or None)):
+                            ("--render", args.render), ("--camera-from image", args.camera_from == "image" or None)):
             if value is not None:
-                raise ValueError(f"{flag} is an image-to-video flag; with --prompt use --guidance-scale")
+                raise ValueError(f"{flag} is an image-to-video flag, not for --prompt")
+        if "none" in args.camera and len(args.camera) > 1:
+            raise ValueError("--camera none leaves the noise plain: not with other --camera moves")
     elif args.negative_prompt is not None or args.guidance_scale is not None:
         raise ValueError("--negative-prompt and --guidance-scale go with --prompt (text-to-video)")
 
@@ -189,7 +197,8 @@ def check_arguments(args) -> None:
     for spec in getattr(args, "lora", []):
         parse_lora(spec)
     for spec in getattr(args, "camera", []):
-        camera_start.parse_move(spec)
+        if not (spec == "none" and getattr(args, "prompt", None) is not None):  # --prompt's plain noise
+            camera_start.parse_move(spec)
 
 
 def image_init_sigma(args, pipe, render: str) -> float | None:
@@ -279,7 +288,7 @@ def main(argv=None) -> int:
     )
     check_memory(min(frames, window), common["height"], common["width"])
     if args.camera:
-        common.update(camera=args.camera, camera_from=args.camera_from)
+        common.update(camera=args.camera, camera_from=args.camera_from or "image")
     if frames > window:
         return _long_video(pipe, image, frames, window, args, common, load_time, fps)
     result = pipe(image, num_frames=frames, output_type="np", render=render, **common)
@@ -323,7 +332,7 @@ def _text_to_video(args) -> int:
                   num_inference_steps=args.steps, guidance_scale=args.guidance_scale, fps=fps,
                   motion_bucket_id=args.motion_bucket, decode_chunk_size=args.decode_chunk,
                   generator=torch.Generator("cpu").manual_seed(args.seed), sampler=args.sampler, eta=args.eta,
-                  output_type="np")
+                  camera=None if args.camera == ["none"] else args.camera or "prompt", output_type="np")
     written = save_video(result.frames[0], args.out, fps=fps)
     t = result.timings
     steps = t["unet_steps"]

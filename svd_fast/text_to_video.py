@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from svd_fast import conditioner
+from svd_fast import camera_start, conditioner
 from svd_fast.config import ImageEncoderConfig
 from svd_fast.denoiser import Conditioning
 from svd_fast.pipeline import SVDPipeline
@@ -135,12 +135,18 @@ class SVDTextToVideoPipeline(SVDPipeline):
                  height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, fps: int | None = None, motion_bucket_id: int | None = None,
                  decode_chunk_size: int | None = None, generator=None, latents: torch.Tensor | None = None,
-                 output_type: str = "pil", return_dict: bool = True, **kwargs):
+                 camera="prompt", output_type: str = "pil", return_dict: bool = True, **kwargs):
         """Sample videos for a prompt or list of prompts.
 
         Defaults (None) are the model's sampling defaults (SVDConfig: size, frames, steps, fps, motion
         bucket, guidance). negative_prompt: a string or one per prompt; default the empty prompt,
         the unconditional of classifier-free guidance. guidance_scale <= 1 samples without guidance.
+        camera: "prompt" (default) starts each video from noise that moves as the prompt's camera
+        words say ("camera pans left", "camera zooms in", ...: camera_start.move_from_text; none or
+        "static camera": plain noise; given `latents` are used as they are); a move for every prompt (as SVDPipeline's `camera`: "zoom_in",
+        "pan_left:0.04", a CameraMove or a list), drawn the same way; None: plain noise always. The
+        moving noise (camera_start.warped_noise, as Go-with-the-Flow) is what makes this model's
+        camera move: its UNet did not learn the camera words (MODEL_CARD.md).
         Other keyword arguments go to SVDPipeline.__call__ (sampler, sigmas, callback_on_step_end, ...).
         """
         prompts = _prompt_list(prompt, "prompt")
@@ -149,18 +155,36 @@ class SVDTextToVideoPipeline(SVDPipeline):
             negative = negative * len(prompts)
         if len(negative) != len(prompts):
             raise ValueError(f"got {len(negative)} negative prompts for {len(prompts)} prompts")
-        for name in ("image_embeddings", "last_image", "noise_aug_strength", "min_guidance_scale", "max_guidance_scale"):
+        for name in ("image_embeddings", "last_image", "noise_aug_strength", "min_guidance_scale", "max_guidance_scale",
+                     "camera_from"):
             if name in kwargs:
                 raise TypeError(f"SVDTextToVideoPipeline does not take {name!r}")
         c = self.config
         scale = c.max_guidance_scale if guidance_scale is None else float(guidance_scale)
+        height, width, num_frames = height or c.height, width or c.width, num_frames or c.num_frames
+        if latents is not None and not (camera is None or camera == "prompt"):
+            raise ValueError("camera draws its own moving noise: give latents with camera=None")
+        moves = [move for move in self.camera_moves(camera, prompts) for _ in range(num_videos_per_prompt)]
+        if latents is None and any(move is not None for move in moves):
+            f = self.vae.config.downsample_factor
+            shape = (len(moves), num_frames, self.vae.config.latent_channels, height // f, width // f)
+            latents = camera_start.camera_noise(moves, shape, generator)
         return super().__call__(
-            _Prompts(prompts, negative), height=height or c.height, width=width or c.width,
-            num_frames=num_frames or c.num_frames, num_inference_steps=num_inference_steps or c.num_inference_steps,
+            _Prompts(prompts, negative), height=height, width=width,
+            num_frames=num_frames, num_inference_steps=num_inference_steps or c.num_inference_steps,
             min_guidance_scale=scale, max_guidance_scale=scale, fps=c.fps if fps is None else fps,
             motion_bucket_id=c.motion_bucket_id if motion_bucket_id is None else motion_bucket_id,
             noise_aug_strength=0.0, decode_chunk_size=decode_chunk_size, num_videos_per_prompt=num_videos_per_prompt,
             generator=generator, latents=latents, output_type=output_type, return_dict=return_dict, **kwargs)
+
+    @staticmethod
+    def camera_moves(camera, prompts: list[str]) -> list:
+        """One camera move (or None) per prompt for `camera` as __call__ takes it."""
+        if camera is None:
+            return [None] * len(prompts)
+        if isinstance(camera, str) and camera == "prompt":
+            return [camera_start.move_from_text(p) for p in prompts]
+        return [camera_start.as_move(camera)] * len(prompts)
 
     def _conditioning(self, image, *, height, width, num_frames, fps, motion_bucket_id, noise_aug_strength, generator,
                       num_videos_per_prompt, image_embeddings=None) -> TextConditioning:

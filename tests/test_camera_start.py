@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from svd_fast import conditioner, sample
-from svd_fast.camera_start import CameraMove, as_move, moved_frames, parse_move, warped_noise
+from svd_fast.camera_start import CameraMove, as_move, move_from_text, moved_frames, parse_move, warped_noise
 from svd_fast.denoiser import Conditioning, Denoiser
 from svd_fast.pipeline import SVDPipeline
 from svd_fast.sampling import get_sigmas_karras
@@ -124,6 +124,29 @@ def test_moves_compose():
 def test_bad_moves_are_clear_errors(spec, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_move(spec)
+
+
+@pytest.mark.parametrize("name", ["pan_left", "pan_right", "pan_up", "pan_down", "zoom_in", "zoom_out"])
+def test_the_captioners_words_name_the_move_that_made_them(name):
+    """A textured picture moved by a move, captioned by the curation captioner (its flow measurement), and
+    the caption's words read back by move_from_text: the same move."""
+    from svd_fast.curate.captions import describe_motion
+
+    rng = np.random.default_rng(0)
+    texture = torch.nn.functional.interpolate(torch.from_numpy(rng.random((1, 3, 16, 16))).float(), size=96,
+                                              mode="bicubic")[..., 16:80, 16:80]  # smooth blobs, 64x64
+    speed = ":1.06" if name.startswith("zoom") else ":0.05"
+    frames = moved_frames(texture, parse_move(name + speed), 6)[0]
+    clip = (frames.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().numpy()
+    words = describe_motion(clip, [t / 8 for t in range(6)]).camera
+    assert move_from_text(f"a bright scene, mostly red (60%); {words} at 0.40 frame widths/s") == parse_move(name), words
+
+
+def test_prompts_without_camera_words_give_no_move():
+    assert move_from_text("a dim scene, mostly blue; static camera; nothing moves on its own") is None
+    assert move_from_text("a cat on a sofa") is None
+    both = move_from_text("CAMERA ZOOMS IN while the camera pans left")
+    assert both == as_move(["zoom_in", "pan_left"])
 
 
 def _image():

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from svd_fast.camera_start import CAMERA_WORDS
 from svd_fast.curate.captions import describe_motion, dominant_colour
 
 BOS, EOS, PAD, UNK = "<|startoftext|>", "<|endoftext|>", "<pad>", "<unk>"
-CAMERAS = ("static camera", "camera pans left", "camera pans right", "camera tilts up", "camera tilts down",
-           "camera zooms in", "camera zooms out")
+CAMERAS = ("static camera", *CAMERA_WORDS)
 """the camera classes describe_motion reports (the captioner's words)"""
 
 
