@@ -143,10 +143,11 @@ class SVDTextToVideoPipeline(SVDPipeline):
         the unconditional of classifier-free guidance. guidance_scale <= 1 samples without guidance.
         camera: "prompt" (default) starts each video from noise that moves as the prompt's camera
         words say ("camera pans left", "camera zooms in", ...: camera_start.move_from_text; none or
-        "static camera": plain noise; given `latents` are used as they are); a move for every prompt (as SVDPipeline's `camera`: "zoom_in",
-        "pan_left:0.04", a CameraMove or a list), drawn the same way; None: plain noise always. The
-        moving noise (camera_start.warped_noise, as Go-with-the-Flow) is what makes this model's
-        camera move: its UNet did not learn the camera words (MODEL_CARD.md).
+        "static camera": plain noise; given `latents` are used as they are); a move for every prompt
+        (as SVDPipeline's `camera`: "zoom_in", "pan_left:0.04", a CameraMove or a list), drawn the
+        same way; None: plain noise always. The moving noise (camera_start.warped_noise, as
+        Go-with-the-Flow) is what makes the default text model's camera move: its UNet did not learn
+        the camera words (its MODEL_CARD.md).
         Other keyword arguments go to SVDPipeline.__call__ (sampler, sigmas, callback_on_step_end, ...).
         """
         prompts = _prompt_list(prompt, "prompt")
