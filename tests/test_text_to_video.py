@@ -444,6 +444,30 @@ def test_recipe_trains_only_the_stages_after_the_last_finished_one(tmp_path):
     assert recipe.stages_to_run(tmp_path / "empty", recipe.LAB.stages) == [0, 1]
 
 
+def test_recipe_start_seeds_the_work_folder_with_a_trained_model(pipe, tmp_path):
+    """--start MODEL: the model's UNet becomes stage III's output (so only stage IV trains) and its text tower
+    the recipe's (the same token states); an image-to-video model is refused."""
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection
+
+    from svd_fast.text_to_video import encode_prompt
+
+    recipe = t2v_recipe()
+    pipe.save_pretrained(tmp_path / "model")
+    work = tmp_path / "work"
+    assert recipe.seed_work(tmp_path / "model", work, recipe.Schedule()) == "stage3-finetune"
+    assert recipe.stages_to_run(work, recipe.Schedule().stages) == [2, 3]
+    seeded = open_tensors(work / "stage3-finetune" / "unet.safetensors")
+    for name, tensor in pipe.unet.state_dict().items():
+        torch.testing.assert_close(seeded.read(name), tensor.float(), atol=0, rtol=0)
+    tokenizer = AutoTokenizer.from_pretrained(work / "text_tower" / "tokenizer")
+    text_encoder = CLIPTextModelWithProjection.from_pretrained(work / "text_tower" / "text_encoder").eval()
+    prompts = ["a dim scene, mostly blue; camera zooms in", ""]
+    with torch.no_grad():
+        torch.testing.assert_close(encode_prompt(tokenizer, text_encoder, prompts), pipe.encode_prompt(prompts).float())
+    with pytest.raises(ValueError, match="not a text-to-video one"):
+        recipe.seed_work(REPO / "svd_fast" / "assets" / "default_model", tmp_path / "other", recipe.Schedule())
+
+
 def test_word_probe_finds_the_colour_words_used():
     """The recipe's --probe on the shipped model: a wrong dominant colour in the caption raises the x0 error
     of noised held-out clips (measured on these 8 clips at sigma 10: worse in 94% of swaps, +12% error;

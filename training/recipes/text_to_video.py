@@ -3,6 +3,7 @@ text-conditioned SVD (the paper's base model, section 4.2) as a config of the sa
 
     OMP_NUM_THREADS=1 python training/recipes/text_to_video.py [--workdir runs/text_to_video] \
         [--out svd_fast/assets/default_t2v] [--shards /work/runs/default_model_v3b/curated/shards] [--lab]
+    OMP_NUM_THREADS=2 python training/recipes/text_to_video.py --start MODEL --workdir runs/t2v_more [--out ...]
     OMP_NUM_THREADS=1 python training/recipes/text_to_video.py --probe svd_fast/assets/default_t2v
     OMP_NUM_THREADS=2 python training/recipes/text_to_video.py --evaluate svd_fast/assets/default_t2v
 
@@ -275,6 +276,31 @@ def stages_to_run(work: Path, stages: tuple[Stage, ...]) -> list[int]:
     return [k for k, s in enumerate(stages) if s.steps and k >= max(done, default=0)]
 
 
+def seed_work(model: Path, work: Path, schedule: Schedule) -> str:
+    """Put a trained text model's text tower and UNet into `work` as the output of the last stage before the
+    first wide one (stage III), so that run() trains only the stages after it (the model fine-tuned further);
+    returns that stage's name. The model must be a text model (conditioning "text")."""
+    import shutil
+
+    from svd_fast.text_to_video import SVDTextToVideoPipeline
+
+    pipe = SVDTextToVideoPipeline.from_pretrained(model, torch_dtype=torch.float32)
+    wide = [k for k, stage in enumerate(schedule.stages) if stage.wide]
+    if not wide or wide[0] == 0:
+        raise ValueError("--start: this schedule has no stage before a wide one to continue from")
+    last = schedule.stages[wide[0] - 1].name
+    tower = work / "text_tower"
+    tower.mkdir(parents=True, exist_ok=True)
+    pipe.tokenizer.save_pretrained(tower / "tokenizer")
+    pipe.text_encoder.save_pretrained(tower / "text_encoder")
+    write_json(tower / "losses.json", {"first": [float("nan")], "last": [float("nan")], "from": str(model)})
+    write_text(tower / "done", "")
+    (work / last).mkdir(parents=True, exist_ok=True)
+    save_safetensors({k: v.contiguous() for k, v in pipe.unet.state_dict().items()}, work / last / "unet.safetensors")
+    shutil.rmtree(work / "export", ignore_errors=True)  # exported from earlier weights, if any
+    return last
+
+
 def train_stage(work: Path, stage: Stage, unet, contexts, empty, data: dict, seed: int) -> Path:
     """One UNet stage; checkpoints every 50 steps (resumable); returns its weights file."""
     folder = work / stage.name
@@ -471,8 +497,8 @@ RUN_NOTE = """ Stages I-III are the 2026-12-01 run: on AMD EPYC (family 26, mode
 the 2-core machine shared with other jobs, 45.5 minutes with the data and the text tower; it was started once with
 stage II at 600 steps, stopped at its step-150 checkpoint and resumed with 1000 steps (the resumed optimizer and
 data order continue exactly); its losses and minutes in the table are from its log. Stage IV continued from those
-shipped weights in a work folder seeded with them (the UNet after stage III and the text tower; the recipe skips
-every stage before the last one whose output exists), with the base data built again: the procedural clips are
+shipped weights in a work folder seeded with them (the UNet after stage III and the text tower, as `--start` does,
+and that run's stage losses and minutes; the recipe skips every stage before the last one whose output exists), with the base data built again: the procedural clips are
 deterministic, the real windows came from the default model's sources curated again with the same settings
 (119 windows; the first run had 120)."""
 
@@ -808,6 +834,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="copy the exported model here (with its card)")
     parser.add_argument("--shards", type=Path, default=SHARDS)
     parser.add_argument("--lab", action="store_true", help="a short run to check that it learns")
+    parser.add_argument("--start", type=Path, metavar="MODEL",
+                        help="continue from a trained text model: its text tower and UNet stand for stages I-III "
+                             "(the work folder is seeded with them), only stage IV trains")
     parser.add_argument("--probe", type=Path, metavar="MODEL",
                         help="only measure whether MODEL's denoiser uses the camera and colour words (word_probe)")
     parser.add_argument("--evaluate", type=Path, metavar="MODEL",
@@ -829,7 +858,15 @@ def main(argv=None) -> int:
         except (CheckpointError, ValueError) as exc:
             parser.exit(2, f"error: {exc}\n")
         return 0
-    summary = run(args.workdir, args.out, args.shards, LAB if args.lab else Schedule())
+    schedule = LAB if args.lab else Schedule()
+    if args.start:
+        from svd_fast.checkpoints import CheckpointError
+
+        try:
+            log(f"seeded {args.workdir} with {args.start} as {seed_work(args.start, args.workdir, schedule)}")
+        except (CheckpointError, ValueError, OSError) as exc:
+            parser.exit(2, f"error: {exc}\n")
+    summary = run(args.workdir, args.out, args.shards, schedule)
     print(json.dumps({k: summary["metrics"][k] for k in ("model", "words_only", "shuffled_prompts", "unconditioned")}, indent=1))
     return 0
 
