@@ -283,7 +283,8 @@ def stages_to_run(work: Path, stages: tuple[Stage, ...]) -> list[int]:
 def seed_work(model: Path, work: Path, schedule: Schedule) -> str:
     """Put a trained text model's text tower and UNet into `work` as the output of the last stage before the
     first wide one (stage III), so that run() trains only the stages after it (the model fine-tuned further);
-    returns that stage's name. The model must be a text model (conditioning "text")."""
+    returns that stage's name. The model must be a text model (conditioning "text"). Give a new work folder (or
+    the same command again to resume): a folder trained from another model keeps its later stages and metrics."""
     import shutil
 
     from svd_fast.text_to_video import SVDTextToVideoPipeline
