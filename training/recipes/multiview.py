@@ -20,6 +20,12 @@ generator (paper section 4.5, App. D.6): from one view of an object, the views o
    and a JSON of the figures with the machine's description.
 
 `--refresh-card` does step 4 alone for the model in --out (when the base it is compared with changed).
+
+Tried and not kept (2026-12-05): the UNet as a correction of the input view's latent copied to every view
+(UNetConfig.latent_prior = the VAE's scaling factor, as SVD-FI's prior), 800 steps from v2 at batch 4, lr 1e-4
+with LR_DECAY: held-out PSNR / SSIM / CLIP-S 16.11 dB / 0.573 / 0.879 against v2's 16.52 / 0.641 / 0.890;
+validation objects (HELD_OUT_SEEDS + 1000..1011) 15.78 / 0.553 / 0.854 (guidance 1: 0.858) against v2's
+16.09 / 0.627 / 0.881. The views keep more of the input's outline but come out as blotchy.
 """
 from __future__ import annotations
 
