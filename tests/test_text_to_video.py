@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -477,6 +479,10 @@ def test_word_probe_finds_the_colour_words_used():
     assert result["clips"] == 8 and len(result["colours"]) >= 4
     assert colour["fraction_swapped_worse"] >= 0.75, result
     assert colour["swapped_error"] >= 1.05 * colour["own_error"], result
+    # "order": the clips whose caption names two colours, each probed with the colours' places swapped
+    two = [c for c in itertools.islice((p for p in t2v_recipe()._held_out_captions() if p["camera"] != "static camera"), 8)
+           if re.search(r"mostly \w+ \(\d+%\) and \w+ \(\d+%\)", c["caption"])]
+    assert result["order_clips"] == len(two) >= 2, result
 
 
 def test_shipped_model_converts_to_sgm_and_back(tmp_path, capsys):

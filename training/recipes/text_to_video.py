@@ -430,8 +430,9 @@ def word_probe(model: Path, clips: int = 24, sigmas=(1.0, 3.0, 10.0), seed: int 
     """Does the denoiser use the prompt's camera words, and (the control) its colour words? For
     held-out procedural clips with a camera move: the x0 error of the noised true clip with its own
     caption, and with the camera phrase replaced by each other move, or the dominant colour by each
-    other colour of the prompts (same noise). A model that uses the words does worse with wrong ones
-    (fraction_swapped_worse near 1); one that ignores them sits at chance (0.5)."""
+    other colour of the prompts, or ("order", captions naming two colours: order_clips of them) the two
+    colours' places swapped, their shares kept (same noise). A model that uses the words does worse with
+    wrong ones (fraction_swapped_worse near 1); one that ignores them sits at chance (0.5)."""
     from svd_fast.denoiser import Denoiser
     from svd_fast.text_to_video import SVDTextToVideoPipeline, TextConditioning
 
@@ -439,7 +440,7 @@ def word_probe(model: Path, clips: int = 24, sigmas=(1.0, 3.0, 10.0), seed: int 
     denoiser, gen = Denoiser(pipe.unet), torch.Generator().manual_seed(seed)
     prompts = list(itertools.islice((p for p in _held_out_captions() if p["camera"] != "static camera"), clips))
     colours = sorted({p["colour"] for p in prompts})
-    rows = {"camera": [], "colour": []}
+    rows = {"camera": [], "colour": [], "order": []}
     for p in prompts:
         frames, fps = procedural_clip(p["seed"])
         pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -447,6 +448,10 @@ def word_probe(model: Path, clips: int = 24, sigmas=(1.0, 3.0, 10.0), seed: int 
         own = f"mostly {p['colour']}"
         swaps = {"camera": [p["caption"].replace(p["camera"], c) for c in CAMERAS if c != p["camera"]],
                  "colour": [p["caption"].replace(own, f"mostly {c}", 1) for c in colours if c != p["colour"]]}
+        two = TWO_COLOURS.search(p["caption"])
+        if two:
+            first, first_share, second, second_share = two.groups()
+            swaps["order"] = [p["caption"].replace(two.group(0), f"mostly {second} ({first_share}%) and {first} ({second_share}%)")]
         for attribute, others in swaps.items():
             texts = [p["caption"]] + others
             n = len(texts)
@@ -460,11 +465,15 @@ def word_probe(model: Path, clips: int = 24, sigmas=(1.0, 3.0, 10.0), seed: int 
                     error = (denoiser(x, torch.full((n,), sigma), cond) - latents).pow(2).mean(dim=(1, 2, 3, 4))
                 row[sigma] = (float(error[0]), float(error[1:].mean()), float((error[1:] > error[0]).float().mean()))
             rows[attribute].append(row)
-    return {"clips": len(prompts), "colours": colours, **{attribute: {str(s): {
+    return {"clips": len(prompts), "colours": colours, "order_clips": len(rows["order"]), **{attribute: {str(s): {
         "own_error": float(np.mean([r[s][0] for r in found])),
         "swapped_error": float(np.mean([r[s][1] for r in found])),
         "fraction_swapped_worse": float(np.mean([r[s][2] for r in found]))} for s in sigmas}
-        for attribute, found in rows.items()}}
+        for attribute, found in rows.items() if found}}
+
+
+TWO_COLOURS = re.compile(r"mostly (\w+) \((\d+)%\) and (\w+) \((\d+)%\)")
+"""the captioner's colour phrase when it names two colours: (first, its share, second, its share)"""
 
 
 def vae_ceiling(vae, prompts: list[dict]) -> dict:
