@@ -104,7 +104,9 @@ class Schedule:
     / 71%: tower trained, the recipe's seed 73% / 77% / 70%; tower trained, another data order 75% / 89% / -; those
     two averaged (a model soup) 74% / 86% / 74%; tower frozen - / 83% / -. Training seeds move the figure as much
     as the change does; over all 320 captions the recipe's stage V scored the stage IV model's 72.5%. 36 of the
-    soup's 42 colour misses made the caption's second colour the dominant one"""
+    soup's 42 colour misses made the caption's second colour the dominant one, and --probe finds the UNet deaf to
+    which colour dominates (the two swapped in place: chance) though the tower's token states differ; 600 steps at
+    P_mean 1.5 (more weight on the global composition, tower frozen) left that at chance too (50-61% of swaps)"""
     eval_prompts: int = 128
     """two sets of 64 held-out prompts scored the stage IV model 81% and 66% for both attributes: 64 are too few
     to tell 80% from 70%"""
