@@ -474,13 +474,14 @@ def test_word_probe_finds_the_colour_words_used():
     """The recipe's --probe on the shipped model: a wrong dominant colour in the caption raises the x0 error
     of noised held-out clips (measured on these 8 clips at sigma 10: worse in 94% of swaps, +12% error;
     the stage III model: 94%, +19%; on 24 clips 84%). The camera words are not asserted: the model ignores them (README, text-to-video)."""
-    result = t2v_recipe().word_probe(DEFAULT_T2V, clips=8, sigmas=(10.0,))
+    recipe = t2v_recipe()
+    result = recipe.word_probe(DEFAULT_T2V, clips=8, sigmas=(10.0,))
     colour = result["colour"]["10.0"]
     assert result["clips"] == 8 and len(result["colours"]) >= 4
     assert colour["fraction_swapped_worse"] >= 0.75, result
     assert colour["swapped_error"] >= 1.05 * colour["own_error"], result
     # "order": the clips whose caption names two colours, each probed with the colours' places swapped
-    two = [c for c in itertools.islice((p for p in t2v_recipe()._held_out_captions() if p["camera"] != "static camera"), 8)
+    two = [c for c in itertools.islice((p for p in recipe._held_out_captions() if p["camera"] != "static camera"), 8)
            if re.search(r"mostly \w+ \(\d+%\) and \w+ \(\d+%\)", c["caption"])]
     assert result["order_clips"] == len(two) >= 2, result
 

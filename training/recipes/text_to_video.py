@@ -443,6 +443,7 @@ def word_probe(model: Path, clips: int = 24, sigmas=(1.0, 3.0, 10.0), seed: int 
 
     pipe = SVDTextToVideoPipeline.from_pretrained(model, torch_dtype=torch.float32)
     denoiser, gen = Denoiser(pipe.unet), torch.Generator().manual_seed(seed)
+    order_gen = torch.Generator().manual_seed(seed + 1)  # its own draws: the camera and colour figures stay as without it
     prompts = list(itertools.islice((p for p in _held_out_captions() if p["camera"] != "static camera"), clips))
     colours = sorted({p["colour"] for p in prompts})
     rows = {"camera": [], "colour": [], "order": []}
@@ -465,7 +466,7 @@ def word_probe(model: Path, clips: int = 24, sigmas=(1.0, 3.0, 10.0), seed: int 
                                     pipe.encode_prompt(texts), ids)
             row = {}
             for sigma in sigmas:
-                x = (latents + sigma * torch.randn(latents.shape, generator=gen)).expand(n, -1, -1, -1, -1)
+                x = (latents + sigma * torch.randn(latents.shape, generator=order_gen if attribute == "order" else gen)).expand(n, -1, -1, -1, -1)
                 with torch.no_grad():
                     error = (denoiser(x, torch.full((n,), sigma), cond) - latents).pow(2).mean(dim=(1, 2, 3, 4))
                 row[sigma] = (float(error[0]), float(error[1:].mean()), float((error[1:] > error[0]).float().mean()))
