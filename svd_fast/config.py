@@ -339,6 +339,9 @@ class SVDConfig:
     prior_noise: float = 1.0
     """models with a latent prior (UNetConfig.latent_prior): the sampler starts at the prior plus this times
     the initial noise (0: at the prior itself, a deterministic estimate)"""
+    lead_sigma: float | None = None
+    """text models: the sampler steps above this sigma are conditioned on the lead prompt (by default the
+    caption with its dominant colour alone: svd_fast.text_to_video), the rest on the prompt; None: off"""
     conditioning: str = "image"
     """one of CONDITIONINGS; checkpoints that do not say are 'image' models"""
 
@@ -351,6 +354,9 @@ class SVDConfig:
                                              or self.render != "frames"):
             raise ValueError(f"image_init_sigma, keep_first_frame and render are image-model sampling defaults; a "
                              f"{self.conditioning!r} model cannot have them (pass {IMAGE_SAMPLING_OFF} when deriving it)")
+        if self.lead_sigma is not None and (self.conditioning != "text" or not 0 <= self.lead_sigma < float("inf")):
+            raise ValueError(f"lead_sigma is a text model's sampling default, a finite sigma >= 0; got {self.lead_sigma} "
+                             f"for a {self.conditioning!r} model")
         if not self.prior_noise >= 0 or self.prior_noise != 1 and not self.unet.latent_prior:
             raise ValueError(f"prior_noise must be >= 0 and is for models with a latent prior only, got {self.prior_noise}")
 

@@ -210,6 +210,19 @@ class UnguidedDenoiser:
         return self.denoiser(x, sigma, self.cond)
 
 
+class SigmaSwitchDenoiser:
+    """`early` at noise levels above `switch_sigma`, `late` at and below it: prompt editing over the
+    noise levels (a text model's lead prompt, svd_fast.text_to_video). Per-sample sigmas switch
+    together, on the largest."""
+
+    def __init__(self, early, late, switch_sigma: float):
+        self.early, self.late, self.switch_sigma = early, late, float(switch_sigma)
+
+    def __call__(self, x, sigma) -> torch.Tensor:
+        high = float(torch.as_tensor(sigma).max()) > self.switch_sigma
+        return (self.early if high else self.late)(x, sigma)
+
+
 class BidirectionalDenoiser:
     """Training-free interpolation with an image-to-video model (in the spirit of ViBiDSampler and
     of the time-reversal fusion of Feng et al. 2024): one guided denoiser conditioned on the first

@@ -19,7 +19,8 @@ from svd_fast import camera_start, conditioner
 from svd_fast.accel.memory import release_free_memory
 from svd_fast.config import RENDERS, SVDConfig
 from svd_fast.consistency import ConsistencySchedule, default_sampler, is_consistency_scheduler
-from svd_fast.denoiser import BidirectionalDenoiser, Conditioning, Denoiser, LinearGuidedDenoiser, UnguidedDenoiser
+from svd_fast.denoiser import (BidirectionalDenoiser, Conditioning, Denoiser, LinearGuidedDenoiser, SigmaSwitchDenoiser,
+                               UnguidedDenoiser)
 from svd_fast.layers import channels_last_
 from svd_fast.sampling import SAMPLERS, get_sigmas_karras, init_noise_scale
 
@@ -403,6 +404,9 @@ class SVDPipeline:
             return UnguidedDenoiser(denoiser, cond)
 
         denoise = guided(cond)
+        lead = getattr(cond, "lead", None)  # a text model's lead prompt: the high-noise steps (svd_fast.text_to_video)
+        if lead is not None:
+            denoise = SigmaSwitchDenoiser(guided(lead), denoise, cond.lead_sigma)
         if last_cond is not None:
             denoise = BidirectionalDenoiser(denoise, guided(last_cond), num_frames)
 

@@ -8,12 +8,14 @@
         [--camera-from image|noise]
 
     python -m svd_fast.sample --prompt "TEXT" --out OUT.mp4 [--negative-prompt TEXT] [--guidance-scale G]
-        [--camera MOVE[:SPEED] ... | --camera none] [--model PATH] [--frames N] [--steps N] [--seed S] [--fps F]
-        [--motion-bucket M] ...
+        [--camera MOVE[:SPEED] ... | --camera none] [--lead-prompt TEXT|auto|none] [--lead-sigma S]
+        [--model PATH] [--frames N] [--steps N] [--seed S] [--fps F] [--motion-bucket M] ...
 
 With --prompt the camera moves as the prompt's camera words say ("camera pans left", "camera zooms
 in", ...) through noise that moves with it; --camera sets the move instead, --camera none leaves the
-noise plain.
+noise plain. The steps above the model's lead sigma are conditioned on the prompt with its dominant
+colour alone when it names two ("mostly red (60%) and blue (30%)"); --lead-prompt sets that prompt,
+--lead-prompt none turns it off (svd_fast.text_to_video).
 
 Without --model the embedded default model (svd_fast/assets/default_model) is used, and with
 --prompt the embedded default text-to-video model (svd_fast/assets/default_t2v).
@@ -21,6 +23,7 @@ Without --model the embedded default model (svd_fast/assets/default_model) is us
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -40,6 +43,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image", help="conditioning image (png, jpg, ...); or --prompt")
     p.add_argument("--prompt", help="text-to-video: the prompt (a text model; default: the embedded one)")
     p.add_argument("--negative-prompt", help="text-to-video: the unconditional of guidance (default: the empty prompt)")
+    p.add_argument("--lead-prompt",
+                   help="text-to-video: the prompt of the high-noise steps ('auto', the default: the prompt with its "
+                        "dominant colour alone when it names two; 'none': the prompt throughout)")
+    p.add_argument("--lead-sigma", type=float,
+                   help="text-to-video: steps above this sigma take the lead prompt (default: the model's)")
     p.add_argument("--guidance-scale", type=float,
                    help="text-to-video: guidance scale of every frame (default: the model's; <= 1 turns guidance off)")
     p.add_argument("--out", required=True, help="output: .mp4/.webm, .gif, or .png (one file per frame)")
@@ -171,8 +179,11 @@ def check_inputs(args) -> None:
                 raise ValueError(f"{flag} is an image-to-video flag, not for --prompt")
         if "none" in args.camera and len(args.camera) > 1:
             raise ValueError("--camera none leaves the noise plain: not with other --camera moves")
-    elif args.negative_prompt is not None or args.guidance_scale is not None:
-        raise ValueError("--negative-prompt and --guidance-scale go with --prompt (text-to-video)")
+        if args.lead_sigma is not None and not (args.lead_sigma >= 0 and math.isfinite(args.lead_sigma)):
+            raise ValueError(f"--lead-sigma must be a finite sigma >= 0, got {args.lead_sigma}")
+    elif any(v is not None for v in (args.negative_prompt, args.guidance_scale, args.lead_prompt, args.lead_sigma)):
+        raise ValueError("--negative-prompt, --guidance-scale, --lead-prompt and --lead-sigma go with --prompt "
+                         "(text-to-video)")
 
 
 def check_arguments(args) -> None:
@@ -332,7 +343,9 @@ def _text_to_video(args) -> int:
                   num_inference_steps=args.steps, guidance_scale=args.guidance_scale, fps=fps,
                   motion_bucket_id=args.motion_bucket, decode_chunk_size=args.decode_chunk,
                   generator=torch.Generator("cpu").manual_seed(args.seed), sampler=args.sampler, eta=args.eta,
-                  camera=None if args.camera == ["none"] else args.camera or "prompt", output_type="np")
+                  camera=None if args.camera == ["none"] else args.camera or "prompt",
+                  lead_prompt={None: "auto", "none": None}.get(args.lead_prompt, args.lead_prompt),
+                  lead_sigma=args.lead_sigma, output_type="np")
     written = save_video(result.frames[0], args.out, fps=fps)
     t = result.timings
     steps = t["unet_steps"]

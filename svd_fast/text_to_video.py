@@ -10,6 +10,14 @@ A text model (SVDConfig.conditioning == "text") is the same VideoUNet with
 Guidance is classifier-free with the encoded empty prompt (or the negative prompt) as the
 unconditional, at one scale for every frame (`guidance_scale`).
 
+A lead prompt conditions the steps above `lead_sigma` instead of the prompt (prompt editing over the
+noise levels: the layout is drawn at high noise, detail at low). Its default, for a caption that names two
+colours as the default captioner writes them ("mostly red (60%) and blue (30%)"), is the caption with the
+dominant colour alone ("mostly red (60%)"): the default text model's UNet reads a caption's colours as a
+set and makes the second one dominant in a third of its videos (its MODEL_CARD.md); stating the dominant
+colour alone while the colours are laid out fixes which one covers most of the frame, and the whole caption
+draws the rest. The default text model sets lead_sigma; models without it sample without a lead.
+
 The sampling core (noise, samplers, guidance batch, decode, output formats, callbacks, speed
 modes) is SVDPipeline's: the text conditioning enters it through `_conditioning`, and
 `TextConditioning.unconditional()` hands the guider the negative prompt instead of zeros.
@@ -17,6 +25,8 @@ modes) is SVDPipeline's: the text conditioning enters it through `_conditioning`
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +47,17 @@ def encode_prompt(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
         return text_encoder(input_ids=ids).last_hidden_state
 
 
+TWO_COLOURS = re.compile(r"mostly (\w+) \((\d+)%\) and (\w+) \((\d+)%\)")
+"""two colours with their shares as the default captioner writes them (svd_fast.curate.captions.describe_colours)"""
+
+
+def dominant_colour_lead(prompt: str) -> str:
+    """The prompt with only its dominant colour when it names two as the default captioner writes them
+    ("mostly red (60%) and blue (30%)" -> "mostly red (60%)"); any other prompt unchanged."""
+    two = TWO_COLOURS.search(prompt)
+    return prompt if two is None else prompt.replace(two.group(0), f"mostly {two.group(1)} ({two.group(2)}%)", 1)
+
+
 def _prompt_list(value, what: str) -> list[str]:
     prompts = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -46,18 +67,30 @@ def _prompt_list(value, what: str) -> list[str]:
 
 @dataclass
 class TextConditioning(Conditioning):
-    """Conditioning of a text model: context = prompt token states; unconditional = the negative prompt's."""
+    """Conditioning of a text model: context = prompt token states; unconditional = the negative prompt's;
+    lead_context: the lead prompt's token states, for the steps above lead_sigma (None: no lead)."""
 
     negative_context: torch.Tensor | None = None
+    lead_context: torch.Tensor | None = None
+    lead_sigma: float | None = None
 
     def unconditional(self) -> Conditioning:
         return Conditioning(self.image_latents, self.negative_context, self.added_time_ids, self.image_only_indicator)
+
+    @property
+    def lead(self) -> "TextConditioning | None":
+        """The conditioning of the steps above lead_sigma (SVDPipeline switches to it), or None."""
+        if self.lead_context is None:
+            return None
+        return dataclasses.replace(self, context=self.lead_context, lead_context=None, lead_sigma=None)
 
 
 @dataclass
 class _Prompts:
     prompt: list[str]
     negative_prompt: list[str]
+    lead_prompt: list[str] | None = None
+    lead_sigma: float | None = None
 
 
 class SVDTextToVideoPipeline(SVDPipeline):
@@ -135,7 +168,8 @@ class SVDTextToVideoPipeline(SVDPipeline):
                  height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, fps: int | None = None, motion_bucket_id: int | None = None,
                  decode_chunk_size: int | None = None, generator=None, latents: torch.Tensor | None = None,
-                 camera="prompt", output_type: str = "pil", return_dict: bool = True, **kwargs):
+                 camera="prompt", lead_prompt="auto", lead_sigma: float | None = None, output_type: str = "pil",
+                 return_dict: bool = True, **kwargs):
         """Sample videos for a prompt or list of prompts.
 
         Defaults (None) are the model's sampling defaults (SVDConfig: size, frames, steps, fps, motion
@@ -148,6 +182,10 @@ class SVDTextToVideoPipeline(SVDPipeline):
         same way; None: plain noise always. The moving noise (camera_start.warped_noise, as
         Go-with-the-Flow) is what makes the default text model's camera move: its UNet did not learn
         the camera words (its MODEL_CARD.md).
+        lead_prompt: the prompt (a string or one per prompt) that conditions the steps above lead_sigma
+        (default: the model's SVDConfig.lead_sigma); "auto" (default): each prompt with its dominant
+        colour alone where it names two as the default captioner writes them (dominant_colour_lead;
+        the module docstring says why), and nothing when the model has no lead_sigma; None: no lead.
         Other keyword arguments go to SVDPipeline.__call__ (sampler, sigmas, callback_on_step_end, ...).
         """
         prompts = _prompt_list(prompt, "prompt")
@@ -161,6 +199,7 @@ class SVDTextToVideoPipeline(SVDPipeline):
             if name in kwargs:
                 raise TypeError(f"SVDTextToVideoPipeline does not take {name!r}")
         c = self.config
+        leads, lead_sigma = self.lead_prompts(lead_prompt, lead_sigma, prompts)
         scale = c.max_guidance_scale if guidance_scale is None else float(guidance_scale)
         height, width, num_frames = height or c.height, width or c.width, num_frames or c.num_frames
         if latents is not None and not (camera is None or camera == "prompt"):
@@ -171,12 +210,33 @@ class SVDTextToVideoPipeline(SVDPipeline):
             shape = (len(moves), num_frames, self.vae.config.latent_channels, height // f, width // f)
             latents = camera_start.camera_noise(moves, shape, generator)
         return super().__call__(
-            _Prompts(prompts, negative), height=height, width=width,
+            _Prompts(prompts, negative, leads, lead_sigma), height=height, width=width,
             num_frames=num_frames, num_inference_steps=num_inference_steps or c.num_inference_steps,
             min_guidance_scale=scale, max_guidance_scale=scale, fps=c.fps if fps is None else fps,
             motion_bucket_id=c.motion_bucket_id if motion_bucket_id is None else motion_bucket_id,
             noise_aug_strength=0.0, decode_chunk_size=decode_chunk_size, num_videos_per_prompt=num_videos_per_prompt,
             generator=generator, latents=latents, output_type=output_type, return_dict=return_dict, **kwargs)
+
+    def lead_prompts(self, lead_prompt, lead_sigma, prompts: list[str]) -> tuple[list[str] | None, float | None]:
+        """(lead prompts or None, the sigma above which they condition) for __call__'s arguments."""
+        sigma = self.config.lead_sigma if lead_sigma is None else lead_sigma
+        if lead_prompt is None:
+            return None, None
+        if sigma is None:
+            if isinstance(lead_prompt, str) and lead_prompt == "auto":
+                return None, None  # this model has no lead default
+            raise ValueError("lead_prompt needs lead_sigma: this model has no default (SVDConfig.lead_sigma)")
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (0 <= sigma and math.isfinite(sigma)):
+            raise ValueError(f"lead_sigma must be a finite sigma >= 0, got {sigma!r}")
+        if isinstance(lead_prompt, str) and lead_prompt == "auto":
+            leads = [dominant_colour_lead(p) for p in prompts]
+            return (None, None) if leads == prompts else (leads, float(sigma))
+        leads = _prompt_list(lead_prompt, "lead_prompt")
+        if len(leads) == 1 and len(prompts) > 1:
+            leads = leads * len(prompts)
+        if len(leads) != len(prompts):
+            raise ValueError(f"got {len(leads)} lead prompts for {len(prompts)} prompts")
+        return leads, float(sigma)
 
     @staticmethod
     def camera_moves(camera, prompts: list[str]) -> list:
@@ -197,4 +257,8 @@ class SVDTextToVideoPipeline(SVDPipeline):
         f = self.vae.config.downsample_factor
         no_latent = torch.zeros(batch, num_frames, 0, height // f, width // f, device=self.device, dtype=self.dtype)
         ids = conditioner.added_time_ids(fps, motion_bucket_id, 0.0, batch, self.dtype, self.device)
-        return TextConditioning(no_latent, context, ids, negative_context=negative)
+        lead = None
+        if image.lead_prompt is not None:
+            lead = self.encode_prompt(image.lead_prompt).repeat_interleave(num_videos_per_prompt, dim=0)
+        return TextConditioning(no_latent, context, ids, negative_context=negative, lead_context=lead,
+                                lead_sigma=image.lead_sigma)

@@ -34,8 +34,8 @@ SAMPLING_DEFAULTS_FILE = "svd_fast_sampling.json"
 SAMPLING_DEFAULT_TYPES = {"num_frames": int, "num_inference_steps": int, "height": int, "width": int, "fps": int,
                           "motion_bucket_id": int, "max_guidance_scale": float, "image_init_sigma": float,
                           "keep_first_frame": bool, "render": str,
-                          "prior_noise": float}
-OPTIONAL_SAMPLING_DEFAULTS = {"image_init_sigma"}  # may be null: the feature is off
+                          "prior_noise": float, "lead_sigma": float}
+OPTIONAL_SAMPLING_DEFAULTS = {"image_init_sigma", "lead_sigma"}  # may be null: the feature is off
 DIFFUSERS_VERSION = "0.24.0"  # first release with SVD; written into the configs we save
 MODEL_INDEX = {
     "_class_name": PIPELINE_CLASS,

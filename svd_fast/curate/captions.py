@@ -86,8 +86,12 @@ def brightness(image: np.ndarray) -> str:
     return "dark" if level < 0.2 else "dim" if level < 0.4 else "bright" if level > 0.65 else "evenly lit"
 
 
+NAMED_COLOUR_SHARE = 0.15
+"""colours covering at least this share of a frame are named in its caption (the two largest)"""
+
+
 def describe_colours(image: np.ndarray) -> str:
-    shares = [(name, share) for name, share in colour_shares(image) if share >= 0.15][:2]
+    shares = [(name, share) for name, share in colour_shares(image) if share >= NAMED_COLOUR_SHARE][:2]
     return " and ".join(f"{name} ({round(100 * share)}%)" for name, share in shares)
 
 

@@ -21,10 +21,12 @@ Steps (each skipped when its output exists; the UNet stages resume from their la
      continued on ten times as many procedural clips (Schedule.wide_procedural); text dropped (replaced
      by the empty prompt) 15% of the time for guidance (paper D.2). A work folder holding a later
      stage's weights skips the stages before it (so a shipped model can be trained further);
-  4. export (fp16 safetensors, diffusers layout with text_encoder/ and tokenizer/);
+  4. export (fp16 safetensors, diffusers layout with text_encoder/ and tokenizer/), with the sampling
+     defaults: Schedule's steps, guidance and lead sigma (the steps above it see a caption's dominant
+     colour alone: svd_fast.text_to_video; LEAD_SIGMA_TRIALS);
   5. evaluation on held-out procedural captions: the generated clips' colour and camera motion as
      the captioner's extractor measures them, against the prompt's (evaluate: with the camera words
-     moving the starting noise, and from plain noise), with controls: the same clips scored against
+     moving the starting noise and the lead, without the lead, and from plain noise), with controls: the same clips scored against
      shuffled prompts, unconditioned clips (the empty prompt), and the empty prompt from the
      prompt's moving noise.
 """
@@ -52,8 +54,9 @@ from svd_fast import conditioner  # noqa: E402
 from svd_fast.checkpoints import load_components  # noqa: E402
 from svd_fast.checkpoints.io import open_tensors, save_safetensors, write_json, write_text  # noqa: E402
 from svd_fast.config import IMAGE_SAMPLING_OFF, SVDConfig  # noqa: E402
-from svd_fast.curate.captions import TrivialCaptioner  # noqa: E402
+from svd_fast.curate.captions import NAMED_COLOUR_SHARE, TrivialCaptioner, colour_shares  # noqa: E402
 from svd_fast.train.data import _resize_crop, decode_video, estimate_motion, motion_bucket  # noqa: E402
+from svd_fast.text_to_video import TWO_COLOURS  # noqa: E402
 from svd_fast.train.ema import EMA  # noqa: E402
 from svd_fast.train.objective import DiffusionObjective, encode_frames  # noqa: E402
 from svd_fast.train.procedural import ProceduralConfig, random_clip_spec, render_clip  # noqa: E402
@@ -110,6 +113,9 @@ class Schedule:
     so did 600 steps with 751 paired clips added (procedural clips with their two named colours' hues swapped, so
     the captioner names them in the other order): chance in the probe, 74% on captions 192-319 (stage IV: 71%), 23
     of its 32 colour misses still the second colour"""
+    lead_sigma: float | None = 2.0
+    """the model's lead: sampler steps above this sigma see the caption with its dominant colour alone
+    (svd_fast.text_to_video.dominant_colour_lead), the rest the whole caption. LEAD_SIGMA_TRIALS: how it was chosen"""
     eval_prompts: int = 128
     """two sets of 64 held-out prompts scored the stage IV model 81% and 66% for both attributes: 64 are too few
     to tell 80% from 70%"""
@@ -121,6 +127,28 @@ class Schedule:
     24 steps at 4: 75 / 70%; guidance only within a sigma range (Kynkaanniemi et al. 2024): 6 above sigma 1
     75 / 70%, 4 above 1 78 / 75%, 6 below 2 59 / 55%, 4 below 5 66 / 64%: colour is set at high noise and
     wants guidance 4 there and after."""
+
+
+LEAD_SIGMA_TRIALS = """How Schedule.lead_sigma was chosen (the stage IV model, 12 Euler steps at guidance 4, seed = caption
+index, 2026-12-05). Its 12 steps evaluate the UNet at sigma 700, 402, 220, 114, 55, 24, 9.7, 3.4, 0.96, 0.21, 0.03,
+0.002; the lead conditions the first K of them. Both attributes right / dominant colour right among captions naming
+two colours / the second colour covering 15% of the middle frame among those (the held-out clips: 100%):
+
+| lead | captions 192-319 (chosen here) | captions 0-127 (the card's) |
+|---|---|---|
+| none | 71% / 68% / 47% | 73% / 65% / 55% |
+| K = 3 (sigma > 150) | - | 73% / 66% / 55% |
+| K = 6 (sigma > 15) | 76% / 76% / 34% | 79% / 75% / 46% |
+| K = 7 (sigma > 5) | 78% / 79% / 26% | 86% / 85% / 30% |
+| K = 8 (sigma > 2, the default) | 80% / 81% / 22% | 88% / 88% / 29% |
+| K = 9, or every step (the caption without its second colour) | - | 87% / 87% / 31% |
+
+Layout is drawn between sigma 24 and 1: a lead over the first 3 steps changes nothing, one past sigma 1 adds
+nothing. Dominant right and second colour present together: 20% / 14% (192-319), 22% / 20% (0-127), none / K = 8.
+Tried first and not kept (captions 0-127): scaling the colour words' token states (the dominant x1.5 or x2, the
+second x0.5 or x0): both 70-73%, colour unchanged even with the second colour's state zeroed (the other tokens carry
+it); composing guidance, eps_u + 4 (eps_caption - eps_u) + h (eps_lead - eps_u): h = 2 / 4 both 66% / 64%; with
+h (eps_lead - eps_second-colour-only) instead: h = 0.5 / 1 71% / 77%, camera 96-97% (one more UNet pass a step)."""
 
 
 LAB = Schedule(procedural=160, real_windows=1, text_steps=150, wide_procedural=320,
@@ -255,7 +283,8 @@ def build_text_tower(work: Path, schedule: Schedule):
 def t2v_config(i2v: SVDConfig, text_width: int, schedule: Schedule) -> SVDConfig:
     unet = dataclasses.replace(i2v.unet, in_channels=i2v.vae.latent_channels, cross_attention_dim=text_width)
     return dataclasses.replace(i2v, unet=unet, conditioning="text", max_guidance_scale=schedule.guidance,
-                               num_inference_steps=schedule.eval_steps, **IMAGE_SAMPLING_OFF)
+                               num_inference_steps=schedule.eval_steps, lead_sigma=schedule.lead_sigma,
+                               **IMAGE_SAMPLING_OFF)
 
 
 def init_unet(config: SVDConfig, i2v_unet):
@@ -389,9 +418,13 @@ def train_stage(work: Path, stage: Stage, unet, contexts, empty, data: dict, see
 # ---------------------------------------------------------------------------------- evaluation
 def evaluate(model: Path, prompts: list[dict], steps: int, guidance: float, seed: int = 0) -> dict:
     """Attribute match of generated clips on held-out prompts, with controls. Every clip is scored by
-    the captioner's own extractor.
+    the captioner's own extractor; two_colours: of the prompts naming two colours, how often the first
+    dominates and the second covers at least NAMED_COLOUR_SHARE of the middle frame (the captioner's own
+    threshold for naming it).
 
-    model: the pipeline's defaults (the camera words move the starting noise: camera="prompt");
+    model: the pipeline's defaults (the camera words move the starting noise: camera="prompt"; the lead
+    prompt: the dominant colour alone above the model's lead_sigma);
+    no_lead: the same without the lead prompt (lead_prompt=None);
     words_only: the same prompts from plain noise (camera=None), what the UNet makes of the words alone;
     shuffled_prompts: the model's clips scored against other prompts;
     unconditioned: the empty prompt, no guidance, plain noise;
@@ -402,30 +435,40 @@ def evaluate(model: Path, prompts: list[dict], steps: int, guidance: float, seed
     pipe = SVDTextToVideoPipeline.from_pretrained(model, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
 
-    def generate(prompt: str, index: int, scale: float, camera="prompt") -> dict:
+    def generate(prompt: str, index: int, scale: float, camera="prompt", lead="auto") -> dict:
         video = pipe(prompt, num_inference_steps=steps, guidance_scale=scale, output_type="np", camera=camera,
-                     generator=torch.Generator().manual_seed(seed + index)).frames[0]
-        return clip_attributes((video * 255).round().astype(np.uint8), pipe.config.fps)
+                     lead_prompt=lead, generator=torch.Generator().manual_seed(seed + index)).frames[0]
+        frames = (video * 255).round().astype(np.uint8)
+        return {**clip_attributes(frames, pipe.config.fps), "shares": dict(colour_shares(frames[len(frames) // 2]))}
 
     clips = {
         "model": [generate(p["caption"], i, guidance) for i, p in enumerate(prompts)],
+        "no_lead": [generate(p["caption"], i, guidance, lead=None) for i, p in enumerate(prompts)],
         "words_only": [generate(p["caption"], i, guidance, camera=None) for i, p in enumerate(prompts)],
         "unconditioned": [generate("", i, 1.0) for i in range(len(prompts))],
         "moving_noise_only": [generate("", i, 1.0, camera=move_from_text(p["caption"])) for i, p in enumerate(prompts)],
     }
+    for found in clips.values():  # the share of the caption's second colour, where it names two
+        for c, p in zip(found, prompts):
+            two = TWO_COLOURS.search(p["caption"])
+            shares = c.pop("shares")
+            c["second_colour_share"] = round(shares.get(two.group(3), 0.0), 4) if two else None
     n = len(prompts)
     shift = [(i + n // 2) % n for i in range(n)]  # a derangement: every clip scored against another prompt
 
-    def rates(clips, targets):
+    def rates(clips, targets, own: bool = True):  # own: the targets are the clips' own prompts
         colour = np.mean([c["colour"] == t["colour"] for c, t in zip(clips, targets)])
         camera = np.mean([c["camera"] == t["camera"] for c, t in zip(clips, targets)])
         both = np.mean([c["colour"] == t["colour"] and c["camera"] == t["camera"] for c, t in zip(clips, targets)])
-        return {"colour": float(colour), "camera": float(camera), "both": float(both)}
+        two = [(c, t) for c, t in zip(clips, targets) if own and c["second_colour_share"] is not None]
+        both_colours = np.mean([c["colour"] == t["colour"] and c["second_colour_share"] >= NAMED_COLOUR_SHARE
+                                for c, t in two]) if two else float("nan")
+        return {"colour": float(colour), "camera": float(camera), "both": float(both), "two_colours": float(both_colours)}
 
     return {
-        "prompts": n, "steps": steps, "guidance_scale": guidance,
+        "prompts": n, "steps": steps, "guidance_scale": guidance, "lead_sigma": pipe.config.lead_sigma,
         **{name: rates(found, prompts) for name, found in clips.items()},
-        "shuffled_prompts": rates(clips["model"], [prompts[j] for j in shift]),
+        "shuffled_prompts": rates(clips["model"], [prompts[j] for j in shift], own=False),
         "clips": [{"caption": p["caption"], "target": {"colour": p["colour"], "camera": p["camera"]},
                    **{name: found[i] for name, found in clips.items()}} for i, p in enumerate(prompts)],
     }
@@ -478,24 +521,27 @@ def word_probe(model: Path, clips: int = 24, sigmas=(1.0, 3.0, 10.0), seed: int 
         for attribute, found in rows.items() if found}}
 
 
-TWO_COLOURS = re.compile(r"mostly (\w+) \((\d+)%\) and (\w+) \((\d+)%\)")
-"""the captioner's colour phrase when it names two colours: (first, its share, second, its share)"""
-
-
 def vae_ceiling(vae, prompts: list[dict]) -> dict:
     """The held-out clips themselves through the VAE (encode, decode): how often the extractor finds
     the caption's attributes when the video is as good as this VAE allows (the measurement's ceiling)."""
     hits = {"colour": 0, "camera": 0, "both": 0}
+    two_colours = []
     for p in prompts:
         frames, fps = procedural_clip(p["seed"])
         pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
         with torch.no_grad():
             decoded = vae.decode(encode_frames(vae, pixels), num_frames=len(frames)).float().clamp(-1, 1)
-        found = clip_attributes(to_uint8(decoded), fps)
+        video = to_uint8(decoded)
+        found = clip_attributes(video, fps)
         hits["colour"] += found["colour"] == p["colour"]
         hits["camera"] += found["camera"] == p["camera"]
         hits["both"] += found["colour"] == p["colour"] and found["camera"] == p["camera"]
-    return {k: v / len(prompts) for k, v in hits.items()}
+        two = TWO_COLOURS.search(p["caption"])
+        if two:
+            second = dict(colour_shares(video[len(video) // 2])).get(two.group(3), 0.0)
+            two_colours.append(found["colour"] == p["colour"] and second >= NAMED_COLOUR_SHARE)
+    return {**{k: v / len(prompts) for k, v in hits.items()},
+            "two_colours": float(np.mean(two_colours)) if two_colours else float("nan")}
 
 
 def machine() -> dict:
@@ -530,25 +576,44 @@ CARD_PROMPTS = ("a bright scene, mostly red; camera pans left", "a dim scene, mo
 
 
 def _pct(x: float) -> str:
-    return f"{100 * x:.0f}%"
+    return "-" if x != x else f"{100 * x:.0f}%"  # nan: not measured
 
 
 def evaluation_section(m: dict, bench_file: str) -> str:
     """The card's "Evaluation" section from evaluate()'s metrics (with vae_ceiling)."""
-    rows = (("this model: the prompt's camera words move the starting noise (the default)", "model"),
+    rows = (("this model: the prompt's camera words move the starting noise, the dominant colour leads (the default)", "model"),
+            ("this model without the lead prompt (`lead_prompt=None`)", "no_lead"),
             ("this model from plain noise (`camera=None`): the UNet's reading of the words alone", "words_only"),
             ("control: the default's clips scored against shuffled prompts", "shuffled_prompts"),
             ("control: unconditioned clips (the empty prompt, no guidance, plain noise)", "unconditioned"),
             ("control: the empty prompt from the prompt's moving noise (the camera without the words)", "moving_noise_only"),
             ("reference: the held-out clips themselves after the VAE (the ceiling)", "vae_ceiling"))
-    table = "\n".join(f"| {name} | {_pct(m[key]['colour'])} | {_pct(m[key]['camera'])} | {_pct(m[key]['both'])} |"
-                      for name, key in rows)
+    table = "\n".join(f"| {name} | {_pct(m[key]['colour'])} | {_pct(m[key]['camera'])} | {_pct(m[key]['both'])} | "
+                      f"{_pct(m[key]['two_colours'])} |" for name, key in rows)
+    two = sum(c["model"]["second_colour_share"] is not None for c in m["clips"])
+    lead = m.get("lead_sigma")
+    pairs = [(c, TWO_COLOURS.search(c["caption"])) for c in m["clips"]]
+    pairs = [(c, t) for c, t in pairs if t]
+
+    def second_rates(key: str) -> tuple[str, str]:  # (second colour dominant, second colour named-size)
+        return (_pct(np.mean([c[key]["colour"] == t.group(3) for c, t in pairs])),
+                _pct(np.mean([c[key]["second_colour_share"] >= NAMED_COLOUR_SHARE for c, t in pairs])))
+    lead_text = "This model has no lead prompt (`lead_sigma` None): every step sees the whole caption." if lead is None else f"""The lead prompt (`lead_prompt`, default "auto" with this model's `lead_sigma` {lead:g}): the sampler steps
+above that sigma see the caption with its dominant colour alone ("mostly red (60%) and blue (30%)" -> "mostly red (60%)"),
+the rest the whole caption. Without it this model makes the caption's second colour the dominant one in
+{second_rates('no_lead')[0]} of the two-colour prompts (with it {second_rates('model')[0]}): its UNet reads the colours as a set,
+not which one dominates (`--probe`, and the recipe's `Schedule.stages` notes); where the colours are laid out, the lead
+says which. It costs no extra step. The lead sigma was chosen on other held-out captions (192-319: both right in 80%
+against 71% without; the recipe's LEAD_SIGMA_TRIALS). The second colour covers {NAMED_COLOUR_SHARE:.0%} of the middle frame less often with the
+lead ({second_rates('model')[1]} of those prompts, {second_rates('no_lead')[1]} without; the held-out clips: every one): the
+"two colours" column counts a video right only when both hold."""
     met = m["model"]["both"] >= 0.8
     misses = collections.Counter((c["target"]["colour"], c["model"]["colour"]) for c in m["clips"]
                                  if c["model"]["colour"] != c["target"]["colour"])
     per_colour = collections.Counter(c["target"]["colour"] for c in m["clips"])
     missed = collections.Counter(c["target"]["colour"] for c in m["clips"] if c["model"]["colour"] != c["target"]["colour"])
     weakest = sorted(per_colour, key=lambda c: (per_colour[c] - missed[c]) / per_colour[c])[:2]
+    second_misses = sum(c["model"]["colour"] == t.group(3) for c, t in pairs)
     confusions = ", ".join(f"{want} as {got} {n}" for (want, got), n in misses.most_common(5))
     response = "\n".join(f"| {r['move']} | {r['noise_speed_per_frame']:g} | {r['noise_speed_per_second']:.2f} | "
                          f"{r['measured_speed_per_second']:.3f} | {_pct(r['named_the_move'])} |"
@@ -560,15 +625,20 @@ def evaluation_section(m: dict, bench_file: str) -> str:
 captioner's own extractor (`svd_fast.train.text_to_video.clip_attributes`), compared with the prompt's
 (`caption_attributes`, the words the captioner wrote for the held-out clip).
 
-| clips | colour matches | camera move matches | both match |
-|---|---|---|---|
+| clips | colour matches | camera move matches | both match | two colours (of {two}) |
+|---|---|---|---|---|
 {table}
+
+"Two colours": of the {two} prompts that name two colours, how often the first dominates and the second covers at
+least {NAMED_COLOUR_SHARE:.0%} of the middle frame (the share at which the captioner names a colour).
+
+{lead_text}
 
 Target (issue 17): the attributes match in >= 80% of cases, versus chance for an unconditioned model.
 {"Met" if met else "Missed"} for colour and camera together: both match in {_pct(m['model']['both'])} of the held-out prompts
 (the measurement's own ceiling: {_pct(m['vae_ceiling']['both'])}). Colour {_pct(m['model']['colour'])} (shuffled prompts
 {_pct(m['shuffled_prompts']['colour'])}, unconditioned {_pct(m['unconditioned']['colour'])}): where it misses, a neighbouring hue
-comes out, often the caption's second colour ({confusions} of the {sum(misses.values())} misses); the weakest
+comes out ({confusions} of the {sum(misses.values())} misses; {second_misses} of them the caption's second colour); the weakest
 colours are {' and '.join(f"{c} ({per_colour[c] - missed[c]} of {per_colour[c]} right)" for c in weakest)}. Camera {_pct(m['model']['camera'])}
 (shuffled {_pct(m['shuffled_prompts']['camera'])}, unconditioned {_pct(m['unconditioned']['camera'])}).
 
@@ -637,7 +707,9 @@ from noise that moves that way (see the evaluation); `--camera MOVE` / `camera=`
 `--camera none` / `camera=None` samples from plain noise.
 
 Sampling defaults (svd_fast_sampling.json): 8 frames at 64x64, {summary['defaults']['num_inference_steps']} Euler steps, guidance
-{summary['defaults']['max_guidance_scale']:g} on every frame with the empty prompt as the unconditional, fps 8, motion bucket 127.
+{summary['defaults']['max_guidance_scale']:g} on every frame with the empty prompt as the unconditional, fps 8, motion bucket 127,
+lead sigma {summary['defaults'].get('lead_sigma')} (the steps above it see a caption's dominant colour alone, see the evaluation;
+`--lead-prompt none` / `lead_prompt=None` turns that off).
 
 ![samples](sample.gif)
 
@@ -838,7 +910,7 @@ def run(work: Path, out: Path, shards: Path, schedule: Schedule, seed: int = 0) 
                           for s in schedule.stages if (work / s.name / "losses.json").exists()},
                "text_losses": json.loads((work / "text_tower" / "losses.json").read_text()),
                "max_tokens": MAX_TOKENS, "vocab": len(tokenizer), "example_caption": captions[0],
-               "defaults": {k: getattr(config, k) for k in ("num_inference_steps", "max_guidance_scale")}}
+               "defaults": {k: getattr(config, k) for k in ("num_inference_steps", "max_guidance_scale", "lead_sigma")}}
     earlier = work / "seconds.json" if (work / "seconds.json").exists() else work / "summary.json"
     if earlier.exists():  # a step skipped now took its time in an earlier invocation
         before = json.loads(earlier.read_text())
