@@ -72,7 +72,12 @@ without training (each view's spatial self-attention also over view 0's keys and
 view's; 12 of these objects, 2026-12-04): CLIP-S 0.850 / 0.848, PSNR 14.95 / 15.25 dB, against 0.845 /
 15.23 without it and the copy's 0.875 / 15.38: not kept. Starting the sampler from the input copied to every
 view, noised to sigma 3 / 10 (SDEdit; 6 steps from there, the 24 objects, 2026-12-05): 15.73 / 15.93 dB, SSIM
-0.604 / 0.618, CLIP-S 0.873 / 0.871, below both the default start and the copy: not kept."""
+0.604 / 0.618, CLIP-S 0.873 / 0.871, below both the default start and the copy: not kept. The novel views given
+the input's detail finer than 1.5 / 1 px, warped by flow (svd_fast.long_video.transfer_detail, as long videos do):
+16.52 / 16.56 dB, SSIM 0.660 / 0.658, CLIP-S 0.876 / 0.877 against 16.43 / 0.636 / 0.878 without; with the input's
+colour statistics too (match_colours) CLIP-S 0.864: not kept. What CLIP-S asks for (12 of the objects): the true
+views blurred by a 5x5 box score 0.996, so softness costs nothing; the views with the true background painted
+white 0.876 against 0.881 as sampled: the missing score is the object's own colours and layout."""
 
 
 class StartModelError(ValueError):
