@@ -574,6 +574,14 @@ def test_lead_puts_the_dominant_colour_first_on_the_shipped_model():
     assert right["auto"] >= 3 and right[None] <= 1, right  # one clip may flip with another machine's numerics
 
 
+def test_recipe_evaluate_refuses_a_negative_first_caption(capsys):
+    with pytest.raises(SystemExit) as exc:
+        t2v_recipe().main(["--evaluate", str(DEFAULT_T2V), "--first-caption", "-1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --first-caption must be >= 0, got -1"], err
+
+
 def test_recipe_trains_only_the_stages_after_the_last_finished_one(tmp_path):
     """A work folder holding a later stage's weights (e.g. seeded with a shipped model's UNet) trains only the
     stages after it; without any, every stage with steps runs; a stage of 0 steps never does."""
