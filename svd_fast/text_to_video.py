@@ -54,8 +54,7 @@ TWO_COLOURS = re.compile(r"mostly (\w+) \((\d+)%\) and (\w+) \((\d+)%\)")
 def dominant_colour_lead(prompt: str) -> str:
     """The prompt with only its dominant colour when it names two as the default captioner writes them
     ("mostly red (60%) and blue (30%)" -> "mostly red (60%)"); any other prompt unchanged."""
-    two = TWO_COLOURS.search(prompt)
-    return prompt if two is None else prompt.replace(two.group(0), f"mostly {two.group(1)} ({two.group(2)}%)", 1)
+    return TWO_COLOURS.sub(r"mostly \1 (\2%)", prompt, count=1)
 
 
 def _prompt_list(value, what: str) -> list[str]:
@@ -63,6 +62,16 @@ def _prompt_list(value, what: str) -> list[str]:
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError(f"{what} must be a string or a non-empty list of strings, got {value!r}")
     return prompts
+
+
+def _one_per_prompt(value, what: str, prompts: list[str]) -> list[str]:
+    """`value` (a string or a list) as one string per prompt: a single one is used for every prompt."""
+    values = _prompt_list(value, what)
+    if len(values) == 1 and len(prompts) > 1:
+        values = values * len(prompts)
+    if len(values) != len(prompts):
+        raise ValueError(f"got {len(values)} {what.replace('_', ' ')}s for {len(prompts)} prompts")
+    return values
 
 
 @dataclass
@@ -189,11 +198,8 @@ class SVDTextToVideoPipeline(SVDPipeline):
         Other keyword arguments go to SVDPipeline.__call__ (sampler, sigmas, callback_on_step_end, ...).
         """
         prompts = _prompt_list(prompt, "prompt")
-        negative = [""] * len(prompts) if negative_prompt is None else _prompt_list(negative_prompt, "negative_prompt")
-        if len(negative) == 1 and len(prompts) > 1:
-            negative = negative * len(prompts)
-        if len(negative) != len(prompts):
-            raise ValueError(f"got {len(negative)} negative prompts for {len(prompts)} prompts")
+        negative = ([""] * len(prompts) if negative_prompt is None
+                    else _one_per_prompt(negative_prompt, "negative_prompt", prompts))
         for name in ("image_embeddings", "last_image", "noise_aug_strength", "min_guidance_scale", "max_guidance_scale",
                      "camera_from"):
             if name in kwargs:
@@ -231,12 +237,7 @@ class SVDTextToVideoPipeline(SVDPipeline):
         if isinstance(lead_prompt, str) and lead_prompt == "auto":
             leads = [dominant_colour_lead(p) for p in prompts]
             return (None, None) if leads == prompts else (leads, float(sigma))
-        leads = _prompt_list(lead_prompt, "lead_prompt")
-        if len(leads) == 1 and len(prompts) > 1:
-            leads = leads * len(prompts)
-        if len(leads) != len(prompts):
-            raise ValueError(f"got {len(leads)} lead prompts for {len(prompts)} prompts")
-        return leads, float(sigma)
+        return _one_per_prompt(lead_prompt, "lead_prompt", prompts), float(sigma)
 
     @staticmethod
     def camera_moves(camera, prompts: list[str]) -> list:

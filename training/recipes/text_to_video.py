@@ -26,9 +26,9 @@ Steps (each skipped when its output exists; the UNet stages resume from their la
      colour alone: svd_fast.text_to_video; LEAD_SIGMA_TRIALS);
   5. evaluation on held-out procedural captions: the generated clips' colour and camera motion as
      the captioner's extractor measures them, against the prompt's (evaluate: with the camera words
-     moving the starting noise and the lead, without the lead, and from plain noise), with controls: the same clips scored against
-     shuffled prompts, unconditioned clips (the empty prompt), and the empty prompt from the
-     prompt's moving noise.
+     moving the starting noise and the lead, without the lead, and from plain noise), with controls:
+     the same clips scored against shuffled prompts, unconditioned clips (the empty prompt), and the
+     empty prompt from the prompt's moving noise.
 """
 from __future__ import annotations
 
@@ -439,7 +439,9 @@ def evaluate(model: Path, prompts: list[dict], steps: int, guidance: float, seed
         video = pipe(prompt, num_inference_steps=steps, guidance_scale=scale, output_type="np", camera=camera,
                      lead_prompt=lead, generator=torch.Generator().manual_seed(seed + index)).frames[0]
         frames = (video * 255).round().astype(np.uint8)
-        return {**clip_attributes(frames, pipe.config.fps), "shares": dict(colour_shares(frames[len(frames) // 2]))}
+        share = second_colour_share(prompts[index]["caption"], frames)  # the held-out caption's, whatever the prompt
+        return {**clip_attributes(frames, pipe.config.fps),
+                "second_colour_share": None if share is None else round(share, 4)}
 
     clips = {
         "model": [generate(p["caption"], i, guidance) for i, p in enumerate(prompts)],
@@ -448,11 +450,6 @@ def evaluate(model: Path, prompts: list[dict], steps: int, guidance: float, seed
         "unconditioned": [generate("", i, 1.0) for i in range(len(prompts))],
         "moving_noise_only": [generate("", i, 1.0, camera=move_from_text(p["caption"])) for i, p in enumerate(prompts)],
     }
-    for found in clips.values():  # the share of the caption's second colour, where it names two
-        for c, p in zip(found, prompts):
-            two = TWO_COLOURS.search(p["caption"])
-            shares = c.pop("shares")
-            c["second_colour_share"] = round(shares.get(two.group(3), 0.0), 4) if two else None
     n = len(prompts)
     shift = [(i + n // 2) % n for i in range(n)]  # a derangement: every clip scored against another prompt
 
@@ -521,6 +518,13 @@ def word_probe(model: Path, clips: int = 24, sigmas=(1.0, 3.0, 10.0), seed: int 
         for attribute, found in rows.items() if found}}
 
 
+def second_colour_share(caption: str, frames: np.ndarray) -> float | None:
+    """The share of the middle frame of uint8 `frames` (T, H, W, 3) covered by the caption's second colour,
+    or None when the caption names one colour."""
+    two = TWO_COLOURS.search(caption)
+    return None if two is None else dict(colour_shares(frames[len(frames) // 2])).get(two.group(3), 0.0)
+
+
 def vae_ceiling(vae, prompts: list[dict]) -> dict:
     """The held-out clips themselves through the VAE (encode, decode): how often the extractor finds
     the caption's attributes when the video is as good as this VAE allows (the measurement's ceiling)."""
@@ -536,9 +540,8 @@ def vae_ceiling(vae, prompts: list[dict]) -> dict:
         hits["colour"] += found["colour"] == p["colour"]
         hits["camera"] += found["camera"] == p["camera"]
         hits["both"] += found["colour"] == p["colour"] and found["camera"] == p["camera"]
-        two = TWO_COLOURS.search(p["caption"])
-        if two:
-            second = dict(colour_shares(video[len(video) // 2])).get(two.group(3), 0.0)
+        second = second_colour_share(p["caption"], video)
+        if second is not None:
             two_colours.append(found["colour"] == p["colour"] and second >= NAMED_COLOUR_SHARE)
     return {**{k: v / len(prompts) for k, v in hits.items()},
             "two_colours": float(np.mean(two_colours)) if two_colours else float("nan")}
