@@ -2,6 +2,7 @@
 
     python bench/interpolation.py --json bench/results/interpolation-DATE.json [--fi-model PATH] [--model PATH]
         [--panel OUT.png]
+    python bench/interpolation.py --headroom --json bench/results/interpolation-headroom-DATE.json
 
 Held-out clips of the default model's world at its resolution, each 5 consecutive frames at its
 own frame rate (frames 0 and 4 are the ends, 4 apart; frames 1-3 the truth):
@@ -16,6 +17,10 @@ sampler on the image-to-video default model (SVDPipeline's last_image; --model),
 guidance. Reported: PSNR of the three in-between frames against the truth, mean per kind of clip,
 and the ceiling of any latent model with the default model's VAE: the true in-between frames
 encoded and decoded (vae_ceiling; the SVD-FI output goes through the same decoder).
+--headroom measures no model: blending, flow from the ends, the ends warped with the true motion
+(true_motion, which reads the truth: a bound, not a method), the same motion made a straight even
+move, and how far the true motion runs off that straight path: how much of a kind of clip's error an
+interpolator could remove from what the ends show.
 """
 from __future__ import annotations
 
@@ -106,6 +111,64 @@ def flow_warp(clip: np.ndarray) -> np.ndarray:
     from svd_fast.interpolation import flow_interpolate
 
     return flow_interpolate(clip[0], clip[FACTOR], FACTOR + 1)[1:FACTOR]
+
+
+def true_motion(clip: np.ndarray) -> dict:
+    """The in-between frames made from the ends with the TRUE motion, and how that motion runs.
+
+    They read the truth, so neither is an interpolator: they bound what warping the ends can reach.
+    v0, v1 are the flows (fused_flow) from the true frame at t to the first and the last end.
+    - "true_motion": each end warped by its flow, blended (1 - t, t); per-pixel flows fitted to the
+      truth also absorb some change that is not motion, so this bound is loose;
+    - "true_motion_linear": the same flows made a straight, even move between the ends (the
+      least-squares V with v0 = -t V, v1 = (1 - t) V): the best an interpolator that moves content on
+      straight paths can do, however well it estimates the motion;
+    - "ends_apart_px": mean |v1 - v0|, how far content moves between the ends;
+    - "off_line_px": mean |(1 - t) v0 + t v1|, how far the true position is from the straight path
+      (0 for linear motion; about 0.2 px here is what DIS measures on a still picture with noise)."""
+    from svd_fast.interpolation import INTERPOLATION_FLOW, fused_flow, warp_by_flow
+
+    free, linear, apart, off_line = [], [], [], []
+    first, last = clip[0], clip[FACTOR]
+    for k in range(1, FACTOR):
+        t, truth = k / FACTOR, clip[k]
+        v0, v1 = fused_flow(truth, first, **INTERPOLATION_FLOW), fused_flow(truth, last, **INTERPOLATION_FLOW)
+        free.append((1 - t) * warp_by_flow(first, v0) + t * warp_by_flow(last, v1))
+        move = ((1 - t) * v1 - t * v0) / (t * t + (1 - t) ** 2)
+        linear.append((1 - t) * warp_by_flow(first, -t * move) + t * warp_by_flow(last, (1 - t) * move))
+        apart.append(np.linalg.norm(v1 - v0, axis=-1).mean())
+        off_line.append(np.linalg.norm((1 - t) * v0 + t * v1, axis=-1).mean())
+    return {"true_motion": np.clip(free, 0, 1), "true_motion_linear": np.clip(linear, 0, 1),
+            "ends_apart_px": float(np.mean(apart)), "off_line_px": float(np.mean(off_line))}
+
+
+def headroom() -> dict:
+    """Model-free figures per kind of held-out clip: linear blending, optical flow from the ends, and the
+    true-motion bound with how the true motion runs (true_motion)."""
+    from bench.harness import machine_info
+
+    from svd_fast.train.video_metrics import psnr
+
+    size = recipe_module().HIGH
+    sources = {"procedural": procedural_clips(12, size), "photo_pans": photo_clips(3, size),
+               "real_footage": footage_clips(6, size)}
+    results = {}
+    for kind, clips in sources.items():
+        rows = []
+        for clip, _ in clips:
+            truth = clip[1:FACTOR]
+            bound = true_motion(clip)
+            videos = {"linear_blend": linear_blend(clip), "flow_warp": flow_warp(clip),
+                      "true_motion": bound.pop("true_motion"), "true_motion_linear": bound.pop("true_motion_linear")}
+            row = {m: float(np.mean([psnr(a, b) for a, b in zip(v, truth)])) for m, v in videos.items()} | bound
+            rows.append(row)
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        results[kind] = {"clips": len(rows), "mean": mean, "rows": rows}
+        print(f"{kind} ({len(rows)} clips): linear blend {mean['linear_blend']:.2f} dB, flow from the ends "
+              f"{mean['flow_warp']:.2f} dB, true motion {mean['true_motion']:.2f} dB, made linear "
+              f"{mean['true_motion_linear']:.2f} dB; content moves {mean['ends_apart_px']:.2f} px "
+              f"between the ends, {mean['off_line_px']:.2f} px off the straight line in between", flush=True)
+    return {"machine": machine_info(), "factor": FACTOR, "resolution": size, "results": results}
 
 
 @torch.no_grad()
@@ -226,8 +289,13 @@ def main(argv=None) -> int:
     p.add_argument("--per-video", type=int, default=6)
     p.add_argument("--steps", type=int)
     p.add_argument("--panel", type=Path, help="PNG: truth / linear / bidirectional / SVD-FI rows of the first clips")
+    p.add_argument("--headroom", action="store_true",
+                   help="only the model-free figures: blending, flow, the true-motion bound, off-line motion")
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
+    if args.headroom:
+        write_json(args.json, headroom())
+        return 0
     metrics = measure(args.fi_model, args.model, args.procedural, args.per_photo, args.per_video, args.steps, args.panel)
     write_json(args.json, metrics)
     return 0

@@ -479,26 +479,60 @@ def test_shipped_model_against_linear_blending_on_held_out_clips(shipped):
     assert np.mean(gains) > MEASURED_GAIN_DB - 1.0, gains
 
 
+def _moving_texture(path: list[tuple[float, float]]) -> np.ndarray:
+    """A smooth random texture at each (x, y) offset of `path` (px), 64 px frames cut from 96 px."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.random((96, 96, 3)).astype(np.float32), (0, 0), 2.0)
+    texture = (texture - texture.min()) / (texture.max() - texture.min())
+    return np.stack([cv2.warpAffine(texture, np.float32([[1, 0, -x], [0, 1, -y]]), (96, 96),
+                                    flags=cv2.INTER_LINEAR)[16:80, 16:80] for x, y in path])
+
+
 def test_flow_warp_reference_recovers_a_known_translation():
     """bench/interpolation.py's optical-flow reference on a clip the test builds: a smooth random
     texture moving 1.5 px/frame right and 0.5 px/frame down (5 frames, 64 px). Its in-between
     frames must land near the truth, far above blending the ends."""
-    import cv2
-
     sys.path.insert(0, str(REPO))
     from bench.interpolation import FACTOR, flow_warp, linear_blend
 
     from svd_fast.train.video_metrics import psnr
 
-    rng = np.random.default_rng(0)
-    texture = cv2.GaussianBlur(rng.random((96, 96, 3)).astype(np.float32), (0, 0), 2.0)
-    texture = (texture - texture.min()) / (texture.max() - texture.min())
-    clip = np.stack([cv2.warpAffine(texture, np.float32([[1, 0, -1.5 * t], [0, 1, -0.5 * t]]), (96, 96),
-                                    flags=cv2.INTER_LINEAR)[16:80, 16:80] for t in range(FACTOR + 1)])
+    clip = _moving_texture([(1.5 * t, 0.5 * t) for t in range(FACTOR + 1)])
     truth = clip[1:FACTOR]
     flow = np.mean([psnr(a, b) for a, b in zip(flow_warp(clip), truth)])
     blend = np.mean([psnr(a, b) for a, b in zip(linear_blend(clip), truth)])
     assert flow > 30 and flow > blend + 5, (flow, blend)
+
+
+def test_true_motion_bound_separates_straight_moves_from_shake():
+    """bench/interpolation.py's headroom figures on clips the test builds. A straight even move
+    (1.5, 0.5) px/frame: the straight-path bound recovers the in-between frames (as the free one does)
+    and the measured path is on the line. The same ends with the in-between frames shaken 1.5 px off
+    the line (known): the measured off-line distance is near 1.5 px, the free bound still recovers the
+    frames (it reads them), and the straight-path bound falls 10 dB below it, near blending, because no
+    straight move between the ends puts content where the shake did."""
+    sys.path.insert(0, str(REPO))
+    from bench.interpolation import FACTOR, linear_blend, true_motion
+
+    from svd_fast.train.video_metrics import psnr
+
+    straight = [(1.5 * t, 0.5 * t) for t in range(FACTOR + 1)]
+    shaken = [straight[0], (1.5 + 1.5, 0.5), (3.0, 1.0 - 1.5), (4.5 - 1.5, 1.5), straight[-1]]
+    figures = {}
+    for name, path in (("straight", straight), ("shaken", shaken)):
+        clip = _moving_texture(path)
+        bound = true_motion(clip)
+        score = lambda video: np.mean([psnr(a, b) for a, b in zip(video, clip[1:FACTOR])])  # noqa: E731
+        figures[name] = {"blend": score(linear_blend(clip)), "free": score(bound["true_motion"]),
+                         "linear": score(bound["true_motion_linear"]), "off": bound["off_line_px"],
+                         "apart": bound["ends_apart_px"]}
+    s, k = figures["straight"], figures["shaken"]
+    assert abs(s["apart"] - np.hypot(6.0, 2.0)) < 0.5 and s["off"] < 0.2, s
+    assert s["linear"] > s["blend"] + 8 and s["linear"] > 35, s
+    assert 1.2 < k["off"] < 1.8, k
+    assert k["free"] > 35 and k["linear"] < k["free"] - 10 and k["linear"] < s["linear"] - 10, k
 
 
 def _isoluminant_clip(shift: tuple[float, float]) -> np.ndarray:
