@@ -321,8 +321,9 @@ class SVDConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
-    # Sampling defaults: what `python -m svd_fast.sample` uses when a flag is not given (the
-    # pipeline's __call__ keeps diffusers' defaults). The values here are SVD's.
+    # Sampling defaults: what `python -m svd_fast.sample` uses when a flag is not given (SVDPipeline's
+    # __call__ keeps diffusers' defaults; the interpolation, text and multi-view pipelines take these
+    # for arguments left None). The values here are SVD's.
     num_frames: int = 14
     num_inference_steps: int = 25
     height: int = 576

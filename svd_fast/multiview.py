@@ -37,13 +37,16 @@ class SVDMultiViewPipeline(SVDPipeline):
     `pipe(image, elevation=10.0, ...)` takes SVDPipeline's (diffusers') arguments except `fps` and
     `motion_bucket_id`, which a multi-view model was trained with fixed (its saved sampling defaults
     are used) and `last_image`. `elevation` is in degrees, one number or one per input image.
-    `height`, `width` and `num_frames` (the number of views) default to the model's.
+    `height`, `width`, `num_frames` (the number of views), `num_inference_steps` and
+    `max_guidance_scale` default to the model's sampling defaults (svd_fast_sampling.json), as the
+    interpolation and text pipelines' do: the shipped model's card figures are taken with them.
     """
 
     conditioning = "multiview"
 
     def __call__(self, image, elevation=DEFAULT_ELEVATION, height: int | None = None, width: int | None = None,
-                 num_frames: int | None = None, **kwargs):
+                 num_frames: int | None = None, num_inference_steps: int | None = None,
+                 max_guidance_scale: float | None = None, **kwargs):
         for name in ("fps", "motion_bucket_id", "last_image"):
             if name in kwargs:
                 raise ValueError(f"{name} is not an argument of a multi-view model (fps and motion bucket are fixed "
@@ -51,9 +54,11 @@ class SVDMultiViewPipeline(SVDPipeline):
         self._check_elevation(elevation)
         self._elevation = elevation
         try:
-            return super().__call__(image, height=height or self.config.height, width=width or self.config.width,
-                                    num_frames=num_frames, fps=self.config.fps,
-                                    motion_bucket_id=self.config.motion_bucket_id, **kwargs)
+            cfg = self.config
+            return super().__call__(image, height=height or cfg.height, width=width or cfg.width,
+                                    num_frames=num_frames, num_inference_steps=num_inference_steps or cfg.num_inference_steps,
+                                    max_guidance_scale=cfg.max_guidance_scale if max_guidance_scale is None else max_guidance_scale,
+                                    fps=cfg.fps, motion_bucket_id=cfg.motion_bucket_id, **kwargs)
         finally:
             del self._elevation
 

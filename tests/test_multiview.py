@@ -146,6 +146,26 @@ def test_the_pipeline_puts_the_elevation_into_the_vector():
         pipe(images[:1], elevation=120.0)
 
 
+def test_the_pipeline_samples_with_the_model_defaults_unless_told():
+    """Arguments left out take the model's saved sampling defaults (as the CLI does): the UNet is
+    called once per step of the model's step count, with the unconditional branch (batch 2) only when
+    the model's guidance ramp goes above 1; explicit arguments override them."""
+    config = dataclasses.replace(_tiny_multiview_config(), num_inference_steps=3, max_guidance_scale=1.0,
+                                 num_frames=4, height=32, width=32)
+    pipe = SVDMultiViewPipeline.from_config(config)
+    pipe.set_progress_bar_config(disable=True)
+    calls = []
+    forward = pipe.unet.forward
+    pipe.unet.forward = lambda sample, *a, **k: (calls.append(tuple(sample.shape[:2])), forward(sample, *a, **k))[1]
+    image = torch.rand(3, 32, 32)
+    frames = pipe(image, output_type="pt").frames
+    assert frames.shape == (1, 4, 3, 32, 32)
+    assert calls == [(1, 4)] * 3  # 3 steps, no guidance: no unconditional branch
+    calls.clear()
+    pipe(image, num_inference_steps=2, max_guidance_scale=2.0, output_type="latent")
+    assert calls == [(2, 4)] * 2  # [uncond, cond]
+
+
 def test_fine_tune_starts_as_the_image_model():
     """The recipe's widened UNet (elevation columns zero) samples exactly the image-to-video video."""
     from svd_fast.checkpoints import load_components

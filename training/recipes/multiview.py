@@ -26,6 +26,16 @@ Tried and not kept (2026-12-05): the UNet as a correction of the input view's la
 with LR_DECAY: held-out PSNR / SSIM / CLIP-S 16.11 dB / 0.573 / 0.879 against v2's 16.52 / 0.641 / 0.890;
 validation objects (HELD_OUT_SEEDS + 1000..1011) 15.78 / 0.553 / 0.854 (guidance 1: 0.858) against v2's
 16.09 / 0.627 / 0.881. The views keep more of the input's outline but come out as blotchy.
+Reference attention (2026-12-05): every view's spatial self-attention also over view 0's keys and values
+(no new weights; view 0's own attention unchanged), 800 steps from v2 at batch 4, lr 1e-4 with LR_DECAY (22 min,
+2 threads): held-out 16.42 dB / 0.635 / CLIP-S 0.887 against v2's 16.52 / 0.641 / 0.890; validation objects
+(HELD_OUT_SEEDS + 1000..1023, 6 steps) 16.41 / 0.631 / 0.876 against 16.43 / 0.636 / 0.878. Nor do these lift
+CLIP-S on those validation objects (v2): 1 / 2 / 3 steps 0.870 / 0.870 / 0.880 (PSNR 16.79 / 16.79 / 16.74);
+the mean of 4 samples (3 / 6 steps) 0.877 / 0.876 (PSNR 17.07 / 17.05); the views after 180 degrees taken
+from the orbit of the mirrored input, mirrored back (each view then at most 4 views from the input along
+its orbit) 0.875; the input's noise augmentation 0 / 0.05 / 0.1 / 0.2 within 0.0005 of 0.02's. Per view
+(held-out) the model is below the copy at every azimuth but the first (45 degrees: 0.957 both), and the
+true views through the VAE score 0.998: the missing CLIP-S is the model's drawing of the unseen object.
 """
 from __future__ import annotations
 
