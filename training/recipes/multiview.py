@@ -36,6 +36,10 @@ from the orbit of the mirrored input, mirrored back (each view then at most 4 vi
 its orbit) 0.875; the input's noise augmentation 0 / 0.05 / 0.1 / 0.2 within 0.0005 of 0.02's. Per view
 (held-out) the model is below the copy at every azimuth but the first (45 degrees: 0.957 both), and the
 true views through the VAE score 0.998: the missing CLIP-S is the model's drawing of the unseen object.
+More of the same training does not close it either: v3, v2 trained 1800 more steps at batch 4 (7200 orbits, lr
+1e-4 with LR_DECAY, 41 min on 2 threads, 2026-12-05; bench/results/multiview-trial-v3-not-shipped-xeon-2026-12-05.json):
+held-out 16.64 dB / 0.645 / CLIP-S 0.890 against v2's 16.52 / 0.641 / 0.890, validation 16.56 / 0.639 / 0.873
+against 16.43 / 0.636 / 0.878: PSNR up, CLIP-S flat, so v2 stays shipped.
 """
 from __future__ import annotations
 
