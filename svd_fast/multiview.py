@@ -132,8 +132,7 @@ def main(argv=None) -> int:
     pipe.set_progress_bar_config(disable=True)
     loaded = time.perf_counter()
     frames = pipe(image, elevation=args.elevation, height=size, width=size, num_frames=views,
-                  num_inference_steps=args.steps or cfg.num_inference_steps,
-                  max_guidance_scale=cfg.max_guidance_scale if args.max_cfg is None else args.max_cfg,
+                  num_inference_steps=args.steps, max_guidance_scale=args.max_cfg,  # None: the model's own
                   generator=torch.Generator().manual_seed(args.seed), output_type="np").frames[0]
     written = save_video(frames, args.out, fps=args.fps)
     print(f"wrote {len(frames)} views to {written[0]}" + (f" (+{len(written) - 1} more)" if len(written) > 1 else "")
